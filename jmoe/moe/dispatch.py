@@ -1,0 +1,213 @@
+"""Dispatch strategies: the routing *mechanics* (how tokens reach their experts and come back).
+
+All strategies take tokens x [N, D], a :class:`~jmoe.moe.routing.Routing` (index/weights [N, K]) and an expert
+function, and return ``(y, metrics)`` with y a pytree of [N, ...] equal to
+``sum_k weights[n, k] * expert_{index[n, k]}(x[n])`` over the *kept* token-slots. Shapes are static under
+``jit``: capacities are Python ints computed from the config at trace time.
+
+Strategies (chosen by name with :func:`dispatch`):
+
+* ``dense``   every expert on every token, masked combine. Reference; never drops; fine for E <= 4.
+* ``einsum``  GShard/Switch one-hot dispatch/combine tensors [G, S, E, C] per token group.
+* ``sorted``  token-slots sorted by expert into fixed-capacity buffers [E, G*C, D] (a gather), one batched
+              expert computation, gather-combine. No one-hot tensor, cost ~ N*K, not N*E*C.
+* ``ragged``  dropless: sort by expert, ``jax.lax.ragged_dot`` over variable-size groups (GPU path;
+              correct but dense-masked on CPU XLA). Experts must define ``ragged_apply``.
+
+Token dropping rule (``einsum`` and ``sorted``): tokens are split into G contiguous groups of S tokens. Inside
+a group, the token-slot (n, k) — token n's k-th choice — has priority (k, n): every first choice comes before any
+second choice, earlier tokens before later ones. Each expert accepts the first C slots assigned to it in that
+order; later ones are dropped (contribute zero) and counted in ``metrics['dropped_fraction']``.
+Capacity C = ``capacity`` if given, else ceil(capacity_factor * S * K / E), else (no factor) S — which never
+drops because a token picks an expert at most once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jmoe.moe.routing import Routing
+
+STRATEGIES = ("dense", "einsum", "sorted", "ragged")
+
+
+class ExpertFns(NamedTuple):
+  """How a dispatch strategy calls the experts.
+
+  batched: xs [E, n, D] -> pytree of [E, n, ...] (expert e on xs[e]).
+  ragged:  (x [S, D] sorted by expert, group_sizes [E]) -> pytree of [S, ...]; None if unsupported.
+  """
+  batched: Callable[[jax.Array], Any]
+  ragged: Callable[[jax.Array, jax.Array], Any] | None = None
+
+
+def group_size_for(num_tokens: int, group_size: int | None) -> int:
+  """Largest divisor of N that is <= group_size (N itself when group_size is None)."""
+  if group_size is None or group_size >= num_tokens:
+    return num_tokens
+  if group_size < 1:
+    raise ValueError(f"group_size must be >= 1, got {group_size}")
+  return max(d for d in range(1, group_size + 1) if num_tokens % d == 0)
+
+
+def capacity_for(tokens_per_group: int, k: int, num_experts: int, capacity_factor: float | None = None,
+                 capacity: int | None = None) -> int:
+  """Slots per expert and group (a Python int, static under jit). See the module docstring."""
+  if capacity is not None:
+    if capacity <= 0:
+      raise ValueError(f"capacity must be a positive int, got {capacity}")
+    return min(int(capacity), tokens_per_group)
+  if capacity_factor is None:
+    return tokens_per_group
+  if not capacity_factor > 0:
+    raise ValueError(f"capacity_factor must be > 0, got {capacity_factor}")
+  return max(1, min(tokens_per_group, math.ceil(capacity_factor * tokens_per_group * k / num_experts)))
+
+
+def _slot_positions(index: jax.Array, num_experts: int):
+  """Position of each token-slot in its expert's queue under the (k, n) priority rule.
+
+  Args:
+    index: [G, S, K] expert ids.
+  Returns:
+    expert [G, K*S] (slot s = k*S + n), order [G, K*S] (slots sorted by expert, stable), counts [G, E],
+    starts [G, E] (offset of each expert's run in ``order``), position [G, K*S].
+  """
+  g, s, k = index.shape
+  expert = jnp.swapaxes(index, 1, 2).reshape(g, k * s)
+  order = jnp.argsort(expert, axis=-1, stable=True)
+  counts = jax.vmap(lambda e: jnp.bincount(e, length=num_experts))(expert)
+  starts = jnp.cumsum(counts, axis=-1) - counts
+  sorted_expert = jnp.take_along_axis(expert, order, axis=-1)
+  pos_sorted = jnp.arange(k * s)[None, :] - jnp.take_along_axis(starts, sorted_expert, axis=-1)
+  position = jax.vmap(lambda o, p: jnp.zeros_like(p).at[o].set(p))(order, pos_sorted)
+  return expert, order, counts, starts, position
+
+
+def kept_slots(index: jax.Array, num_experts: int, capacity: int, group_size: int | None) -> jax.Array:
+  """Boolean [N, K]: which token-slots the capacity rule keeps (documented in the module docstring)."""
+  n, k = index.shape
+  s = group_size_for(n, group_size)
+  _, _, _, _, position = _slot_positions(index.reshape(n // s, s, k), num_experts)
+  return jnp.swapaxes((position < capacity).reshape(n // s, k, s), 1, 2).reshape(n, k)
+
+
+def _leaf_combine(spec: str, w: jax.Array, leaf: jax.Array, lead: int) -> jax.Array:
+  """einsum over a leaf with arbitrary trailing dims: flatten them to one axis and restore."""
+  tail = leaf.shape[lead:]
+  flat = leaf.reshape(leaf.shape[:lead] + (-1,))
+  out = jnp.einsum(spec, w.astype(flat.dtype), flat)
+  return out.reshape(out.shape[:-1] + tail)
+
+
+def dense(experts: ExpertFns, x: jax.Array, routing: Routing):
+  """Every expert on every token; y[n] = sum_e w[n, e] * expert_e(x[n]) with w [N, E] from the top-K slots."""
+  n, _ = x.shape
+  e = routing.num_experts
+  ys = experts.batched(jnp.broadcast_to(x[None], (e,) + x.shape))  # [E, N, ...]
+  w = jnp.sum(jax.nn.one_hot(routing.index, e, dtype=routing.weights.dtype) * routing.weights[..., None], axis=1)
+  y = jax.tree.map(lambda leaf: _leaf_combine("ne,eno->no", w, leaf, 2), ys)
+  return y, {"dropped_fraction": jnp.zeros((), jnp.float32), "capacity": n}
+
+
+def einsum(experts: ExpertFns, x: jax.Array, routing: Routing, capacity_factor: float | None = None,
+           capacity: int | None = None, group_size: int | None = 512):
+  """GShard one-hot dispatch/combine in groups of S tokens; dispatch tensor [G, S, E, C]."""
+  n, d = x.shape
+  k, e = routing.k, routing.num_experts
+  s = group_size_for(n, group_size)
+  g = n // s
+  c = capacity_for(s, k, e, capacity_factor, capacity)
+  index = routing.index.reshape(g, s, k)
+  w = routing.weights.reshape(g, s, k)
+  expert_1h = jax.nn.one_hot(jnp.swapaxes(index, 1, 2).reshape(g, k * s), e, dtype=jnp.int32)  # [G, KS, E]
+  position = jnp.sum((jnp.cumsum(expert_1h, axis=1) - 1) * expert_1h, axis=-1)  # [G, KS]
+  keep = (position < c).reshape(g, k, s)
+  pos_1h = jax.nn.one_hot(jnp.where(keep, position.reshape(g, k, s), c), c, dtype=x.dtype)  # [G, K, S, C]
+  exp_1h = expert_1h.reshape(g, k, s, e).astype(x.dtype)
+  dispatch_t = jnp.einsum("gkse,gksc->gsec", exp_1h, pos_1h)  # [G, S, E, C]
+  combine_t = jnp.einsum("gkse,gksc,gsk->gsec", exp_1h, pos_1h, w.astype(x.dtype))
+  xs = jnp.einsum("gsec,gsd->egcd", dispatch_t, x.reshape(g, s, d)).reshape(e, g * c, d)
+  ys = experts.batched(xs)  # [E, G*C, ...]
+  y = jax.tree.map(
+      lambda leaf: _leaf_combine("gsec,egco->gso", combine_t, leaf.reshape((e, g, c) + leaf.shape[2:]), 3)
+      .reshape((n,) + leaf.shape[2:]), ys)
+  return y, {"dropped_fraction": 1.0 - jnp.mean(keep.astype(jnp.float32)), "capacity": c}
+
+
+def sorted_buffers(experts: ExpertFns, x: jax.Array, routing: Routing, capacity_factor: float | None = None,
+                   capacity: int | None = None, group_size: int | None = None):
+  """Sort token-slots by expert into fixed-capacity buffers [E, G*C, D], one batched expert call, gather back."""
+  n, d = x.shape
+  k, e = routing.k, routing.num_experts
+  s = group_size_for(n, group_size)
+  g = n // s
+  c = capacity_for(s, k, e, capacity_factor, capacity)
+  expert, order, counts, starts, position = _slot_positions(routing.index.reshape(g, s, k), e)
+  # Buffer row (e, c) of group g holds the c-th slot of expert e in priority order, if it exists.
+  src = jnp.minimum(starts[:, :, None] + jnp.arange(c)[None, None, :], k * s - 1)  # [G, E, C]
+  valid = jnp.arange(c)[None, None, :] < counts[:, :, None]  # [G, E, C]
+  slot = jnp.take_along_axis(order, src.reshape(g, e * c), axis=-1)  # [G, E*C]
+  token = (slot % s) + (jnp.arange(g) * s)[:, None]  # global token id, [G, E*C]
+  xs = jnp.where(valid.reshape(g, e * c, 1), x[token], 0).reshape(g, e, c, d)
+  ys = experts.batched(jnp.swapaxes(xs, 0, 1).reshape(e, g * c, d))  # [E, G*C, ...]
+  keep = position < c  # [G, KS]
+  row = expert * (g * c) + jnp.arange(g)[:, None] * c + jnp.minimum(position, c - 1)  # row of [E*G*C]
+  wk = (jnp.swapaxes(routing.weights.reshape(g, s, k), 1, 2).reshape(g, k * s) * keep)  # [G, KS]
+
+  def combine(leaf):
+    flat = leaf.reshape((e * g * c,) + leaf.shape[2:])
+    picked = flat[row] * wk.reshape(wk.shape + (1,) * (leaf.ndim - 2)).astype(flat.dtype)  # [G, KS, ...]
+    return jnp.sum(picked.reshape((g, k, s) + leaf.shape[2:]), axis=1).reshape((n,) + leaf.shape[2:])
+
+  return jax.tree.map(combine, ys), {"dropped_fraction": 1.0 - jnp.mean(keep.astype(jnp.float32)), "capacity": c}
+
+
+def ragged(experts: ExpertFns, x: jax.Array, routing: Routing):
+  """Dropless: sort token-slots by expert and run ``ragged_apply`` (``jax.lax.ragged_dot``) on the groups."""
+  if experts.ragged is None:
+    raise ValueError("the 'ragged' dispatch needs experts with ragged_apply (e.g. MLPExpert); use 'sorted'")
+  n, _ = x.shape
+  k, e = routing.k, routing.num_experts
+  expert, order, counts, _, position = _slot_positions(routing.index.reshape(1, n, k), e)
+  token = order[0] % n
+  ys = experts.ragged(x[token], counts[0])  # [KS, ...] in sorted order
+  inverse = jnp.zeros_like(order[0]).at[order[0]].set(jnp.arange(k * n))
+  wk = jnp.swapaxes(routing.weights, 0, 1).reshape(k * n)
+
+  def combine(leaf):
+    picked = leaf[inverse] * wk.reshape((-1,) + (1,) * (leaf.ndim - 1)).astype(leaf.dtype)
+    return jnp.sum(picked.reshape((k, n) + leaf.shape[1:]), axis=0)
+
+  return jax.tree.map(combine, ys), {"dropped_fraction": jnp.zeros((), jnp.float32), "capacity": n}
+
+
+def dispatch(strategy: str, experts: ExpertFns, x: jax.Array, routing: Routing, *,
+             capacity_factor: float | None = None, capacity: int | None = None, group_size: int | None = None):
+  """Run ``strategy`` on x [N, D] with ``routing`` (index/weights [N, K]); returns (y pytree [N, ...], metrics).
+
+  Shapes and arguments are checked at trace time. ``group_size`` defaults to 512 for ``einsum`` (the one-hot
+  tensors grow with S) and to N (one group) for ``sorted``.
+  """
+  if strategy not in STRATEGIES:
+    raise ValueError(f"unknown dispatch strategy {strategy!r}; choose one of {STRATEGIES}")
+  if x.ndim != 2:
+    raise ValueError(f"dispatch expects tokens [N, D], got shape {x.shape}")
+  if routing.index.ndim != 2 or routing.index.shape[0] != x.shape[0] or routing.weights.shape != routing.index.shape:
+    raise ValueError(f"routing index/weights must be [N={x.shape[0]}, K], got {routing.index.shape} / "
+                     f"{routing.weights.shape}")
+  if routing.k > routing.num_experts:
+    raise ValueError(f"k={routing.k} exceeds num_experts={routing.num_experts}")
+  if capacity is not None and capacity <= 0:
+    raise ValueError(f"capacity must be a positive int, got {capacity}")
+  if strategy == "dense":
+    return dense(experts, x, routing)
+  if strategy == "ragged":
+    return ragged(experts, x, routing)
+  if strategy == "einsum":
+    return einsum(experts, x, routing, capacity_factor, capacity, 512 if group_size is None else group_size)
+  return sorted_buffers(experts, x, routing, capacity_factor, capacity, group_size)
