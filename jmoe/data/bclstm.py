@@ -34,8 +34,7 @@ from typing import Mapping
 
 import numpy as np
 
-from jmoe.data.format import (MODALITIES, Dataset, Split, canonical_modalities, load_feature_npz,
-                              validate)
+from jmoe.data.format import MODALITIES, Dataset, Split, canonical_modalities, read_feature_table, validate
 from jmoe.data.sdk import load_mosi_labels, standard_folds
 
 FOLDER = {'text': 'text', 'audio': 'audio', 'vision': 'video'}
@@ -222,14 +221,15 @@ def load_mosi_standard(mosi_dir, modalities=('audio',), extra_features: Mapping[
       modalities: bc-LSTM modalities to include, looked up by utterance id in both
         bc-LSTM files. Only ``'audio'`` is leak-free here; ``'text'`` and ``'vision'``
         raise ValueError unless ``allow_leaky=True`` (see the module docstring).
-      extra_features: modality -> ``.npz`` with ``'ids'`` str ``[N]`` and ``extra_key``
-        float ``[N, D]`` (what the offline feature tool writes), e.g. ``{'text': path}``
+      extra_features: modality -> ``.npz`` written by the offline feature tool, with
+        ``'ids'`` str ``[N]`` and ``extra_key``: ``'pooled'`` float ``[N, D]`` (default) or
+        ``'local'`` float ``[N, T, D]`` with ``'mask'`` ``[N, T]``; e.g. ``{'text': path}``
         for sentence-encoder text features. Must cover every MOSI utterance.
       allow_leaky: accept bc-LSTM text/vision; the dataset name gets ``-LEAKY`` and
         ``source`` says why.
 
-    Rows follow the folds' video order, then the label file's stored row order. All
-    features are float32 ``[N, D]``.
+    Rows follow the folds' video order, then the label file's stored row order. bc-LSTM
+    features are float32 ``[N, D]``; extra features keep their table's shape.
     """
     mosi_dir = _check_dir(mosi_dir)
     extra_features = dict(extra_features or {})
@@ -253,17 +253,21 @@ def load_mosi_standard(mosi_dir, modalities=('audio',), extra_features: Mapping[
     labels = load_mosi_labels(labels_path)
     folds = standard_folds(mosi_dir / FOLDS_FILE)
 
-    table: dict[str, dict[str, np.ndarray]] = {m: {} for m in all_mods}
+    # modality -> (id -> row, features [M, D] or [M, T, D], mask [M, T] or None)
+    tables: dict[str, tuple[dict[str, int], np.ndarray, np.ndarray | None]] = {}
     if mods:
         parts = read_bclstm(mosi_dir / 'bclstm', mods)
         for p in PARTS:
             _scores(mosi_dir, parts[p], labels, mosi_dir / 'bclstm' / f'text_{p}.csv')
-            for m in mods:
-                table[m].update(zip(parts[p].ids.tolist(), parts[p].features[m]))
+        ids_all = np.concatenate([parts[p].ids for p in PARTS])
+        for m in mods:
+            tables[m] = ({i: r for r, i in enumerate(ids_all.tolist())},
+                         np.concatenate([parts[p].features[m] for p in PARTS]), None)
     dims = {m: DIMS[m] for m in mods}
     for m, path in extra_features.items():
-        table[m] = load_feature_npz(path, key=extra_key)
-        dims[m] = int(next(iter(table[m].values())).shape[0])
+        ids_e, feats_e, mask_e = read_feature_table(path, key=extra_key)
+        tables[m] = ({i: r for r, i in enumerate(ids_e.tolist())}, feats_e, mask_e)
+        dims[m] = int(feats_e.shape[-1])
 
     by_video: dict[str, list[str]] = {}
     for sid in labels:
@@ -274,14 +278,18 @@ def load_mosi_standard(mosi_dir, modalities=('audio',), extra_features: Mapping[
         if missing_v:
             raise ValueError(f'{mosi_dir / FOLDS_FILE}: fold {s!r} lists video {missing_v[0]!r} which has no labels')
         ids = [sid for v in vids for sid in by_video[v]]
-        feats = {}
+        feats, masks = {}, {}
         for m in all_mods:
-            missing = [i for i in ids if i not in table[m]]
+            index, arr, mask = tables[m]
+            missing = [i for i in ids if i not in index]
             if missing:
                 src = extra_features.get(m, mosi_dir / 'bclstm')
                 raise ValueError(f'{src}: no {m} features for {len(missing)} utterances of split {s!r}, e.g. {missing[0]}')
-            feats[m] = np.stack([table[m][i] for i in ids]).astype(np.float32)
-        splits[s] = Split(features=feats, masks={}, labels=np.asarray([labels[i] for i in ids], np.float32),
+            rows = np.asarray([index[i] for i in ids], np.int64)
+            feats[m] = arr[rows]
+            if mask is not None:
+                masks[m] = mask[rows]
+        splits[s] = Split(features=feats, masks=masks, labels=np.asarray([labels[i] for i in ids], np.float32),
                           ids=np.asarray(ids, dtype=str))
     src = [f'{mosi_dir} (standard folds; bc-LSTM {"/".join(mods) or "none"}']
     src += [f'{m} from {p}' for m, p in extra_features.items()]

@@ -318,12 +318,13 @@ def load_dataset(directory, label_range: tuple[float, float] = LABEL_RANGE) -> D
     return validate(ds, directory, label_range=label_range)
 
 
-def load_feature_npz(path, key: str = 'pooled') -> dict[str, np.ndarray]:
-    """Read an utterance-feature table: an ``.npz`` with ``'ids'`` str ``[N]`` and ``key`` float ``[N, D]``.
+def read_feature_table(path, key: str = 'pooled') -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Read a feature table written by the offline feature tool (``tools/extract_features``).
 
-    This is what the offline feature tool writes (e.g. sentence-encoder text features).
-    Returns id -> float32 ``[D]``; one-line errors for a missing file, wrong format,
-    duplicate ids or non-finite values.
+    The ``.npz`` holds ``'ids'`` str ``[N]`` and ``key``: float ``[N, D]`` (e.g. ``'pooled'``)
+    or float ``[N, T, D]`` (e.g. ``'local'``, which then needs ``'mask'`` bool ``[N, T]``).
+    Returns ``(ids [N], features float32, mask [N, T] or None)``; one-line errors for a
+    missing file, wrong format, duplicate ids or NaN/Inf values.
     """
     path = Path(path)
     if not path.is_file():
@@ -332,15 +333,33 @@ def load_feature_npz(path, key: str = 'pooled') -> dict[str, np.ndarray]:
     if 'ids' not in arrays or key not in arrays:
         raise ValueError(f"{path}: not a feature .npz (needs arrays 'ids' and '{key}', has {sorted(arrays)})")
     ids, feats = arrays['ids'], arrays[key]
-    if ids.ndim != 1 or feats.ndim != 2 or feats.shape[0] != ids.shape[0]:
-        raise ValueError(f"{path}: expected ids [N] and {key} [N, D], got {ids.shape} and {feats.shape}")
+    if ids.ndim != 1 or feats.ndim not in (2, 3) or feats.shape[0] != ids.shape[0]:
+        raise ValueError(f"{path}: expected ids [N] and {key} [N, D] or [N, T, D], got {ids.shape} and {feats.shape}")
+    if ids.dtype.kind not in 'UO' or not np.issubdtype(feats.dtype, np.number):
+        raise ValueError(f"{path}: ids must be strings and {key} numeric, got {ids.dtype} and {feats.dtype}")
+    ids = ids.astype(str)
     if len(set(ids.tolist())) != len(ids):
         raise ValueError(f'{path}: duplicate ids in the feature table')
     feats = feats.astype(np.float32)
     bad = int(feats.size - np.count_nonzero(np.isfinite(feats)))
     if bad:
         raise ValueError(f"{path}: {bad} NaN/Inf values in '{key}'")
-    return {str(i): f for i, f in zip(ids.tolist(), feats)}
+    mask = None
+    if feats.ndim == 3:
+        mask = arrays.get('mask')
+        if mask is None or mask.shape != feats.shape[:2]:
+            got = None if mask is None else mask.shape
+            raise ValueError(f"{path}: sequence features '{key}' {feats.shape} need 'mask' [N, T], got {got}")
+        mask = mask.astype(bool)
+    return ids, feats, mask
+
+
+def load_feature_npz(path, key: str = 'pooled') -> dict[str, np.ndarray]:
+    """Utterance vectors from a feature ``.npz`` (``'ids'`` ``[N]`` + ``key`` ``[N, D]``) as id -> float32 ``[D]``."""
+    ids, feats, mask = read_feature_table(path, key)
+    if mask is not None:
+        raise ValueError(f"{path}: '{key}' is a sequence [N, T, D]; expected utterance vectors [N, D]")
+    return dict(zip(ids.tolist(), feats))
 
 
 def describe(ds: Dataset) -> str:
