@@ -14,8 +14,10 @@ Two layouts are recognised by their top-level keys:
     'audio_lengths', 'vision_lengths'  int [N]   optional (unaligned pickles)
 
 Masks: text uses the attention-mask row ``text_bert[:, 1, :]`` when present; audio and
-vision use ``arange(T) < <m>_lengths`` when the lengths are present. Without them
-(aligned pickles) every step counts as real, zero padding included. A pickle with only
+vision use ``arange(T) < <m>_lengths`` when the lengths are present. Aligned pickles have
+no lengths; there, as in MMSA's own loader, audio and vision take the text length (the
+sum of the attention mask) when their ``T`` equals the text ``T``. Otherwise every step
+counts as real. A pickle with only
 ``'text_bert'`` (token ids) has no text *features*: loading text from it is an error
 that points to a BERT encoder (``tools/extract_features``); pass
 ``modalities=('audio', 'vision')`` to skip text.
@@ -38,6 +40,7 @@ plain builtin containers); any other reference (``os.system``, ``builtins.eval``
 
 from __future__ import annotations
 
+import _compat_pickle
 import codecs
 import importlib
 import io
@@ -97,9 +100,16 @@ class RestrictedUnpickler(pickle.Unpickler):
         self._where = where
 
     def find_class(self, module: str, name: str):
+        if not all(part.isidentifier() for part in f'{module}.{name}'.split('.')):
+            raise pickle.UnpicklingError(f'global {module!r}.{name!r} is not a Python name (not a pickle file?)')
+        # protocol 0-2 pickles spell Python 3 names the Python 2 way (none of which exist in Python 3)
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         if (module, name) in _NUMPY_GLOBALS:
             return _resolve_numpy(*_NUMPY_GLOBALS[(module, name)])
-        if module in ('builtins', '__builtin__') and name in _BUILTINS:
+        if module == 'builtins' and name in _BUILTINS:
             return getattr(__import__('builtins'), name)
         if module == 'collections' and name == 'OrderedDict':
             import collections
@@ -161,6 +171,10 @@ def _mmsa_split(d: Mapping, path: Path, split: str, mods: tuple[str, ...], nonfi
     ids = np.asarray([str(i).replace('$_$', '_') for i in np.asarray(d['id']).reshape(-1).tolist()], dtype=str)
     if ids.shape != (n,):
         raise ValueError(f"{path}: {where} has {ids.shape[0]} ids but {n} labels")
+    tb = np.asarray(d['text_bert']) if 'text_bert' in d else None
+    text_lengths = None                         # (lengths [N], T) from the BERT attention mask
+    if tb is not None and tb.ndim == 3 and tb.shape[0] == n and tb.shape[1] == 3:
+        text_lengths = ((tb[:, 1, :] > 0).sum(axis=1), tb.shape[2])
     feats, masks = {}, {}
     for m in mods:
         if m == 'text' and 'text' not in d:
@@ -177,14 +191,15 @@ def _mmsa_split(d: Mapping, path: Path, split: str, mods: tuple[str, ...], nonfi
         feats[m] = _check_nonfinite(x, path, m, split, nonfinite)
         t = x.shape[1]
         if m == 'text':
-            tb = d.get('text_bert')
-            tb = None if tb is None else np.asarray(tb)
-            if tb is not None and tb.ndim == 3 and tb.shape[0] == n and tb.shape[1] == 3 and tb.shape[2] == t:
+            if text_lengths is not None and text_lengths[1] == t:
                 masks[m] = tb[:, 1, :] > 0
             else:
                 masks[m] = np.ones((n, t), bool)
         elif f'{m}_lengths' in d:
             masks[m] = _length_mask(d[f'{m}_lengths'], n, t, path, f"{where} '{m}_lengths'")
+        elif text_lengths is not None and text_lengths[1] == t:
+            # aligned pickle: MMSA takes the text (attention-mask) length for audio and vision
+            masks[m] = _length_mask(text_lengths[0], n, t, path, f"{where} text_bert lengths")
         else:
             masks[m] = np.ones((n, t), bool)
     return Split(features=feats, masks=masks, labels=labels, ids=ids)
