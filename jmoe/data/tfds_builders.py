@@ -192,6 +192,8 @@ def prepare(builder_cls, manual_dir, data_dir, config: str | tfds.core.BuilderCo
     manual_dir = Path(manual_dir)
     if not manual_dir.is_dir():
         raise FileNotFoundError(f'{manual_dir}: no such manual_dir')
+    if not any(manual_dir.iterdir()):
+        raise FileNotFoundError(f'{manual_dir}: manual_dir is empty. {builder_cls.MANUAL_DOWNLOAD_INSTRUCTIONS}')
     b = builder_cls(config=config, data_dir=str(data_dir), file_format='array_record')
     b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
     return b
