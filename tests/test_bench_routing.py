@@ -1,0 +1,46 @@
+"""Smoke test of tools/bench_routing.py: tiny sizes, no torch, JSON structure and FLOP arithmetic."""
+
+import json
+import math
+
+from jmoe.moe import dispatch
+from tools import bench_routing
+
+
+def test_bench_routing_smoke(tmp_path):
+  path = tmp_path / "bench.json"
+  out = bench_routing.main(["--tokens", "64", "--dim", "16", "--hidden", "32", "--experts", "4", "--top-k", "2",
+                            "--repeats", "2", "--warmup", "1", "--no-torch", "--json", str(path)])
+  data = json.loads(path.read_text())
+  assert set(data) >= {"machine", "results"}
+  assert data["machine"]["cores"] >= 1 and data["machine"]["jax"] and data["machine"]["backend"] == "cpu"
+  names = [r["name"] for r in data["results"]]
+  assert names == [f"jmoe/{s}" for s in dispatch.STRATEGIES] + ["floor/matmul"]  # one config, no torch rows
+  assert len(out["results"]) == len(names)
+  flops = 2 * 64 * 2 * (16 * 32 + 32 * 16)  # 2*N*K*(D*H + H*D) = 262,144
+  for r in data["results"]:
+    assert r["config"] == {"tokens": 64, "dim": 16, "hidden": 32, "experts": 4, "top_k": 2,
+                           "capacity_factor": 1.0, "dtype": "float32", "group_size": None}
+    for key in ("median_s", "fwd_bwd_median_s", "p10_s", "p90_s", "tokens_per_s", "gflops"):
+      assert isinstance(r[key], float) and r[key] > 0, (r["name"], key)
+    assert r["p10_s"] <= r["median_s"] <= r["p90_s"]
+    assert r["n_repeats"] == 2 and r["fwd_bwd_n_repeats"] == 2
+    assert r["flops_fwd"] == flops and r["flops_fwd_bwd"] == 3 * flops
+    assert math.isclose(r["gflops"], flops / r["median_s"] / 1e9, rel_tol=1e-9)
+    assert math.isclose(r["fwd_bwd_gflops"], 3 * flops / r["fwd_bwd_median_s"] / 1e9, rel_tol=1e-9)
+    assert math.isclose(r["tokens_per_s"], 64 / r["median_s"], rel_tol=1e-9)
+    assert r["ratio_vs_best_torch"] is None
+  floor = next(r for r in data["results"] if r["name"] == "floor/matmul")
+  assert floor["ratio_vs_floor"] == 1.0
+  assert floor["executed_rows"] == 64 * 2  # E * (N*K/E): exactly the routed rows
+  sorted_row = next(r for r in data["results"] if r["name"] == "jmoe/sorted")
+  assert sorted_row["capacity"] == 32 and 0.0 <= sorted_row["dropped_fraction"] < 1.0  # ceil(1.0 * 64 * 2 / 4)
+
+
+def test_default_grid_and_flops():
+  args = bench_routing.parse_args([])
+  cfgs = bench_routing.configs_from_args(args)
+  assert [(c.experts, c.top_k) for c in cfgs] == [(8, 2), (32, 2), (8, 1)]
+  assert all(c.tokens == 4096 and c.dim == 256 and c.hidden == 512 for c in cfgs)
+  # GUIDE section 3: the headline config is 4.29 GFLOP of routed work (2*4096*2*2*256*512).
+  assert bench_routing.routed_flops(cfgs[0]) == 2 * 4096 * 2 * (256 * 512 * 2)

@@ -1,0 +1,820 @@
+"""Routing-throughput benchmark of the routed expert layer (``jmoe.moe.layer.MoELayer``).
+
+Command (from the repo root)::
+
+    PYTHONPATH=. python -m tools.bench_routing                       # default grid, ~2-3 min on 2 CPU cores
+    PYTHONPATH=. python -m tools.bench_routing --json runs/bench/routing.json
+    PYTHONPATH=. python -m tools.bench_routing --tokens 4096 --experts 8 --top-k 2 --strategies sorted,einsum
+    PYTHONPATH=. python -m tools.bench_routing --profile              # piecewise timing of the sorted dispatch
+
+What is timed, per dispatch strategy (``jmoe/<strategy>`` rows):
+  * fwd:      ``jit(lambda p, x: MoELayer.apply(p, x)[0])`` -- the whole layer: router (Dense + softmax + top-k +
+              routing metrics) + dispatch + vmapped experts + combine. The metrics are not returned, so XLA may
+              prune the parts of them that y does not need (they are a few [N, E] reductions).
+  * fwd+bwd:  ``jit(value_and_grad(lambda p, x: sum(y**2), argnums=(0, 1)))`` -- gradients w.r.t. all params and x.
+Each is warmed up (the first call compiles), then run ``--repeats`` times with ``block_until_ready``; we report
+the median and the p10-p90 spread. Slow rows stop early once ``--max-seconds`` is spent (never below
+``--min-repeats`` runs); the number of runs is in the JSON.
+
+Reference rows measured in the same run:
+  * ``floor/matmul``: the routed expert work alone as one batched matmul pair under jit,
+    einsum [E, N*K/E, D] x [E, D, H] -> gelu -> einsum [E, N*K/E, H] x [E, H, D]: exactly the routed FLOPs, no
+    routing, no gather/scatter. This is the floor to measure against.
+  * ``torch/loop`` (eager PyTorch, router Linear + softmax + topk, then per expert index_select -> Linear -> GELU ->
+    Linear -> weight -> index_add_) and ``torch/dense`` (every expert on every token with batched bmm, masked
+    combine), with ``torch.set_num_threads`` set to the cores JAX uses. Torch fwd runs under ``torch.no_grad``.
+
+FLOPs: routed expert work only, 2*N*K*(D*H + H*D) for fwd and 3x that for fwd+bwd. The router (2*N*D*E), gelu,
+biases, routing bookkeeping and any padding (capacity slack, dense strategies computing every expert) are *not*
+counted: GFLOP/s is "useful routed work per second", so overhead shows up as a lower number.
+
+Capacity: ``--capacity-factor`` (default 1.0) applies to ``einsum`` and ``sorted``; at 1.0 their buffers hold
+exactly N*K/E rows per expert (the floor's work) and overflow is dropped (the ``drop%`` column). ``dense`` and
+``ragged`` never drop.
+
+Expected on the 2-core AMD EPYC dev box (GUIDE section 3), tokens=4096 dim=256 hidden=512 E=8 k=2 fp32:
+floor/matmul ~50 ms fwd; jmoe/sorted ~45-55 ms fwd; einsum (groups of 512) ~130 ms; dense ~200 ms;
+ragged ~360 ms (XLA CPU lowers ragged_dot to a dense masked matmul); torch/loop ~40-50 ms, torch/dense ~200 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jmoe.moe import dispatch as dispatch_lib
+from jmoe.moe.experts import MLPExpert
+from jmoe.moe.layer import MoELayer
+from jmoe.moe.routing import TopKRouter
+
+HEADLINE = dict(tokens=4096, dim=256, hidden=512, experts=8, top_k=2)
+# Default grid: the headline config, the same tokens over 32 experts, and top-1.
+DEFAULT_GRID = (
+    dict(HEADLINE),
+    dict(HEADLINE, experts=32),
+    dict(HEADLINE, top_k=1),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  tokens: int
+  dim: int
+  hidden: int
+  experts: int
+  top_k: int
+  capacity_factor: float | None = 1.0
+  dtype: str = "float32"
+  group_size: int | None = None
+
+  def label(self) -> str:
+    gs = "default" if self.group_size is None else self.group_size
+    return (f"tokens={self.tokens} dim={self.dim} hidden={self.hidden} experts={self.experts} top-k={self.top_k} "
+            f"capacity_factor={self.capacity_factor} dtype={self.dtype} group_size={gs}")
+
+
+def routed_flops(cfg: Config) -> float:
+  """Forward FLOPs of the routed expert work: 2*N*K*(D*H + H*D) (router, gelu, bias not counted)."""
+  return 2.0 * cfg.tokens * cfg.top_k * (cfg.dim * cfg.hidden + cfg.hidden * cfg.dim)
+
+
+def num_threads() -> int:
+  """Cores this process may run on (what XLA's CPU thread pool sizes itself to)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # pragma: no cover - non-Linux
+    return os.cpu_count() or 1
+
+
+def _import_torch():
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+    return torch
+  except ImportError:
+    return None
+
+
+def machine_info(torch_mod=None) -> dict[str, Any]:
+  cpu = platform.processor() or "unknown"
+  flags: list[str] = []
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name") and cpu in ("unknown", "", platform.machine()):
+          cpu = line.split(":", 1)[1].strip()
+        if line.startswith("flags") and not flags:
+          flags = [fl for fl in line.split(":", 1)[1].split() if fl.startswith(("avx", "fma", "amx"))]
+  except OSError:
+    pass
+  devices = jax.devices()
+  info = {
+      "cpu_model": cpu,
+      "cpu_simd_flags": sorted(set(flags)),
+      "cores": num_threads(),
+      "os_cpu_count": os.cpu_count(),
+      "platform": platform.platform(),
+      "python": sys.version.split()[0],
+      "jax": jax.__version__,
+      "jaxlib": getattr(jax.lib, "__version__", None) or _jaxlib_version(),
+      "backend": jax.default_backend(),
+      "devices": [f"{d.platform}:{d.device_kind}" for d in devices],
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "torch": None,
+      "torch_threads": None,
+  }
+  if torch_mod is not None:
+    info["torch"] = torch_mod.__version__
+    info["torch_threads"] = torch_mod.get_num_threads()
+  return info
+
+
+def _jaxlib_version() -> str:
+  import jaxlib  # pylint: disable=import-outside-toplevel
+  return jaxlib.__version__
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Timing
+
+
+def _block(out):
+  return jax.block_until_ready(out)
+
+
+def time_fn(fn: Callable[[], Any], repeats: int, warmup: int, max_seconds: float, min_repeats: int,
+            block: Callable[[Any], Any] = _block) -> dict[str, Any]:
+  """Warm up, then time ``repeats`` calls of fn() (each blocked until ready). Returns stats in seconds."""
+  t0 = time.perf_counter()
+  block(fn())
+  first = time.perf_counter() - t0  # includes compilation for jitted functions
+  for _ in range(max(0, warmup - 1)):
+    block(fn())
+  times = []
+  spent = 0.0
+  for i in range(repeats):
+    t0 = time.perf_counter()
+    block(fn())
+    dt = time.perf_counter() - t0
+    times.append(dt)
+    spent += dt
+    if spent > max_seconds and i + 1 >= min_repeats:
+      break
+  arr = np.asarray(times)
+  return {"median_s": float(np.median(arr)), "p10_s": float(np.percentile(arr, 10)),
+          "p90_s": float(np.percentile(arr, 90)), "min_s": float(arr.min()), "n": len(times),
+          "first_call_s": first}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rows: jmoe strategies, floor, torch
+
+
+def _jax_dtype(name: str):
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def make_layer(cfg: Config, strategy: str) -> MoELayer:
+  return MoELayer(router=TopKRouter(cfg.experts, k=cfg.top_k),
+                  expert=MLPExpert(hidden=cfg.hidden, out=cfg.dim, dtype=_jax_dtype(cfg.dtype)),
+                  num_experts=cfg.experts, strategy=strategy, capacity_factor=cfg.capacity_factor,
+                  group_size=cfg.group_size)
+
+
+def make_inputs(cfg: Config, seed: int = 0) -> jax.Array:
+  return jax.random.normal(jax.random.PRNGKey(seed), (cfg.tokens, cfg.dim), jnp.float32).astype(
+      _jax_dtype(cfg.dtype))
+
+
+def _sq_loss(y):
+  return jnp.sum(jnp.square(y.astype(jnp.float32)))
+
+
+def init_params(layer: nn.Module, x: jax.Array, seed: int = 0):
+  """Parameters with the layer's tree structure: kernels ~ N(0, 1/fan_in), biases 0.
+
+  ``layer.init`` would run the routing once eagerly (or compile a jitted init) just to create parameters, which
+  costs seconds per strategy; ``jax.eval_shape`` gives the tree for free and every strategy of a config gets
+  the same values (the tree does not depend on the strategy), so their routing and drops are identical."""
+  shapes = jax.eval_shape(layer.init, jax.random.PRNGKey(seed), x)
+  leaves, treedef = jax.tree.flatten(shapes)
+  rng = np.random.default_rng(seed)
+  out = []
+  for leaf in leaves:
+    if leaf.ndim >= 2:  # kernel [..., fan_in, fan_out]
+      val = rng.standard_normal(leaf.shape, dtype=np.float32) / np.sqrt(leaf.shape[-2])
+    else:
+      val = np.zeros(leaf.shape, np.float32)
+    out.append(jnp.asarray(val, leaf.dtype))
+  return jax.tree.unflatten(treedef, out)
+
+
+def jmoe_fns(cfg: Config, strategy: str, seed: int = 0):
+  """(fwd thunk, fwd+bwd thunk, extra info) for MoELayer.apply with this strategy."""
+  layer = make_layer(cfg, strategy)
+  x = make_inputs(cfg, seed)
+  params = init_params(layer, x, seed)
+
+  # fwd also returns the (scalar) dropped fraction so that no second compile is needed to report it.
+  fwd = jax.jit(lambda p, x: (lambda y, m: (y, m["dropped_fraction"]))(*layer.apply(p, x)))
+  fwd_bwd = jax.jit(jax.value_and_grad(lambda p, x: _sq_loss(layer.apply(p, x)[0]), argnums=(0, 1)))
+  t0 = time.perf_counter()
+  _, dropped = jax.block_until_ready(fwd(params, x))
+  extra = {"dropped_fraction": float(dropped), "compile_fwd_s": time.perf_counter() - t0}
+  n, k, e = cfg.tokens, cfg.top_k, cfg.experts
+  if strategy in ("einsum", "sorted"):
+    gs = dispatch_lib.group_size_for(n, (512 if cfg.group_size is None else cfg.group_size)
+                                     if strategy == "einsum" else cfg.group_size)
+    c = dispatch_lib.capacity_for(gs, k, e, cfg.capacity_factor)
+    extra.update(group_size=gs, capacity=c, executed_rows=e * (n // gs) * c)
+  elif strategy == "dense":
+    extra.update(executed_rows=e * n)
+  else:
+    extra.update(executed_rows=n * k)
+  return (lambda: fwd(params, x)), (lambda: fwd_bwd(params, x)), extra
+
+
+def floor_fns(cfg: Config, seed: int = 0):
+  """The routed expert FLOPs as one batched matmul pair with gelu between: [E, R, D] x [E, D, H] -> [E, R, D]."""
+  e, d, h = cfg.experts, cfg.dim, cfg.hidden
+  rows = cfg.tokens * cfg.top_k // e
+  dt = _jax_dtype(cfg.dtype)
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
+  xe = jax.random.normal(k1, (e, rows, d), jnp.float32).astype(dt)
+  w1 = (jax.random.normal(k2, (e, d, h), jnp.float32) / math.sqrt(d)).astype(dt)
+  w2 = (jax.random.normal(k3, (e, h, d), jnp.float32) / math.sqrt(h)).astype(dt)
+
+  def f(w1, w2, xe):
+    return jnp.einsum("erh,ehd->erd", jax.nn.gelu(jnp.einsum("erd,edh->erh", xe, w1)), w2)
+
+  fwd = jax.jit(f)
+  fwd_bwd = jax.jit(jax.value_and_grad(lambda w1, w2, xe: _sq_loss(f(w1, w2, xe)), argnums=(0, 1, 2)))
+  return (lambda: fwd(w1, w2, xe)), (lambda: fwd_bwd(w1, w2, xe)), {"executed_rows": e * rows}
+
+
+def torch_fns(cfg: Config, kind: str, torch, seed: int = 0):
+  """Eager PyTorch MoE rows: 'loop' (index_select per expert, index_add back) or 'dense' (bmm over all experts)."""
+  nnt, F = torch.nn, torch.nn.functional
+  e, d, h, k = cfg.experts, cfg.dim, cfg.hidden, cfg.top_k
+  dt = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+  torch.manual_seed(seed)
+
+  class LoopMoE(nnt.Module):
+    def __init__(self):
+      super().__init__()
+      self.gate = nnt.Linear(d, e)
+      self.experts = nnt.ModuleList(
+          [nnt.Sequential(nnt.Linear(d, h), nnt.GELU(approximate="tanh"), nnt.Linear(h, d)) for _ in range(e)])
+
+    def forward(self, x):
+      probs = torch.softmax(self.gate(x).float(), dim=-1)
+      weights, index = torch.topk(probs, k, dim=-1)  # [N, K]
+      out = torch.zeros_like(x)
+      for j, expert in enumerate(self.experts):
+        tok, slot = torch.where(index == j)
+        if tok.numel() == 0:
+          continue
+        ye = expert(x.index_select(0, tok)) * weights[tok, slot].unsqueeze(-1).to(x.dtype)
+        out = out.index_add(0, tok, ye)
+      return out
+
+  class DenseMoE(nnt.Module):
+    def __init__(self):
+      super().__init__()
+      self.gate = nnt.Linear(d, e)
+      self.w1 = nnt.Parameter(torch.randn(e, d, h) / math.sqrt(d))
+      self.b1 = nnt.Parameter(torch.zeros(e, 1, h))
+      self.w2 = nnt.Parameter(torch.randn(e, h, d) / math.sqrt(h))
+      self.b2 = nnt.Parameter(torch.zeros(e, 1, d))
+
+    def forward(self, x):
+      probs = torch.softmax(self.gate(x).float(), dim=-1)
+      weights, index = torch.topk(probs, k, dim=-1)
+      combine = torch.zeros_like(probs).scatter(1, index, weights).to(x.dtype)  # [N, E], zero off the top-k
+      xs = x.unsqueeze(0).expand(e, -1, -1)
+      hid = F.gelu(torch.baddbmm(self.b1, xs, self.w1), approximate="tanh")
+      ys = torch.baddbmm(self.b2, hid, self.w2)  # [E, N, D]
+      return torch.einsum("ne,end->nd", combine, ys)
+
+  model = (LoopMoE() if kind == "loop" else DenseMoE()).to(dt)
+  x = torch.randn(cfg.tokens, d, dtype=torch.float32).to(dt)
+  xg = x.clone().requires_grad_(True)
+
+  def fwd():
+    with torch.no_grad():
+      return model(x)
+
+  def fwd_bwd():
+    model.zero_grad(set_to_none=True)
+    xg.grad = None
+    loss = model(xg).float().square().sum()
+    loss.backward()
+    return loss
+
+  return fwd, fwd_bwd, {"executed_rows": cfg.tokens * k if kind == "loop" else e * cfg.tokens}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Driver
+
+
+def _stats(times: list[float]) -> dict[str, Any]:
+  arr = np.asarray(times)
+  return {"median_s": float(np.median(arr)), "p10_s": float(np.percentile(arr, 10)),
+          "p90_s": float(np.percentile(arr, 90)), "min_s": float(arr.min()), "n": len(times)}
+
+
+def time_interleaved(entries: list[dict[str, Any]], key: str, args) -> None:
+  """Time entries[i][key]() in rounds (every active row once per round), so that load from other processes on a
+  shared machine hits all rows of a config alike and the ratios stay meaningful. A row leaves the rounds once it
+  has spent ``--max-seconds`` and run ``--min-repeats`` times. Stores the stats under entries[i]['stats'][key]."""
+  for ent in entries:
+    fn, block = ent[key], ent["block"]
+    t0 = time.perf_counter()
+    block(fn())
+    ent.setdefault("first_call_s", {})[key] = time.perf_counter() - t0  # includes compilation
+    for _ in range(max(0, args.warmup - 1)):
+      block(fn())
+    ent.setdefault("times", {})[key] = []
+  active = list(entries)
+  for _ in range(args.repeats):
+    for ent in active:
+      fn, block = ent[key], ent["block"]
+      t0 = time.perf_counter()
+      block(fn())
+      ent["times"][key].append(time.perf_counter() - t0)
+    active = [e for e in active
+              if not (sum(e["times"][key]) > args.max_seconds and len(e["times"][key]) >= args.min_repeats)]
+    if not active:
+      break
+  for ent in entries:
+    ent.setdefault("stats", {})[key] = _stats(ent["times"][key])
+
+
+def run_config(cfg: Config, strategies: Sequence[str], args, torch_mod) -> list[dict[str, Any]]:
+  flops = routed_flops(cfg)
+  builders: list[tuple[str, Callable[[], Any], Callable[[Any], Any]]] = []
+  for s in strategies:
+    builders.append((f"jmoe/{s}", lambda s=s: jmoe_fns(cfg, s), _block))
+  builders.append(("floor/matmul", lambda: floor_fns(cfg), _block))
+  if torch_mod is not None:
+    for kind in ("loop", "dense"):
+      builders.append((f"torch/{kind}", lambda kind=kind: torch_fns(cfg, kind, torch_mod), lambda out: out))
+  entries = []
+  for name, build, block in builders:
+    fwd, fwd_bwd, extra = build()
+    entries.append({"name": name, "fwd": fwd, "fwd_bwd": fwd_bwd, "block": block, "extra": extra})
+  load_before = _loadavg()
+  time_interleaved(entries, "fwd", args)
+  time_interleaved(entries, "fwd_bwd", args)
+  load_after = _loadavg()
+  rows = []
+  for ent in entries:
+    tf, tb = ent["stats"]["fwd"], ent["stats"]["fwd_bwd"]
+    row = {
+        "name": ent["name"],
+        "config": dataclasses.asdict(cfg),
+        "median_s": tf["median_s"], "p10_s": tf["p10_s"], "p90_s": tf["p90_s"], "min_s": tf["min_s"],
+        "n_repeats": tf["n"], "first_call_s": ent["first_call_s"]["fwd"],
+        "fwd_bwd_median_s": tb["median_s"], "fwd_bwd_p10_s": tb["p10_s"], "fwd_bwd_p90_s": tb["p90_s"],
+        "fwd_bwd_min_s": tb["min_s"], "fwd_bwd_n_repeats": tb["n"],
+        "fwd_bwd_first_call_s": ent["first_call_s"]["fwd_bwd"],
+        "flops_fwd": flops, "flops_fwd_bwd": 3 * flops,
+        "tokens_per_s": cfg.tokens / tf["median_s"],
+        "fwd_bwd_tokens_per_s": cfg.tokens / tb["median_s"],
+        "gflops": flops / tf["median_s"] / 1e9,
+        "fwd_bwd_gflops": 3 * flops / tb["median_s"] / 1e9,
+        "loadavg_before": load_before, "loadavg_after": load_after,
+    }
+    row.update(ent["extra"])
+    rows.append(row)
+  floor = next(r for r in rows if r["name"] == "floor/matmul")
+  torch_rows = [r for r in rows if r["name"].startswith("torch/")]
+  best_t = min(torch_rows, key=lambda r: r["median_s"]) if torch_rows else None
+  best_tb = min(torch_rows, key=lambda r: r["fwd_bwd_median_s"]) if torch_rows else None
+  for r in rows:
+    r["ratio_vs_floor"] = r["median_s"] / floor["median_s"]
+    r["fwd_bwd_ratio_vs_floor"] = r["fwd_bwd_median_s"] / floor["fwd_bwd_median_s"]
+    r["ratio_vs_best_torch"] = r["median_s"] / best_t["median_s"] if best_t else None
+    r["best_torch"] = best_t["name"] if best_t else None
+    r["fwd_bwd_ratio_vs_best_torch"] = r["fwd_bwd_median_s"] / best_tb["fwd_bwd_median_s"] if best_tb else None
+    r["fwd_bwd_best_torch"] = best_tb["name"] if best_tb else None
+  return rows
+
+
+def _loadavg() -> float | None:
+  try:
+    return os.getloadavg()[0]
+  except OSError:  # pragma: no cover
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# --profile: where the time of the sorted dispatch goes, and prototype variants of it (measured here only; the
+# library's jmoe/moe/dispatch.py is not changed by this script).
+
+
+def _sorted_plan(routing, n: int, k: int, e: int, capacity_factor, capacity, group_size):
+  """The index bookkeeping of ``dispatch.sorted_buffers``, copied verbatim (integer work, no gradients)."""
+  s = dispatch_lib.group_size_for(n, group_size)
+  g = n // s
+  c = dispatch_lib.capacity_for(s, k, e, capacity_factor, capacity)
+  expert, order, counts, starts, position = dispatch_lib._slot_positions(  # pylint: disable=protected-access
+      routing.index.reshape(g, s, k), e)
+  src = jnp.minimum(starts[:, :, None] + jnp.arange(c)[None, None, :], k * s - 1)  # [G, E, C]
+  valid = jnp.arange(c)[None, None, :] < counts[:, :, None]  # [G, E, C]
+  slot = jnp.take_along_axis(order, src.reshape(g, e * c), axis=-1)  # [G, E*C]
+  token = (slot % s) + (jnp.arange(g) * s)[:, None]  # [G, E*C]
+  keep = position < c  # [G, KS]
+  row = expert * (g * c) + jnp.arange(g)[:, None] * c + jnp.minimum(position, c - 1)  # [G, KS]
+  wk = jnp.swapaxes(routing.weights.reshape(g, s, k), 1, 2).reshape(g, k * s) * keep  # [G, KS]
+  return dict(s=s, g=g, c=c, valid=valid, slot=slot, token=token, keep=keep, row=row, wk=wk)
+
+
+def _sum_over_k(picked, g: int, k: int, s: int):
+  """picked [G, K*S, ...] in (k, n) slot order -> [G, S, ...] by adding the K slices (no reduce op)."""
+  picked = picked.reshape((g, k, s) + picked.shape[2:])
+  out = picked[:, 0]
+  for j in range(1, k):
+    out = out + picked[:, j]
+  return out
+
+
+def proto_sorted_ksum(experts, x, routing, capacity_factor=None, capacity=None, group_size=None):
+  """dispatch.sorted_buffers with one change: the combine sums the K slot slices with adds instead of
+  ``jnp.sum(..., axis=1)`` over the size-K axis (which XLA:CPU runs ~40x slower than the adds)."""
+  n, d = x.shape
+  k, e = routing.k, routing.num_experts
+  pl = _sorted_plan(routing, n, k, e, capacity_factor, capacity, group_size)
+  g, c, s = pl["g"], pl["c"], pl["s"]
+  xs = jnp.where(pl["valid"].reshape(g, e * c, 1), x[pl["token"]], 0).reshape(g, e, c, d)
+  ys = experts.batched(jnp.swapaxes(xs, 0, 1).reshape(e, g * c, d))
+
+  def combine(leaf):
+    flat = leaf.reshape((e * g * c,) + leaf.shape[2:])
+    picked = flat[pl["row"]] * pl["wk"].reshape(pl["wk"].shape + (1,) * (leaf.ndim - 2)).astype(flat.dtype)
+    return _sum_over_k(picked, g, k, s).reshape((n,) + leaf.shape[2:])
+
+  return jax.tree.map(combine, ys), {"dropped_fraction": 1.0 - jnp.mean(pl["keep"].astype(jnp.float32)),
+                                     "capacity": c}
+
+
+def _take_rows(a, idx):
+  return a.at[idx].get(mode="promise_in_bounds")
+
+
+@jax.custom_vjp
+def _dispatch_rows(x, token, valid, row, keep):
+  """xs[r] = x[token[r]] if valid[r] else 0. x [N, D], token/valid [R], row/keep [K, N] (slot -> buffer row)."""
+  return jnp.where(valid[:, None], _take_rows(x, token), 0)
+
+
+def _dispatch_rows_fwd(x, token, valid, row, keep):
+  return _dispatch_rows(x, token, valid, row, keep), (token, valid, row, keep)
+
+
+def _dispatch_rows_bwd(res, dxs):
+  token, valid, row, keep = res
+  # Transpose of a gather along a permutation is the inverse gather: dx[n] = sum_k dxs[row[k, n]] (kept slots).
+  dx = None
+  for j in range(row.shape[0]):
+    term = jnp.where(keep[j][:, None], _take_rows(dxs, row[j]), 0)
+    dx = term if dx is None else dx + term
+  return dx, None, None, None, None
+
+
+_dispatch_rows.defvjp(_dispatch_rows_fwd, _dispatch_rows_bwd)
+
+
+@jax.custom_vjp
+def _combine_rows(ys, wk, row, token, kslot, valid):
+  """y[n] = sum_k wk[k, n] * ys[row[k, n]]. ys [R, D], wk/row [K, N]; token/kslot/valid [R] (buffer row -> slot)."""
+  y = None
+  for j in range(row.shape[0]):
+    term = _take_rows(ys, row[j]) * wk[j][:, None].astype(ys.dtype)
+    y = term if y is None else y + term
+  return y
+
+
+def _combine_rows_fwd(ys, wk, row, token, kslot, valid):
+  return _combine_rows(ys, wk, row, token, kslot, valid), (ys, wk, row, token, kslot, valid)
+
+
+def _combine_rows_bwd(res, dy):
+  ys, wk, row, token, kslot, valid = res
+  k = row.shape[0]
+  # dys[r] = wk[slot of r] * dy[token of r]: a gather, not a scatter-add.
+  w_of_row = wk.T[token, kslot]  # [R]
+  dys = jnp.where(valid[:, None], _take_rows(dy, token) * w_of_row[:, None].astype(dy.dtype), 0)
+  dwk = jnp.stack([jnp.sum(_take_rows(ys, row[j]).astype(jnp.float32) * dy.astype(jnp.float32), axis=-1)
+                   for j in range(k)]).astype(wk.dtype)
+  return dys, dwk, None, None, None, None
+
+
+_combine_rows.defvjp(_combine_rows_fwd, _combine_rows_bwd)
+
+
+def proto_sorted_gathers(experts, x, routing, capacity_factor=None, capacity=None, group_size=None):
+  """proto_sorted_ksum with custom VJPs whose backward passes are gathers too (no scatter-add): every kept slot
+  owns exactly one buffer row, so dispatch and combine are permutations (plus masking) and their transposes are
+  the inverse gathers. Single-array expert outputs only (enough for MLPExpert)."""
+  n, d = x.shape
+  k, e = routing.k, routing.num_experts
+  pl = _sorted_plan(routing, n, k, e, capacity_factor, capacity, group_size)
+  g, c, s = pl["g"], pl["c"], pl["s"]
+  # Flatten groups: buffer rows ordered [E, G, C] to match experts.batched's [E, G*C] layout.
+  token = jnp.swapaxes(pl["token"].reshape(g, e, c), 0, 1).reshape(-1)
+  valid = jnp.swapaxes(pl["valid"], 0, 1).reshape(-1)
+  kslot = jnp.swapaxes((pl["slot"] // s).reshape(g, e, c), 0, 1).reshape(-1)
+  to_kn = lambda a: jnp.swapaxes(a.reshape(g, k, s), 0, 1).reshape(k, n)  # [G, K*S] -> [K, N]
+  row, keep, wk = to_kn(pl["row"]), to_kn(pl["keep"]), to_kn(pl["wk"])
+  xs = _dispatch_rows(x, token, valid, row, keep).reshape(e, g * c, d)
+  ys = experts.batched(xs)
+  y = _combine_rows(ys.reshape(e * g * c, -1), wk, row, token, kslot, valid)
+  return y, {"dropped_fraction": 1.0 - jnp.mean(pl["keep"].astype(jnp.float32)), "capacity": c}
+
+
+PROTOS = {"proto/sorted-ksum": proto_sorted_ksum, "proto/sorted-gathers": proto_sorted_gathers}
+
+
+class ProtoMoELayer(nn.Module):
+  """MoELayer.__call__ with the dispatch function swapped for a prototype (same parameter tree)."""
+  router: nn.Module
+  expert: nn.Module
+  num_experts: int
+  dispatch_fn: Callable
+  capacity_factor: float | None = None
+  group_size: int | None = None
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True):
+    from jmoe.moe.experts import ExpertBank  # pylint: disable=import-outside-toplevel
+    routing = self.router(x, deterministic=deterministic)
+    bank = ExpertBank(self.expert, self.num_experts, name="experts")
+    fns = dispatch_lib.ExpertFns(batched=lambda xs: bank(xs, deterministic))
+    y, dm = self.dispatch_fn(fns, x, routing, capacity_factor=self.capacity_factor, group_size=self.group_size)
+    return y, dict(routing.metrics, dropped_fraction=dm["dropped_fraction"])
+
+
+def proto_fns(cfg: Config, name: str, seed: int = 0):
+  layer = ProtoMoELayer(router=TopKRouter(cfg.experts, k=cfg.top_k),
+                        expert=MLPExpert(hidden=cfg.hidden, out=cfg.dim, dtype=_jax_dtype(cfg.dtype)),
+                        num_experts=cfg.experts, dispatch_fn=PROTOS[name], capacity_factor=cfg.capacity_factor,
+                        group_size=cfg.group_size)
+  x = make_inputs(cfg, seed)
+  params = init_params(make_layer(cfg, "sorted"), x, seed)  # the same params as jmoe/sorted
+  fwd = jax.jit(lambda p, x: layer.apply(p, x)[0])
+  fwd_bwd = jax.jit(jax.value_and_grad(lambda p, x: _sq_loss(layer.apply(p, x)[0]), argnums=(0, 1)))
+  _, metrics = jax.jit(layer.apply)(params, x)
+  return (lambda: fwd(params, x)), (lambda: fwd_bwd(params, x)), {
+      "dropped_fraction": float(metrics["dropped_fraction"]), "params": params, "x": x, "layer": layer}
+
+
+def profile_pieces(cfg: Config, args) -> list[tuple[str, float]]:
+  """Time each stage of jmoe/sorted separately (each its own jit, inputs precomputed)."""
+  from jmoe.moe.experts import ExpertBank  # pylint: disable=import-outside-toplevel
+  n, d, e, k = cfg.tokens, cfg.dim, cfg.experts, cfg.top_k
+  layer = make_layer(cfg, "sorted")
+  x = make_inputs(cfg)
+  params = init_params(layer, x)
+  p = params["params"]
+  router, bank = layer.router, ExpertBank(layer.expert, e)
+  out = []
+
+  def t(name, f, *a):
+    jf = jax.jit(f)
+    st = time_fn(lambda: jf(*a), repeats=args.repeats, warmup=args.warmup, max_seconds=args.max_seconds,
+                 min_repeats=args.min_repeats)
+    out.append((name, st["median_s"]))
+    return jf(*a)
+
+  def route(pr, x):
+    return router.apply({"params": pr}, x)
+
+  routing = t("fwd  router (Dense, softmax, top_k, metrics)", route, p["router"], x)
+  pl = t("fwd  slot bookkeeping (argsort, bincount, positions)",
+         lambda r: {kk: v for kk, v in _sorted_plan(r, n, k, e, cfg.capacity_factor, None, cfg.group_size).items()
+                    if not isinstance(v, int)}, routing)
+  g, s = n // dispatch_lib.group_size_for(n, cfg.group_size), dispatch_lib.group_size_for(n, cfg.group_size)
+  c = dispatch_lib.capacity_for(s, k, e, cfg.capacity_factor)
+
+  def gather(x, token, valid):
+    return jnp.swapaxes(jnp.where(valid.reshape(g, e * c, 1), x[token], 0).reshape(g, e, c, d), 0, 1).reshape(
+        e, g * c, d)
+
+  xs = t("fwd  dispatch gather x[token] -> [E, G*C, D]", gather, x, pl["token"], pl["valid"])
+  pb = {"params": p["experts"]}
+  ys = t("fwd  expert bank (vmapped Dense-gelu-Dense on buffers)", lambda pb, xs: bank.apply(pb, xs), pb, xs)
+
+  def combine(ys, row, wk):
+    picked = ys.reshape(e * g * c, d)[row] * wk[..., None]
+    return jnp.sum(picked.reshape(g, k, s, d), axis=1).reshape(n, d)
+
+  def combine_ksum(ys, row, wk):
+    return _sum_over_k(ys.reshape(e * g * c, d)[row] * wk[..., None], g, k, s).reshape(n, d)
+
+  t("fwd  combine as in dispatch.py: gather, *w, jnp.sum(axis=k)", combine, ys, pl["row"], pl["wk"])
+  t("fwd    ... its gather ys[row] alone", lambda ys, row: ys.reshape(e * g * c, d)[row], ys, pl["row"])
+  t("fwd    ... combine with K slice adds instead of jnp.sum", combine_ksum, ys, pl["row"], pl["wk"])
+  t("fwd  FULL MoELayer.apply (sorted)", lambda pp, x: layer.apply(pp, x)[0], params, x)
+  ones = lambda a: jnp.ones(a.shape, a.dtype)
+  t("bwd  router vjp (w.r.t. params, x)",
+    lambda pr, x, ct: jax.vjp(lambda pr, x: route(pr, x).weights, pr, x)[1](ct), p["router"], x,
+    jnp.ones((n, k), jnp.float32))
+  t("bwd  dispatch gather vjp (scatter-add into x)",
+    lambda x, ct: jax.vjp(lambda x: gather(x, pl["token"], pl["valid"]), x)[1](ct), x, ones(xs))
+  t("bwd  expert bank vjp (w.r.t. params, buffers)",
+    lambda pb, xs, ct: jax.vjp(lambda pb, xs: bank.apply(pb, xs), pb, xs)[1](ct), pb, xs, ones(ys))
+  t("bwd  combine vjp as in dispatch.py (scatter-add into buffers)",
+    lambda ys, wk, ct: jax.vjp(lambda ys, wk: combine(ys, pl["row"], wk), ys, wk)[1](ct), ys, pl["wk"],
+    jnp.ones((n, d), ys.dtype))
+  t("bwd  combine vjp, K slice adds",
+    lambda ys, wk, ct: jax.vjp(lambda ys, wk: combine_ksum(ys, pl["row"], wk), ys, wk)[1](ct), ys, pl["wk"],
+    jnp.ones((n, d), ys.dtype))
+  t("f+b  FULL MoELayer value_and_grad (sorted)",
+    jax.value_and_grad(lambda pp, x: _sq_loss(layer.apply(pp, x)[0]), argnums=(0, 1)), params, x)
+  return out
+
+
+def profile_config(cfg: Config, args) -> list[dict[str, Any]]:
+  print(f"## profile of jmoe/sorted: {cfg.label()}", flush=True)
+  pieces = profile_pieces(cfg, args)
+  w = max(len(nm) for nm, _ in pieces)
+  for nm, sec in pieces:
+    print(f"  {nm.ljust(w)} {sec * 1e3:9.2f} ms")
+  print("  (each piece is its own jit with precomputed inputs, so fusion across pieces is lost; the pieces of a "
+        "pass add up to roughly its FULL line)")
+  # Variants, interleaved against the library row and the floor.
+  entries = []
+  for name, build in [("jmoe/sorted", lambda: jmoe_fns(cfg, "sorted")), ("floor/matmul", lambda: floor_fns(cfg))] + [
+      (nm, lambda nm=nm: proto_fns(cfg, nm)) for nm in PROTOS]:
+    fwd, fwd_bwd, extra = build()
+    entries.append({"name": name, "fwd": fwd, "fwd_bwd": fwd_bwd, "block": _block, "extra": extra})
+  # Check the prototypes against the library layer before timing them.
+  ref = entries[0]["fwd"]()[0]
+  ref_g = entries[0]["fwd_bwd"]()
+  for ent in entries[2:]:
+    err = float(jnp.max(jnp.abs(ent["fwd"]() - ref)))
+    gerr = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(ent["fwd_bwd"]()),
+                                                              jax.tree.leaves(ref_g)))
+    ent["extra"]["max_abs_err_vs_sorted"] = (err, gerr)
+    print(f"  {ent['name']}: max |y - y_sorted| = {err:.2e}, max |grad - grad_sorted| = {gerr:.2e}")
+  time_interleaved(entries, "fwd", args)
+  time_interleaved(entries, "fwd_bwd", args)
+  floor = entries[1]["stats"]
+  rows = []
+  print(f"  {'variant':22s} {'fwd ms':>8s} {'x floor':>8s} {'f+b ms':>8s} {'x floor':>8s}")
+  for ent in entries:
+    st = ent["stats"]
+    print(f"  {ent['name']:22s} {st['fwd']['median_s'] * 1e3:8.1f} "
+          f"{st['fwd']['median_s'] / floor['fwd']['median_s']:8.2f} {st['fwd_bwd']['median_s'] * 1e3:8.1f} "
+          f"{st['fwd_bwd']['median_s'] / floor['fwd_bwd']['median_s']:8.2f}")
+    rows.append({"name": ent["name"], "config": dataclasses.asdict(cfg), "median_s": st["fwd"]["median_s"],
+                 "fwd_bwd_median_s": st["fwd_bwd"]["median_s"], "p10_s": st["fwd"]["p10_s"],
+                 "p90_s": st["fwd"]["p90_s"]})
+  print(flush=True)
+  return {"pieces": [{"name": nm, "median_s": sec} for nm, sec in pieces], "variants": rows}
+
+
+def format_table(cfg: Config, rows: list[dict[str, Any]]) -> str:
+  head = ["name", "fwd ms", "p10-p90 ms", "fwd+bwd ms", "p10-p90 ms", "tokens/s fwd", "GFLOP/s fwd",
+          "GFLOP/s f+b", "x floor fwd", "x floor f+b", "x torch fwd", "x torch f+b", "drop%"]
+  lines = []
+  for r in rows:
+    rt = r.get("ratio_vs_best_torch")
+    rtb = r.get("fwd_bwd_ratio_vs_best_torch")
+    drop = r.get("dropped_fraction")
+    lines.append([
+        r["name"], f"{r['median_s'] * 1e3:.1f}", f"{r['p10_s'] * 1e3:.1f}-{r['p90_s'] * 1e3:.1f}",
+        f"{r['fwd_bwd_median_s'] * 1e3:.1f}", f"{r['fwd_bwd_p10_s'] * 1e3:.1f}-{r['fwd_bwd_p90_s'] * 1e3:.1f}",
+        f"{r['tokens_per_s']:,.0f}", f"{r['gflops']:.1f}", f"{r['fwd_bwd_gflops']:.1f}",
+        f"{r['ratio_vs_floor']:.2f}", f"{r['fwd_bwd_ratio_vs_floor']:.2f}",
+        "-" if rt is None else f"{rt:.2f}", "-" if rtb is None else f"{rtb:.2f}",
+        "-" if drop is None else f"{100 * drop:.1f}"])
+  widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
+  fmt = lambda cells: " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+  out = [f"## {cfg.label()}",
+         f"   routed FLOPs: fwd {routed_flops(cfg) / 1e9:.3f} GFLOP (2*N*K*(D*H+H*D), router not counted), "
+         f"fwd+bwd 3x; median of up to {rows[0]['n_repeats'] if rows else 0} runs (see JSON for counts)",
+         fmt(head), "-+-".join("-" * w for w in widths)]
+  out += [fmt(l) for l in lines]
+  return "\n".join(out)
+
+
+def check_targets(results: list[dict[str, Any]]) -> list[str]:
+  """The report-only targets of the headline config (see module docstring). Returns human-readable lines."""
+  msgs = []
+  by_cfg: dict[tuple, dict[str, dict]] = {}
+  for r in results:
+    c = r["config"]
+    by_cfg.setdefault(tuple(sorted(c.items())), {})[r["name"]] = r
+  def find(**kw):
+    for key, rows in by_cfg.items():
+      c = dict(key)
+      if all(c[k] == v for k, v in kw.items()):
+        return rows
+    return None
+  head = find(**HEADLINE, dtype="float32")
+  if head:
+    jrows = {n: r for n, r in head.items() if n.startswith("jmoe/")}
+    if jrows:
+      best = min(jrows.values(), key=lambda r: r["median_s"])
+      ok = best["ratio_vs_floor"] <= 1.15
+      msgs.append(f"target fastest jmoe <= 1.15x floor/matmul (fwd): {best['name']} {best['ratio_vs_floor']:.2f}x "
+                  f"-> {'MET' if ok else 'MISSED'}")
+      if best.get("ratio_vs_best_torch") is not None:
+        ok = best["ratio_vs_best_torch"] <= 0.9
+        msgs.append(f"target fastest jmoe <= 0.9x best torch (fwd): {best['name']} {best['ratio_vs_best_torch']:.2f}x "
+                    f"of {best['best_torch']} -> {'MET' if ok else 'MISSED'}")
+  e32 = find(**dict(HEADLINE, experts=32), dtype="float32")
+  if head and e32:
+    for s in ("jmoe/sorted", "jmoe/ragged"):
+      if s in head and s in e32:
+        ratio = e32[s]["median_s"] / head[s]["median_s"]
+        msgs.append(f"target {s} E=32 within 1.5x of E=8 (fwd): {ratio:.2f}x -> {'MET' if ratio <= 1.5 else 'MISSED'}")
+  return msgs
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--tokens", type=int)
+  p.add_argument("--dim", type=int)
+  p.add_argument("--hidden", type=int)
+  p.add_argument("--experts", type=int)
+  p.add_argument("--top-k", type=int)
+  p.add_argument("--capacity-factor", type=float, default=1.0,
+                 help="einsum/sorted capacity factor (default 1.0: buffers = exactly the routed rows); 0 = no drop")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  p.add_argument("--strategies", default=",".join(dispatch_lib.STRATEGIES))
+  p.add_argument("--repeats", type=int, default=20)
+  p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (the first compiles)")
+  p.add_argument("--max-seconds", type=float, default=3.0,
+                 help="stop timing a row (fwd or fwd+bwd) once this much was spent, after --min-repeats runs")
+  p.add_argument("--min-repeats", type=int, default=5)
+  p.add_argument("--json", help="write the results here (e.g. runs/bench/routing.json)")
+  p.add_argument("--no-torch", action="store_true")
+  p.add_argument("--group-size", type=int)
+  p.add_argument("--profile", action="store_true",
+                 help="time the pieces of the sorted dispatch and prototype variants instead (see profile_sorted)")
+  p.add_argument("--verbose", action="store_true")
+  return p.parse_args(argv)
+
+
+def configs_from_args(args) -> list[Config]:
+  given = {k: getattr(args, k) for k in HEADLINE if getattr(args, k) is not None}
+  grid = DEFAULT_GRID if not given else (dict(HEADLINE, **given),)
+  cf = None if args.capacity_factor is not None and args.capacity_factor <= 0 else args.capacity_factor
+  return [Config(**g, capacity_factor=cf, dtype=args.dtype, group_size=args.group_size) for g in grid]
+
+
+def main(argv=None) -> dict[str, Any]:
+  args = parse_args(argv)
+  strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+  unknown = [s for s in strategies if s not in dispatch_lib.STRATEGIES]
+  if unknown:
+    raise SystemExit(f"unknown strategies {unknown}; choose from {dispatch_lib.STRATEGIES}")
+  torch_mod = None if args.no_torch else _import_torch()
+  if torch_mod is not None:
+    torch_mod.set_num_threads(num_threads())
+  machine = machine_info(torch_mod)
+  print(f"machine: {machine['cpu_model']} ({', '.join(machine['cpu_simd_flags'])}), {machine['cores']} cores; "
+        f"jax {machine['jax']} / jaxlib {machine['jaxlib']}, backend {machine['backend']} {machine['devices']}; "
+        + (f"torch {machine['torch']} with set_num_threads({machine['torch_threads']}) to match JAX's "
+           f"{machine['cores']}-core thread pool" if torch_mod is not None else
+           ("torch rows skipped (--no-torch)" if args.no_torch else "torch not importable: torch rows skipped")),
+        flush=True)
+  results, profiles = [], []
+  for cfg in configs_from_args(args):
+    if args.profile:
+      profiles.append(profile_config(cfg, args))
+      continue
+    rows = run_config(cfg, strategies, args, torch_mod)
+    results += rows
+    print(format_table(cfg, rows), flush=True)
+    print(flush=True)
+  out = {"machine": machine, "results": results, "targets": check_targets(results)}
+  if profiles:
+    out["profiles"] = profiles
+  for m in out["targets"]:
+    print(m)
+  if args.json:
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+      json.dump(out, f, indent=1)
+    print(f"wrote {args.json}")
+  return out
+
+
+if __name__ == "__main__":
+  main()
