@@ -52,6 +52,10 @@ def test_drop_modalities(seq_split, available):
 def test_drop_modalities_names_and_errors(vec_split):
     out = drop_modalities(vec_split, ('text', 'A'))
     assert not out.features['vision'].any() and out.features['text'].any()
+    lv = drop_modalities(vec_split, 'LV')
+    assert not lv.features['audio'].any() and lv.features['text'].any() and lv.features['vision'].any()
+    only_text = drop_modalities(vec_split, 'text')
+    assert only_text.features['text'].any() and not only_text.features['audio'].any()
     with pytest.raises(ValueError, match="unknown modality 'X'"):
         drop_modalities(vec_split, ('L', 'X'))
     with pytest.raises(ValueError, match='at least one'):

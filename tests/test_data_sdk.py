@@ -145,6 +145,20 @@ def test_load_sdk_dataset_errors(sdk_files, tmp_path):
         load_sdk_dataset(tmp_path / 'bad_labels.csd', {'audio': d / 'covarep.csd'}, d / 'folds.json')
 
 
+def test_mosei_style_label_columns(sdk_files, tmp_path):
+    d, label_videos, _ = sdk_files
+    # MOSEI labels: [k, 7] = sentiment + six emotions; pick a column
+    seven = {v: (np.c_[np.asarray(f), np.tile(np.arange(1, 7) / 2, (len(f), 1))], iv) for v, (f, iv) in label_videos.items()}
+    write_csd(tmp_path / 'mosei_labels.csd', 'All Labels', seven)
+    ds = load_sdk_dataset(tmp_path / 'mosei_labels.csd', {'audio': d / 'covarep.csd'}, d / 'folds.json')
+    np.testing.assert_allclose(ds.splits['train'].labels, [1, -2, 0.5, 3, -1])
+    happy = load_sdk_dataset(tmp_path / 'mosei_labels.csd', {'audio': d / 'covarep.csd'}, d / 'folds.json',
+                             label_column=1)
+    assert (happy.splits['test'].labels == 0.5).all()
+    with pytest.raises(ValueError, match='label_column=7 is out of range'):
+        load_sdk_dataset(tmp_path / 'mosei_labels.csd', {'audio': d / 'covarep.csd'}, d / 'folds.json', label_column=7)
+
+
 def test_standard_folds_errors(tmp_path):
     p = tmp_path / 'f.json'
     p.write_text(json.dumps({'train': ['a'], 'valid': ['a'], 'test': []}))

@@ -70,13 +70,15 @@ def _replace(split: Split, m: str, x: np.ndarray) -> Split:
 
 
 def drop_modalities(split: Split, available) -> Split:
-    """Zero the features of every modality not in ``available`` (letters or names).
+    """Zero the features of every modality not in ``available`` (letters, names, or a string like ``'LV'``).
 
     ``available`` may name modalities the split lacks (e.g. L for an audio+vision
     dataset); they are simply absent. Masks are unchanged (see the module docstring).
     """
     if isinstance(available, str):
-        available = (available,)
+        # 'LV' -> ('L', 'V'); a single name such as 'text' stays one modality
+        available = tuple(available) if available not in MODALITIES and set(available) <= set(LETTERS) \
+            else (available,)
     keep = {modality_name(a) for a in available}
     if not keep:
         raise ValueError('available must name at least one modality')

@@ -138,13 +138,15 @@ def _inside(ivals: np.ndarray, start: float, end: float, tol: float) -> np.ndarr
 
 
 def load_sdk_dataset(label_csd, feature_csds: Mapping[str, object], folds_json, *,
-                     seq_len: int | None = None, name: str = 'sdk', tol: float = 1e-3,
+                     seq_len: int | None = None, name: str = 'sdk', label_column: int = 0, tol: float = 1e-3,
                      empty: str = 'error', nonfinite: str = 'error',
                      label_range: tuple[float, float] = LABEL_RANGE) -> Dataset:
     """Build a Dataset from an SDK label sequence, feature sequences and folds.
 
     Args:
-      label_csd: label ``.csd`` (``[k, 1]`` scores per video, one row per segment).
+      label_csd: label ``.csd``, one row per segment: ``[k, 1]`` sentiment for MOSI, ``[k, 7]``
+        for MOSEI's ``CMU_MOSEI_Labels.csd`` (sentiment, then six emotions).
+      label_column: which label column is the target (default 0 = sentiment).
       feature_csds: modality (``'text'``/``'audio'``/``'vision'``) -> feature ``.csd``.
       folds_json: ``{"train": [videos], "valid": [...], "test": [...]}``.
       seq_len: None -> each modality is the mean of the segment's feature rows,
@@ -189,8 +191,9 @@ def load_sdk_dataset(label_csd, feature_csds: Mapping[str, object], folds_json, 
             if vid not in labels:
                 raise ValueError(f"{label_csd}: no labels for video '{vid}' listed in fold '{s}' of {folds_json}")
             lab, ivals = labels[vid]
-            if lab.shape[1] != 1:
-                raise ValueError(f"{label_csd}: video '{vid}' has {lab.shape[1]} label columns, expected 1")
+            if not 0 <= label_column < lab.shape[1]:
+                raise ValueError(f"{label_csd}: video '{vid}' has {lab.shape[1]} label columns, "
+                                 f"label_column={label_column} is out of range")
             for i in range(lab.shape[0]):
                 sid = segment_id(vid, i)
                 start, end = ivals[i]
@@ -220,7 +223,7 @@ def load_sdk_dataset(label_csd, feature_csds: Mapping[str, object], folds_json, 
                         pad[:len(v)] = v
                         rows[m].append(pad)
                         lens[m].append(len(v))
-                ys.append(float(lab[i, 0]))
+                ys.append(float(lab[i, label_column]))
                 ids.append(sid)
         features = {m: (np.stack(rows[m]).astype(np.float32) if rows[m]
                         else np.zeros((0, dims[m]) if seq_len is None else (0, seq_len, dims[m]), np.float32))
@@ -236,7 +239,7 @@ def load_sdk_dataset(label_csd, feature_csds: Mapping[str, object], folds_json, 
                 masks[m] = np.arange(seq_len)[None, :] < np.asarray(lens[m], np.int64).reshape(-1, 1)
         splits[s] = Split(features=features, masks=masks, labels=np.asarray(ys, np.float32),
                           ids=np.asarray(ids, dtype=str))
-    source = (f'load_sdk_dataset(labels={label_csd}, folds={folds_json}, '
+    source = (f'load_sdk_dataset(labels={label_csd}[:, {label_column}], folds={folds_json}, '
               + ', '.join(f'{m}={feats[m][0]}' for m in mods) + f', seq_len={seq_len})')
     ds = Dataset(name=name, splits=splits, modalities=mods, dims=dims, synthetic=False, source=source)
     return validate(ds, label_csd, label_range=label_range)

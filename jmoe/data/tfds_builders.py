@@ -1,4 +1,4 @@
-"""TFDS builders: the way to prepare real MOSI / MOSEI data for jmoe.
+"""TFDS builders: THE way to prepare real MOSI / MOSEI data for jmoe.
 
 Both builders are ``tfds.core.GeneratorBasedBuilder`` subclasses that read source files
 from ``manual_dir`` through the jmoe loaders, write ``array_record`` files, and read back
