@@ -265,6 +265,12 @@ def _read_meta(directory: Path) -> dict:
 
 def _read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
     """All arrays of an .npz (no pickles); ValueError 'not <what>' for anything else."""
+    with open(path, 'rb') as fh:
+        head = fh.read(8)
+    if head.startswith(b'\x93NUMPY'):
+        raise ValueError(f'{path}: not {what} (a single .npy array, not an .npz archive)')
+    if not head.startswith(b'PK'):
+        raise ValueError(f'{path}: not {what} (not an .npz/zip archive; file starts with {head!r})')
     try:
         z = np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
