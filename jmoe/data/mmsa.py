@@ -43,7 +43,6 @@ from __future__ import annotations
 import _compat_pickle
 import codecs
 import importlib
-import io
 import pickle
 import warnings
 from pathlib import Path
@@ -125,9 +124,9 @@ def safe_load_pickle(path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'{path}: no such pickle file')
-    data = path.read_bytes()
     try:
-        return RestrictedUnpickler(io.BytesIO(data), str(path)).load()
+        with open(path, 'rb') as fh:        # streamed: MOSEI pickles are several GB
+            return RestrictedUnpickler(fh, str(path)).load()
     except RefusedPickleError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,

@@ -115,7 +115,7 @@ class JmoeMosi(tfds.core.GeneratorBasedBuilder):
         feats['label'] = tfds.features.Scalar(dtype=np.float32, doc='sentiment score in [-3, 3]')
         feats['id'] = tfds.features.Text(doc='utterance id <video>_<n>')
         return tfds.core.DatasetInfo(
-            builder=self, description=__doc__.split('\n\n')[0], features=tfds.features.FeaturesDict(feats),
+            builder=self, description=self.__class__.__doc__, features=tfds.features.FeaturesDict(feats),
             homepage='https://github.com/CMU-MultiComp-Lab/CMU-MultimodalSDK', citation=_MOSI_CITATION,
             disable_shuffling=True, metadata=tfds.core.MetadataDict())
 
