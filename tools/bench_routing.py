@@ -60,11 +60,13 @@ from jmoe.moe.layer import MoELayer
 from jmoe.moe.routing import TopKRouter
 
 HEADLINE = dict(tokens=4096, dim=256, hidden=512, experts=8, top_k=2)
-# Default grid: the headline config, the same tokens over 32 experts, and top-1.
+# Default grid: the headline config, the same tokens over 32 experts, and top-1. At E=32 the grid leaves out the
+# rows that run every expert on every token (jmoe/dense, torch/dense: E/K = 16x the routed work, ~1-2 s fwd and
+# ~3-6 s fwd+bwd each here) to keep the grid near 3 minutes; ask for them with --experts 32.
 DEFAULT_GRID = (
-    dict(HEADLINE),
-    dict(HEADLINE, experts=32),
-    dict(HEADLINE, top_k=1),
+    (dict(HEADLINE), ()),
+    (dict(HEADLINE, experts=32), ("jmoe/dense", "torch/dense")),
+    (dict(HEADLINE, top_k=1), ()),
 )
 
 
@@ -88,6 +90,10 @@ class Config:
 def routed_flops(cfg: Config) -> float:
   """Forward FLOPs of the routed expert work: 2*N*K*(D*H + H*D) (router, gelu, bias not counted)."""
   return 2.0 * cfg.tokens * cfg.top_k * (cfg.dim * cfg.hidden + cfg.hidden * cfg.dim)
+
+
+def machine_cores() -> int:
+  return num_threads()
 
 
 def num_threads() -> int:
@@ -286,7 +292,7 @@ def torch_fns(cfg: Config, kind: str, torch, seed: int = 0):
         if tok.numel() == 0:
           continue
         ye = expert(x.index_select(0, tok)) * weights[tok, slot].unsqueeze(-1).to(x.dtype)
-        out = out.index_add(0, tok, ye)
+        out.index_add_(0, tok, ye)
       return out
 
   class DenseMoE(nnt.Module):
@@ -344,8 +350,11 @@ def time_interleaved(entries: list[dict[str, Any]], key: str, args) -> None:
     t0 = time.perf_counter()
     block(fn())
     ent.setdefault("first_call_s", {})[key] = time.perf_counter() - t0  # includes compilation
-    for _ in range(max(0, args.warmup - 1)):
+    for _ in range(max(0, args.warmup - 1)):  # untimed warm calls; skipped once one takes over a second
+      t0 = time.perf_counter()
       block(fn())
+      if time.perf_counter() - t0 > 1.0:
+        break
     ent.setdefault("times", {})[key] = []
   active = list(entries)
   for _ in range(args.repeats):
@@ -362,7 +371,8 @@ def time_interleaved(entries: list[dict[str, Any]], key: str, args) -> None:
     ent.setdefault("stats", {})[key] = _stats(ent["times"][key])
 
 
-def run_config(cfg: Config, strategies: Sequence[str], args, torch_mod) -> list[dict[str, Any]]:
+def run_config(cfg: Config, strategies: Sequence[str], args, torch_mod, skip: Sequence[str] = ()
+               ) -> list[dict[str, Any]]:
   flops = routed_flops(cfg)
   builders: list[tuple[str, Callable[[], Any], Callable[[Any], Any]]] = []
   for s in strategies:
@@ -373,6 +383,8 @@ def run_config(cfg: Config, strategies: Sequence[str], args, torch_mod) -> list[
       builders.append((f"torch/{kind}", lambda kind=kind: torch_fns(cfg, kind, torch_mod), lambda out: out))
   entries = []
   for name, build, block in builders:
+    if name in skip:
+      continue
     fwd, fwd_bwd, extra = build()
     entries.append({"name": name, "fwd": fwd, "fwd_bwd": fwd_bwd, "block": block, "extra": extra})
   load_before = _loadavg()
@@ -666,29 +678,34 @@ def profile_config(cfg: Config, args) -> list[dict[str, Any]]:
   ref_g = entries[0]["fwd_bwd"]()
   for ent in entries[2:]:
     err = float(jnp.max(jnp.abs(ent["fwd"]() - ref)))
-    gerr = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(ent["fwd_bwd"]()),
-                                                              jax.tree.leaves(ref_g)))
+    gerr = max(float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30))
+               for a, b in zip(jax.tree.leaves(ent["fwd_bwd"]()), jax.tree.leaves(ref_g)))
     ent["extra"]["max_abs_err_vs_sorted"] = (err, gerr)
-    print(f"  {ent['name']}: max |y - y_sorted| = {err:.2e}, max |grad - grad_sorted| = {gerr:.2e}")
+    print(f"  {ent['name']}: max |y - y_sorted| = {err:.2e}, max |grad - grad_sorted| / max |grad_sorted| = {gerr:.2e} (per leaf, worst)")
   time_interleaved(entries, "fwd", args)
   time_interleaved(entries, "fwd_bwd", args)
   floor = entries[1]["stats"]
   rows = []
-  print(f"  {'variant':22s} {'fwd ms':>8s} {'x floor':>8s} {'f+b ms':>8s} {'x floor':>8s}")
+  print(f"  {'variant':22s} {'fwd ms':>8s} {'x floor':>8s} {'(min)':>6s} {'f+b ms':>8s} {'x floor':>8s} {'(min)':>6s}"
+        f"   (x floor = ratio of medians; (min) = ratio of fastest runs, less sensitive to other load)")
   for ent in entries:
     st = ent["stats"]
-    print(f"  {ent['name']:22s} {st['fwd']['median_s'] * 1e3:8.1f} "
-          f"{st['fwd']['median_s'] / floor['fwd']['median_s']:8.2f} {st['fwd_bwd']['median_s'] * 1e3:8.1f} "
-          f"{st['fwd_bwd']['median_s'] / floor['fwd_bwd']['median_s']:8.2f}")
-    rows.append({"name": ent["name"], "config": dataclasses.asdict(cfg), "median_s": st["fwd"]["median_s"],
-                 "fwd_bwd_median_s": st["fwd_bwd"]["median_s"], "p10_s": st["fwd"]["p10_s"],
-                 "p90_s": st["fwd"]["p90_s"]})
+    f, b = st["fwd"], st["fwd_bwd"]
+    print(f"  {ent['name']:22s} {f['median_s'] * 1e3:8.1f} {f['median_s'] / floor['fwd']['median_s']:8.2f} "
+          f"{f['min_s'] / floor['fwd']['min_s']:6.2f} {b['median_s'] * 1e3:8.1f} "
+          f"{b['median_s'] / floor['fwd_bwd']['median_s']:8.2f} {b['min_s'] / floor['fwd_bwd']['min_s']:6.2f}")
+    rows.append({"name": ent["name"], "config": dataclasses.asdict(cfg), "median_s": f["median_s"],
+                 "min_s": f["min_s"], "p10_s": f["p10_s"], "p90_s": f["p90_s"],
+                 "fwd_bwd_median_s": b["median_s"], "fwd_bwd_min_s": b["min_s"],
+                 "ratio_vs_floor": f["median_s"] / floor["fwd"]["median_s"],
+                 "fwd_bwd_ratio_vs_floor": b["median_s"] / floor["fwd_bwd"]["median_s"],
+                 "max_abs_err_vs_sorted": ent["extra"].get("max_abs_err_vs_sorted")})
   print(flush=True)
   return {"pieces": [{"name": nm, "median_s": sec} for nm, sec in pieces], "variants": rows}
 
 
 def format_table(cfg: Config, rows: list[dict[str, Any]]) -> str:
-  head = ["name", "fwd ms", "p10-p90 ms", "fwd+bwd ms", "p10-p90 ms", "tokens/s fwd", "GFLOP/s fwd",
+  head = ["name", "fwd ms", "p10-p90 ms", "best", "fwd+bwd ms", "p10-p90 ms", "tokens/s fwd", "GFLOP/s fwd",
           "GFLOP/s f+b", "x floor fwd", "x floor f+b", "x torch fwd", "x torch f+b", "drop%"]
   lines = []
   for r in rows:
@@ -697,6 +714,7 @@ def format_table(cfg: Config, rows: list[dict[str, Any]]) -> str:
     drop = r.get("dropped_fraction")
     lines.append([
         r["name"], f"{r['median_s'] * 1e3:.1f}", f"{r['p10_s'] * 1e3:.1f}-{r['p90_s'] * 1e3:.1f}",
+        f"{r['min_s'] * 1e3:.1f}",
         f"{r['fwd_bwd_median_s'] * 1e3:.1f}", f"{r['fwd_bwd_p10_s'] * 1e3:.1f}-{r['fwd_bwd_p90_s'] * 1e3:.1f}",
         f"{r['tokens_per_s']:,.0f}", f"{r['gflops']:.1f}", f"{r['fwd_bwd_gflops']:.1f}",
         f"{r['ratio_vs_floor']:.2f}", f"{r['fwd_bwd_ratio_vs_floor']:.2f}",
@@ -704,9 +722,16 @@ def format_table(cfg: Config, rows: list[dict[str, Any]]) -> str:
         "-" if drop is None else f"{100 * drop:.1f}"])
   widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
   fmt = lambda cells: " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+  n_f = [r["n_repeats"] for r in rows]
+  n_b = [r["fwd_bwd_n_repeats"] for r in rows]
+  load = (rows[0].get("loadavg_before"), rows[0].get("loadavg_after")) if rows else (None, None)
   out = [f"## {cfg.label()}",
-         f"   routed FLOPs: fwd {routed_flops(cfg) / 1e9:.3f} GFLOP (2*N*K*(D*H+H*D), router not counted), "
-         f"fwd+bwd 3x; median of up to {rows[0]['n_repeats'] if rows else 0} runs (see JSON for counts)",
+         f"   routed FLOPs: fwd {routed_flops(cfg) / 1e9:.3f} GFLOP (2*N*K*(D*H+H*D); router, gelu, bias, padding "
+         f"not counted), fwd+bwd 3x. Medians of {min(n_f)}-{max(n_f)} fwd / {min(n_b)}-{max(n_b)} fwd+bwd runs, "
+         f"rows interleaved; best = fastest fwd run; ratios are of medians; x torch = vs the fastest torch row.",
+         f"   1-min load average {load[0]:.2f} before, {load[1]:.2f} after"
+         + (f"  -- WARNING: other processes were using the CPU; absolute times are inflated and noisy"
+            if max(load) > 0.5 * machine_cores() + 1 else "") if None not in load else "",
          fmt(head), "-+-".join("-" * w for w in widths)]
   out += [fmt(l) for l in lines]
   return "\n".join(out)
@@ -761,9 +786,12 @@ def parse_args(argv=None):
   p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (the first compiles)")
   p.add_argument("--max-seconds", type=float, default=3.0,
                  help="stop timing a row (fwd or fwd+bwd) once this much was spent, after --min-repeats runs")
-  p.add_argument("--min-repeats", type=int, default=5)
+  p.add_argument("--min-repeats", type=int, default=3)
   p.add_argument("--json", help="write the results here (e.g. runs/bench/routing.json)")
   p.add_argument("--no-torch", action="store_true")
+  p.add_argument("--torch-threads", type=int,
+                 help="torch.set_num_threads (default: the cores JAX uses). With other processes on the CPU, 2 OpenMP "
+                      "threads on 2 cores stall at every op's barrier and torch/loop gets 10-20x slower; 1 avoids that")
   p.add_argument("--group-size", type=int)
   p.add_argument("--profile", action="store_true",
                  help="time the pieces of the sorted dispatch and prototype variants instead (see profile_sorted)")
@@ -771,11 +799,13 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
-def configs_from_args(args) -> list[Config]:
+def configs_from_args(args) -> list[tuple[Config, tuple[str, ...]]]:
+  """[(config, row names to skip)]: the default grid without size flags, else one config (headline defaults)."""
   given = {k: getattr(args, k) for k in HEADLINE if getattr(args, k) is not None}
-  grid = DEFAULT_GRID if not given else (dict(HEADLINE, **given),)
+  grid = DEFAULT_GRID if not given else ((dict(HEADLINE, **given), ()),)
   cf = None if args.capacity_factor is not None and args.capacity_factor <= 0 else args.capacity_factor
-  return [Config(**g, capacity_factor=cf, dtype=args.dtype, group_size=args.group_size) for g in grid]
+  return [(Config(**g, capacity_factor=cf, dtype=args.dtype, group_size=args.group_size), tuple(skip))
+          for g, skip in grid]
 
 
 def main(argv=None) -> dict[str, Any]:
@@ -786,20 +816,21 @@ def main(argv=None) -> dict[str, Any]:
     raise SystemExit(f"unknown strategies {unknown}; choose from {dispatch_lib.STRATEGIES}")
   torch_mod = None if args.no_torch else _import_torch()
   if torch_mod is not None:
-    torch_mod.set_num_threads(num_threads())
+    torch_mod.set_num_threads(args.torch_threads or num_threads())
   machine = machine_info(torch_mod)
   print(f"machine: {machine['cpu_model']} ({', '.join(machine['cpu_simd_flags'])}), {machine['cores']} cores; "
         f"jax {machine['jax']} / jaxlib {machine['jaxlib']}, backend {machine['backend']} {machine['devices']}; "
-        + (f"torch {machine['torch']} with set_num_threads({machine['torch_threads']}) to match JAX's "
-           f"{machine['cores']}-core thread pool" if torch_mod is not None else
+        + (f"torch {machine['torch']} with set_num_threads({machine['torch_threads']})"
+           + (f" to match JAX's {machine['cores']}-core thread pool" if not args.torch_threads else "")
+           if torch_mod is not None else
            ("torch rows skipped (--no-torch)" if args.no_torch else "torch not importable: torch rows skipped")),
         flush=True)
   results, profiles = [], []
-  for cfg in configs_from_args(args):
+  for cfg, skip in configs_from_args(args):
     if args.profile:
       profiles.append(profile_config(cfg, args))
       continue
-    rows = run_config(cfg, strategies, args, torch_mod)
+    rows = run_config(cfg, strategies, args, torch_mod, skip)
     results += rows
     print(format_table(cfg, rows), flush=True)
     print(flush=True)
