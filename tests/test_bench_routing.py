@@ -40,7 +40,8 @@ def test_bench_routing_smoke(tmp_path):
 def test_default_grid_and_flops():
   args = bench_routing.parse_args([])
   cfgs = bench_routing.configs_from_args(args)
-  assert [(c.experts, c.top_k) for c in cfgs] == [(8, 2), (32, 2), (8, 1)]
-  assert all(c.tokens == 4096 and c.dim == 256 and c.hidden == 512 for c in cfgs)
+  assert [(c.experts, c.top_k) for c, _ in cfgs] == [(8, 2), (32, 2), (8, 1)]
+  assert all(c.tokens == 4096 and c.dim == 256 and c.hidden == 512 and c.dtype == "float32" for c, _ in cfgs)
+  assert [skip for _, skip in cfgs] == [(), ("jmoe/dense", "torch/dense"), ()]
   # GUIDE section 3: the headline config is 4.29 GFLOP of routed work (2*4096*2*2*256*512).
-  assert bench_routing.routed_flops(cfgs[0]) == 2 * 4096 * 2 * (256 * 512 * 2)
+  assert bench_routing.routed_flops(cfgs[0][0]) == 2 * 4096 * 2 * (256 * 512 * 2)
