@@ -1,0 +1,157 @@
+"""EUAR: Enhanced experts with Uncertainty-Aware Routing (multimodal sentiment regression).
+
+Per modality m: an encoder maps a sequence [B, T, D_m] (with mask [B, T]) or an utterance vector [B, D_m] to
+x_m [B, W]; a top-k gate (eq. 5; k=3, weights = the raw softmax scores) picks Gaussian experts (eq. 1-3) through
+the shared routing core (:class:`jmoe.moe.layer.MoELayer`, any dispatch strategy); h_m = sum_j G_j z_j (eq. 6).
+The h_m are concatenated and a fully connected head predicts the score (eq. 11).
+
+Choices the paper leaves open (also in README):
+* sigma = exp(logvar / 2) with logvar = Linear(x) (a second, non-shared linear layer, eq. 2).
+* Training: z = mu + eps * sigma; evaluation: z = mu (deterministic).
+* KL (eq. 4) and sigma^2 (eq. 10) are averaged over the feature axis W of each expert. The KL term of a sample
+  is the gate-weighted KL of its selected experts, sum_j G_j KL_j (unselected experts are not computed by a sparse
+  dispatch), averaged over the batch.
+* U-loss (eq. 10): (1/E) sum_j sigma_j^2 G_j per sample, averaged over the batch; G_j = 0 off the top-k.
+* Aux loss (eq. 7-9): (1/E) sum_j R_j P_j with R_j the top-1 (argmax) fraction and P_j the mean gate weight, i.e.
+  the Switch loss of the routing core divided by E^2. P_j uses the full softmax (the routing core's router_probs).
+* Encoders: sequences -> Dense(W) + GELU, masked mean over time; vectors -> Dense(W) + GELU. LayerNorm on x_m.
+* The official code normalises gate weights across the batch at evaluation; we do not (per-sample outputs).
+Ablations by config: ``expert='mlp'`` (deterministic MLP experts: no KL, no U-loss), ``use_uloss=False``,
+``use_kl=False``, ``fusion='late'`` (no MoE: one encoder + head per modality, predictions averaged).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jmoe.moe.experts import MLPExpert, _ragged_dense
+from jmoe.moe.layer import MoELayer
+from jmoe.moe.losses import gaussian_kl
+from jmoe.moe.routing import TopKRouter
+
+
+class GaussianExpert(nn.Module):
+  """EUAR expert (eq. 1-4): x [n, W] -> {'z': [n, W], 'sigma2': [n], 'kl': [n]}.
+
+  ``sigma2`` and ``kl`` are means over the W features. Uses the ``'noise'`` RNG stream in training.
+  """
+  width: int
+
+  def _outputs(self, mu, logvar, deterministic, noise=None):
+    sigma2 = jnp.exp(logvar)
+    if deterministic:
+      z = mu
+    else:
+      eps = jax.random.normal(self.make_rng("noise"), mu.shape, mu.dtype) if noise is None else noise
+      z = mu + eps * jnp.exp(0.5 * logvar)
+    return {"z": z, "sigma2": jnp.mean(sigma2, axis=-1), "kl": jnp.mean(gaussian_kl(mu, logvar), axis=-1)}
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool = True):
+    mu = nn.Dense(self.width, name="mu")(x)
+    logvar = nn.Dense(self.width, name="logvar", kernel_init=nn.initializers.zeros,
+                      bias_init=nn.initializers.constant(-2.0))(x)
+    return self._outputs(mu, logvar, deterministic)
+
+  def ragged_apply(self, params, x, group_sizes, rng=None):
+    """The same function on x [S, W] sorted by expert (dropless dispatch)."""
+    mu = _ragged_dense(x, params["mu"]["kernel"], params["mu"]["bias"], group_sizes)
+    logvar = _ragged_dense(x, params["logvar"]["kernel"], params["logvar"]["bias"], group_sizes)
+    sigma2 = jnp.exp(logvar)
+    z = mu if rng is None else mu + jax.random.normal(rng, mu.shape, mu.dtype) * jnp.exp(0.5 * logvar)
+    return {"z": z, "sigma2": jnp.mean(sigma2, axis=-1), "kl": jnp.mean(gaussian_kl(mu, logvar), axis=-1)}
+
+
+class DeterministicExpert(nn.Module):
+  """Ablation expert: an MLP with the Gaussian expert's output structure (sigma2 = kl = 0)."""
+  width: int
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True):
+    z = MLPExpert(self.width, self.width, name="mlp")(x)
+    zeros = jnp.zeros(x.shape[:1], x.dtype)
+    return {"z": z, "sigma2": zeros, "kl": zeros}
+
+  def ragged_apply(self, params, x, group_sizes, rng=None):
+    z = MLPExpert(self.width, self.width).ragged_apply(params["mlp"], x, group_sizes)
+    zeros = jnp.zeros(x.shape[:1], x.dtype)
+    return {"z": z, "sigma2": zeros, "kl": zeros}
+
+
+class ModalityEncoder(nn.Module):
+  """[B, T, D] with mask [B, T] (masked mean over time) or [B, D] -> [B, W]."""
+  width: int
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, mask=None, deterministic: bool = True):
+    h = nn.gelu(nn.Dense(self.width, name="proj")(x))
+    if h.ndim == 3:
+      m = jnp.ones(h.shape[:2], h.dtype) if mask is None else mask.astype(h.dtype)
+      h = jnp.sum(h * m[..., None], axis=1) / jnp.maximum(jnp.sum(m, axis=1, keepdims=True), 1.0)
+    elif h.ndim != 2:
+      raise ValueError(f"ModalityEncoder expects [B, T, D] or [B, D] features, got shape {x.shape}")
+    h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    return nn.LayerNorm(name="norm")(h)
+
+
+class EUAR(nn.Module):
+  """EUAR model. ``__call__(batch, deterministic)`` -> (pred [B], aux).
+
+  batch: dict with ``batch[m]`` features ([B, T, D_m] or [B, D_m]) and optional ``batch[m + '_mask']`` [B, T]
+  for every m in ``modalities``.
+  aux: ``kl``, ``uloss``, ``aux`` (eq. 4, 10, 7; per modality summed, each a per-sample [B] array except
+  ``aux`` which is a batch statistic), and ``load`` / ``entropy`` / ``dropped_fraction`` per modality.
+  """
+  modalities: Sequence[str] = ("text", "audio", "vision")
+  width: int = 72
+  num_experts: int = 4
+  k: int = 3
+  expert: str = "gaussian"        # 'gaussian' | 'mlp'
+  fusion: str = "moe"             # 'moe' | 'late'
+  dispatch: str = "dense"
+  capacity_factor: float | None = None
+  dropout: float = 0.1
+
+  @nn.compact
+  def __call__(self, batch: dict[str, Any], deterministic: bool = True):
+    if self.expert not in ("gaussian", "mlp"):
+      raise ValueError(f"EUAR expert must be 'gaussian' or 'mlp', got {self.expert!r}")
+    if self.fusion not in ("moe", "late"):
+      raise ValueError(f"EUAR fusion must be 'moe' or 'late', got {self.fusion!r}")
+    feats, per_sample_kl, per_sample_u, aux_loss, stats = [], 0.0, 0.0, 0.0, {}
+    for m in self.modalities:
+      if m not in batch:
+        raise ValueError(f"EUAR: batch has no modality {m!r} (has {sorted(batch)})")
+      x = ModalityEncoder(self.width, self.dropout, name=f"enc_{m}")(batch[m], batch.get(f"{m}_mask"),
+                                                                       deterministic)
+      if self.fusion == "late":
+        feats.append(nn.Dense(1, name=f"late_head_{m}")(nn.gelu(nn.Dense(self.width, name=f"late_{m}")(x)))[:, 0])
+        continue
+      template = GaussianExpert(self.width) if self.expert == "gaussian" else DeterministicExpert(self.width)
+      moe = MoELayer(TopKRouter(self.num_experts, k=self.k, renormalize=False), template, self.num_experts,
+                     strategy=self.dispatch, capacity_factor=self.capacity_factor, name=f"moe_{m}")
+      out, metrics = moe(x, deterministic=deterministic)
+      feats.append(out["z"])
+      per_sample_kl = per_sample_kl + out["kl"]
+      per_sample_u = per_sample_u + out["sigma2"] / self.num_experts
+      aux_loss = aux_loss + metrics["aux_loss"] / self.num_experts ** 2
+      stats.update({f"load_{m}": metrics["load"], f"entropy_{m}": metrics["entropy"],
+                    f"dropped_{m}": metrics["dropped_fraction"]})
+    if self.fusion == "late":
+      pred = jnp.mean(jnp.stack(feats, axis=-1), axis=-1)
+      zeros = jnp.zeros(pred.shape, pred.dtype)
+      return pred, {"kl": zeros, "uloss": zeros, "aux": jnp.zeros(()), **stats}
+    h = jnp.concatenate(feats, axis=-1)
+    h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    h = nn.gelu(nn.Dense(self.width, name="fuse")(h))
+    pred = nn.Dense(1, name="head")(h)[:, 0]
+    batch_size = pred.shape[0]
+    as_b = lambda v: jnp.broadcast_to(jnp.asarray(v, pred.dtype), (batch_size,))
+    return pred, {"kl": as_b(per_sample_kl), "uloss": as_b(per_sample_u), "aux": jnp.asarray(aux_loss), **stats}
+
+
