@@ -92,10 +92,6 @@ def routed_flops(cfg: Config) -> float:
   return 2.0 * cfg.tokens * cfg.top_k * (cfg.dim * cfg.hidden + cfg.hidden * cfg.dim)
 
 
-def machine_cores() -> int:
-  return num_threads()
-
-
 def num_threads() -> int:
   """Cores this process may run on (what XLA's CPU thread pool sizes itself to)."""
   try:
@@ -388,8 +384,12 @@ def run_config(cfg: Config, strategies: Sequence[str], args, torch_mod, skip: Se
     fwd, fwd_bwd, extra = build()
     entries.append({"name": name, "fwd": fwd, "fwd_bwd": fwd_bwd, "block": block, "extra": extra})
   load_before = _loadavg()
+  foreign = ForeignCpu().start()
+  t_start = time.perf_counter()
   time_interleaved(entries, "fwd", args)
   time_interleaved(entries, "fwd_bwd", args)
+  timing_s = time.perf_counter() - t_start
+  foreign_frac = foreign.stop()
   load_after = _loadavg()
   rows = []
   for ent in entries:
@@ -407,7 +407,8 @@ def run_config(cfg: Config, strategies: Sequence[str], args, torch_mod, skip: Se
         "fwd_bwd_tokens_per_s": cfg.tokens / tb["median_s"],
         "gflops": flops / tf["median_s"] / 1e9,
         "fwd_bwd_gflops": 3 * flops / tb["median_s"] / 1e9,
-        "loadavg_before": load_before, "loadavg_after": load_after,
+        "loadavg_before": load_before, "loadavg_after": load_after, "foreign_cpu_fraction": foreign_frac,
+        "config_timing_s": timing_s,
     }
     row.update(ent["extra"])
     rows.append(row)
@@ -430,6 +431,43 @@ def _loadavg() -> float | None:
     return os.getloadavg()[0]
   except OSError:  # pragma: no cover
     return None
+
+
+class ForeignCpu:
+  """Fraction of the machine's CPU time used by *other* processes between start() and stop().
+
+  Busy ticks of all CPUs from /proc/stat minus this process's own user+system time (all its threads). The load
+  average cannot tell: it counts this benchmark's own threads too."""
+
+  def __init__(self):
+    self.t0 = self.busy0 = self.own0 = None
+
+  @staticmethod
+  def _busy_s() -> float | None:
+    try:
+      with open("/proc/stat") as f:
+        vals = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+      return None
+    busy = sum(vals[:8]) - vals[3] - vals[4]  # user nice system idle iowait irq softirq steal: all but idle/iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+  @staticmethod
+  def _own_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+  def start(self):
+    self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy_s(), self._own_s()
+    return self
+
+  def stop(self) -> float | None:
+    busy = self._busy_s()
+    if busy is None or self.busy0 is None:
+      return None
+    wall = time.perf_counter() - self.t0
+    frac = ((busy - self.busy0) - (self._own_s() - self.own0)) / (wall * (os.cpu_count() or 1))
+    return max(0.0, min(1.0, frac))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -787,14 +825,15 @@ def format_table(cfg: Config, rows: list[dict[str, Any]]) -> str:
   fmt = lambda cells: " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
   n_f = [r["n_repeats"] for r in rows]
   n_b = [r["fwd_bwd_n_repeats"] for r in rows]
-  load = (rows[0].get("loadavg_before"), rows[0].get("loadavg_after")) if rows else (None, None)
+  foreign = rows[0].get("foreign_cpu_fraction") if rows else None
   out = [f"## {cfg.label()}",
          f"   routed FLOPs: fwd {routed_flops(cfg) / 1e9:.3f} GFLOP (2*N*K*(D*H+H*D); router, gelu, bias, padding "
          f"not counted), fwd+bwd 3x. Medians of {min(n_f)}-{max(n_f)} fwd / {min(n_b)}-{max(n_b)} fwd+bwd runs, "
          f"rows interleaved; best = fastest fwd run; ratios are of medians; x torch = vs the fastest torch row.",
-         f"   1-min load average {load[0]:.2f} before, {load[1]:.2f} after"
-         + (f"  -- WARNING: other processes were using the CPU; absolute times are inflated and noisy"
-            if max(load) > 0.5 * machine_cores() + 1 else "") if None not in load else "",
+         ("" if foreign is None else
+          f"   other processes used {100 * foreign:.0f}% of the CPU while this table was timed"
+          + ("  -- WARNING: shared machine; absolute times are inflated and noisy (rows are interleaved, so "
+             "the ratios suffer less; torch's OpenMP barriers suffer most)" if foreign > 0.1 else "")),
          fmt(head), "-+-".join("-" * w for w in widths)]
   out += [fmt(l) for l in lines]
   return "\n".join(out)
