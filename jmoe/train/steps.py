@@ -1,9 +1,13 @@
-"""Pure train/eval steps for the sentiment models, compiled once under ``jax.pmap``.
+"""Pure train/eval steps for the sentiment models: one per-device step, compiled under ``jax.pmap`` here and under
+``jax.jit`` + ``jax.shard_map`` over a ``Mesh`` in :mod:`jmoe.train.parallel` (the multi-host path).
 
-``train_step(state, batch, rng) -> (state, metrics)``: per-device losses are *weighted sums* divided by the
-global weight total (``lax.psum`` of the padding mask), and gradients are summed over devices — which equals
-the gradient of the loss of the whole unpadded global batch. Batch statistics (the Switch aux loss) are computed
-per device and averaged (as in Switch/GShard, one routing group per device).
+``train_step(state, batch, rng) -> (state, metrics)`` (:func:`train_step_fn`) runs on one device's shard of the
+global batch. Its loss (:func:`_loss_terms`, shared by both paths) divides per-device *weighted sums* by the mean
+per-device weight total (``lax.pmean`` of the padding mask's sums), so that ``lax.pmean`` over devices of the
+per-device losses is exactly the loss of the whole unpadded global batch (weighted sums / global weight total), and
+``lax.pmean`` of the per-device gradients is its gradient — no sample dropped or counted twice, whatever padding.
+Batch statistics (the Switch aux loss) are computed per device and averaged (as in Switch/GShard, one routing group
+per device), so that term depends on how the batch is split (it is the only one that does).
 RNG: the step's key is ``fold_in(fold_in(rng, step), device index)`` — independent streams per device.
 """
 
@@ -31,49 +35,71 @@ def total_loss(terms, loss_cfg) -> jax.Array:
           + loss_cfg["beta"] * terms["aux"] + loss_cfg["lam"] * terms["uloss"] * float(loss_cfg["use_uloss"]))
 
 
-def _loss_terms(model, params, batch, rng, train: bool, loss_cfg):
+def _loss_terms(model, params, batch, rng, train: bool, loss_cfg, axis_name: str = AXIS):
+  """Per-device loss whose ``pmean`` over ``axis_name`` is the loss of the global batch -> (loss, (terms, stats, pred)).
+
+  batch: one device's shard, leaves [B/P, ...] with ``weight`` [B/P] (0 for padding). Must run where
+  ``axis_name`` is bound (``pmap``, ``shard_map``, or ``vmap(axis_name=...)``).
+  """
   rngs = None
   if train:
     noise, dropout = jax.random.split(rng)
     rngs = {"noise": noise, "dropout": dropout}
   pred, aux = model.apply({"params": params}, batch, deterministic=not train, rngs=rngs)
   w = batch["weight"].astype(jnp.float32)
-  total = jax.lax.psum(jnp.sum(w), AXIS)
-  devices = jax.lax.psum(1, AXIS)
+  mean_total = jax.lax.pmean(jnp.sum(w), axis_name)  # global weight total / P
   terms = {
-      "task": jnp.sum(w * jnp.square(pred - batch["label"])) / total,
-      "kl": jnp.sum(w * aux["kl"]) / total,
-      "uloss": jnp.sum(w * aux["uloss"]) / total,
-      "aux": aux["aux"] / devices,
+      "task": jnp.sum(w * jnp.square(pred - batch["label"])) / mean_total,
+      "kl": jnp.sum(w * aux["kl"]) / mean_total,
+      "uloss": jnp.sum(w * aux["uloss"]) / mean_total,
+      "aux": aux["aux"],
   }
   loss = total_loss(terms, loss_cfg)
   stats = {k: v for k, v in aux.items() if k.startswith(("load_", "entropy_", "dropped_"))}
   return loss, (terms, stats, pred)
 
 
-def make_steps(model, loss_cfg: dict[str, Any], tx: optax.GradientTransformation, devices=None):
-  """Returns (p_train_step, p_eval_step), both ``jax.pmap``-ed over ``AXIS``.
+def train_step_fn(model, loss_cfg: dict[str, Any], axis_name: str = AXIS):
+  """The per-device train step ``(state, batch shard, rng) -> (state, metrics)``; gradients ``lax.pmean``-ed.
 
-  p_eval_step(params, batch) -> pred [P, B/P] (deterministic: z = mu, no dropout).
+  Metrics are device-invariant (pmean-ed) scalars: loss terms, ``loss``, and per-modality router statistics.
   """
   loss_cfg = dict(loss_cfg)
 
   def train_step(state: TrainState, batch, rng):
-    rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(AXIS))
-    grad_fn = jax.grad(lambda p: _loss_terms(model, p, batch, rng, True, loss_cfg), has_aux=True)
+    rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(axis_name))
+    grad_fn = jax.grad(lambda p: _loss_terms(model, p, batch, rng, True, loss_cfg, axis_name), has_aux=True)
     grads, (terms, stats, _) = grad_fn(state.params)
-    grads = jax.lax.psum(grads, AXIS)
-    terms = jax.lax.psum(terms, AXIS)
+    grads = jax.lax.pmean(grads, axis_name)
+    terms = jax.lax.pmean(terms, axis_name)
     terms["loss"] = total_loss(terms, loss_cfg)
-    terms.update(jax.lax.pmean(stats, AXIS))
+    terms.update(jax.lax.pmean(stats, axis_name))
     return state.apply_gradients(grads=grads), terms
+
+  return train_step
+
+
+def eval_step_fn(model):
+  """``(params, batch shard) -> pred [B/P]`` (deterministic: z = mu, no dropout)."""
 
   def eval_step(params, batch):
     pred, _ = model.apply({"params": params}, batch, deterministic=True)
     return pred
 
-  return (jax.pmap(train_step, axis_name=AXIS, in_axes=(0, 0, None), devices=devices, donate_argnums=(0,)),
-          jax.pmap(eval_step, axis_name=AXIS, devices=devices))
+  return eval_step
+
+
+def make_steps(model, loss_cfg: dict[str, Any], tx: optax.GradientTransformation, devices=None):
+  """Returns (p_train_step, p_eval_step), both ``jax.pmap``-ed over ``AXIS`` (single process, local devices).
+
+  p_train_step(state [P, ...], batch [P, B/P, ...], rng) -> (state, metrics [P]);
+  p_eval_step(params, batch) -> pred [P, B/P] (deterministic: z = mu, no dropout).
+  ``tx`` is carried by the state; the argument is kept for the signature shared with :mod:`jmoe.train.parallel`.
+  """
+  del tx
+  return (jax.pmap(train_step_fn(model, loss_cfg), axis_name=AXIS, in_axes=(0, 0, None), devices=devices,
+                   donate_argnums=(0,)),
+          jax.pmap(eval_step_fn(model), axis_name=AXIS, devices=devices))
 
 
 def make_optimizer(lr: float, weight_decay: float, grad_clip: float) -> optax.GradientTransformation:
@@ -88,4 +114,5 @@ def replicate(tree, devices):
 
 
 def unreplicate(tree):
-  return jax.tree.map(lambda x: x[0], tree)
+  """First device's copy of a replicated pytree, as host numpy arrays (no device computation)."""
+  return jax.tree.map(lambda x: np.asarray(jax.device_get(x))[0], tree)
