@@ -12,7 +12,9 @@ def euar_config(name: str, synthetic_kind: str, text_dim: int, audio_dim: int, v
   c.workdir = f"runs/{name}"
   c.seeds = 5
   c.seed_offset = 0
-  c.devices = 0                 # 0 = all local devices (pmap data parallel)
+  c.devices = 0                 # 0 = all devices (pmap: local ones; jit: every process's); N = the first N
+  c.parallel = "pmap"           # data parallel: 'pmap' (local devices) | 'jit' (Mesh/NamedSharding; multi-host)
+  c.distributed = False         # jax.distributed.initialize() (also when JAX_COORDINATOR_ADDRESS is set)
   c.select_metric = "MAE"       # model selection on the validation split only
   c.smoke = False               # a few seconds: tiny data, 2 epochs, 1 seed (the tests run this)
   c.stop_after_epochs = -1      # debug: simulate an interruption after N epochs of this invocation

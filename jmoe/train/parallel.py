@@ -99,7 +99,7 @@ def make_jit_steps(model, loss_cfg: dict[str, Any], tx: optax.GradientTransforma
 
   train_step(state, batch, rng_data) -> (state, metrics): state replicated on ``mesh``, batch [P, B/P, ...]
   sharded on ``axis``, ``rng_data`` the replicated uint32 data of a PRNG key (``jax.random.key_data``); metrics
-  are replicated scalars. eval_step(params, batch) -> pred [P, B/P], replicated (readable on every process).
+  replicated with a leading axis of size 1 (so ``metric[0]`` reads them as under pmap, where it is of size P). eval_step(params, batch) -> pred [P, B/P], replicated (readable on every process).
   """
   del tx  # carried by the state
   train_step = steps_lib.train_step_fn(model, loss_cfg, axis)
@@ -107,7 +107,8 @@ def make_jit_steps(model, loss_cfg: dict[str, Any], tx: optax.GradientTransforma
   squeeze = lambda b: jax.tree.map(lambda a: a[0], b)  # [1, B/P, ...] -> [B/P, ...]
 
   def train_shard(state, batch, rng_data):
-    return train_step(state, squeeze(batch), jax.random.wrap_key_data(rng_data))
+    state, metrics = train_step(state, squeeze(batch), jax.random.wrap_key_data(rng_data))
+    return state, jax.tree.map(lambda m: m[None], metrics)  # [1, ...]: read metric[0] as under pmap
 
   def eval_shard(params, batch):
     return eval_step(params, squeeze(batch))[None]
@@ -171,20 +172,21 @@ class DataParallel:
     procs = f", {jax.process_count()} processes" if jax.process_count() > 1 else ""
     return f"{self.kind} over {self.num_shards} x {self.devices[0].platform}{procs}"
 
+  def __len__(self) -> int:  # a DataParallel is also the sequence of devices the batch is split over
+    return len(self.devices)
+
+  def __getitem__(self, i):
+    return self.devices[i]
+
   def make_steps(self, model, loss_cfg: dict[str, Any], tx: optax.GradientTransformation
                  ) -> tuple[Callable, Callable]:
     """(train_step(state_r, host batch, rng key) -> (state_r, metrics), eval_step(params_r, host batch) -> pred).
 
-    ``metrics`` are device scalars (one copy), ``pred`` is [P, B/P]; both readable with ``np.asarray``.
+    ``metrics`` leaves have a leading device axis (pmap: P identical copies; jit: one replicated copy): read
+    ``metric[0]``. ``pred`` is [P, B/P]. Both readable with ``np.asarray`` on every process.
     """
     if self.kind == "pmap":
-      p_train, p_eval = steps_lib.make_steps(model, loss_cfg, tx, self.devices)
-
-      def train(state, batch, rng):
-        state, metrics = p_train(state, batch, rng)
-        return state, jax.tree.map(lambda m: m[0], metrics)
-
-      return train, p_eval
+      return steps_lib.make_steps(model, loss_cfg, tx, self.devices)
     j_train, j_eval = make_jit_steps(model, loss_cfg, tx, self.mesh)
     rep = NamedSharding(self.mesh, P())
 

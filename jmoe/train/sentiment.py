@@ -29,6 +29,7 @@ from jmoe import metrics as metrics_lib
 from jmoe.data import format as fmt
 from jmoe.models.euar import EUAR
 from jmoe.train import batches as batches_lib
+from jmoe.train import parallel as parallel_lib
 from jmoe.train import steps as steps_lib
 from jmoe.train.checkpoints import Checkpoints
 
@@ -99,7 +100,7 @@ def train_seed(cfg, ds: fmt.Dataset, seed: int, run_dir: Path, devices) -> dict[
   model = build_model(cfg.model, mods)
   opt = cfg.optim
   tx = steps_lib.make_optimizer(opt.lr, opt.weight_decay, opt.grad_clip)
-  p_train, p_eval = steps_lib.make_steps(model, dict(cfg.loss), tx, devices)
+  p_train, p_eval = devices.make_steps(model, dict(cfg.loss), tx)
   train, valid = ds.splits["train"], ds.splits["valid"]
   sample = next(batches_lib.iterate_batches(train, mods, opt.batch_size, 1))
   sample = jax.tree.map(lambda a: a[0], sample)
@@ -115,7 +116,7 @@ def train_seed(cfg, ds: fmt.Dataset, seed: int, run_dir: Path, devices) -> dict[
   if jax.process_index() == 0:  # keep the epochs that the checkpoint covers, drop any written after it
     lines = jsonl.read_text().splitlines() if jsonl.exists() else []
     jsonl.write_text("".join(l + "\n" for l in lines if json.loads(l)["epoch"] <= book["epoch"]))
-  state_r = steps_lib.replicate(state, devices)
+  state_r = devices.replicate(state)
   rng = jax.random.key(10_000 + seed)
   epochs_run = 0
   bar = tqdm(range(book["epoch"] + 1, opt.epochs), desc=f"seed {seed}", leave=False,
@@ -140,7 +141,7 @@ def train_seed(cfg, ds: fmt.Dataset, seed: int, run_dir: Path, devices) -> dict[
     value = _selection_value(val, cfg.select_metric)
     improved = book["best_value"] is None or value > book["best_value"]
     book.update(epoch=epoch, bad_epochs=0 if improved else book["bad_epochs"] + 1)
-    state = steps_lib.unreplicate(state_r)
+    state = devices.unreplicate(state_r)
     if improved:
       book.update(best_value=value, best_epoch=epoch)
       ckpt.save_best(epoch, state, {"epoch": epoch, "valid": val})
@@ -151,10 +152,10 @@ def train_seed(cfg, ds: fmt.Dataset, seed: int, run_dir: Path, devices) -> dict[
         f.write(json.dumps({"epoch": epoch, "train": train_m, "valid": val}) + "\n")
     bar.set_postfix(loss=f"{train_m['loss']:.3f}", val_mae=f"{val['MAE']:.3f}", best=book["best_epoch"])
     epochs_run += 1
-  best = ckpt.restore_best(steps_lib.unreplicate(state_r))
+  best = ckpt.restore_best(devices.unreplicate(state_r))
   ckpt.close()
   best_state, best_meta = best
-  params_r = steps_lib.replicate(best_state.params, devices)
+  params_r = devices.replicate(best_state.params)
   test = metrics_lib.sentiment_metrics(
       predict(p_eval, params_r, ds.splits["test"], mods, opt.batch_size, devices), ds.splits["test"].labels)
   return {"seed": seed, "best_epoch": best_meta["epoch"], "valid": best_meta["valid"], "test": test}
@@ -206,14 +207,13 @@ def results_table(results: list[dict], title: str) -> tuple[str, dict]:
 def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   """Train ``cfg.seeds`` seeds, select on validation, report test mean ± std. Re-running resumes."""
   t0 = time.time()
+  parallel_lib.maybe_initialize_distributed(cfg.get("distributed", False))  # before anything touches a device
   ds = load_data(cfg.data)
   if ds.synthetic:
     log(f"*** SYNTHETIC DATA: {ds.name} ({ds.source}) — numbers are not CMU-MOSI results. "
         "Set --config.data.source=bclstm|standard|dir|mmsa|tfds for real data. ***")
   log(f"data: {fmt.describe(ds)}")
-  devices = jax.local_devices()[: cfg.devices] if cfg.devices else jax.local_devices()
-  if cfg.optim.batch_size % len(devices):
-    raise ValueError(f"optim.batch_size={cfg.optim.batch_size} must be divisible by the {len(devices)} devices")
+  devices = parallel_lib.DataParallel.from_config(cfg)  # cfg.parallel: pmap | jit; batches padded to P rows
   workdir = Path(cfg.workdir)
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -221,7 +221,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     if saved.exists() and json.loads(saved.read_text()) != json.loads(cfg.to_json()):
       log(f"note: {saved} differs from this config; resuming with the new config")
     saved.write_text(cfg.to_json(indent=2))
-  log(f"model: {cfg.model.to_dict()} | devices: {len(devices)} x {devices[0].platform}")
+  log(f"model: {cfg.model.to_dict()} | devices: {devices.describe()}")
   seeds = [cfg.seed_offset + i for i in range(cfg.seeds)]
   results = []
   for s in tqdm(seeds, desc="seeds", disable=jax.process_index() != 0 or cfg.get("quiet", False)):
