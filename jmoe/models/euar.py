@@ -133,7 +133,8 @@ class EUAR(nn.Module):
         feats.append(nn.Dense(1, name=f"late_head_{m}")(nn.gelu(nn.Dense(self.width, name=f"late_{m}")(x)))[:, 0])
         continue
       template = GaussianExpert(self.width) if self.expert == "gaussian" else DeterministicExpert(self.width)
-      moe = MoELayer(TopKRouter(self.num_experts, k=self.k, renormalize=False), template, self.num_experts,
+      router = TopKRouter(self.num_experts, k=self.k, renormalize=False, name=f"router_{m}")
+      moe = MoELayer(router, template, self.num_experts,
                      strategy=self.dispatch, capacity_factor=self.capacity_factor, name=f"moe_{m}")
       out, metrics = moe(x, deterministic=deterministic)
       feats.append(out["z"])

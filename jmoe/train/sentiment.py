@@ -94,13 +94,10 @@ def _selection_value(m: dict[str, float], metric: str) -> float:
   return -m[metric] if metric in ("MAE", "loss") else m[metric]
 
 
-def train_seed(cfg, ds: fmt.Dataset, seed: int, run_dir: Path, devices) -> dict[str, Any]:
+def train_seed(cfg, ds: fmt.Dataset, seed: int, run_dir: Path, devices, model, tx, p_train, p_eval):
   """Train one seed; resume from ``run_dir/latest`` if present. Returns the best-validation metrics."""
-  mods = tuple(m for m in cfg.data.modalities.split(",") if m)
-  model = build_model(cfg.model, mods)
+  mods = model.modalities
   opt = cfg.optim
-  tx = steps_lib.make_optimizer(opt.lr, opt.weight_decay, opt.grad_clip)
-  p_train, p_eval = devices.make_steps(model, dict(cfg.loss), tx)
   train, valid = ds.splits["train"], ds.splits["valid"]
   sample = next(batches_lib.iterate_batches(train, mods, opt.batch_size, 1))
   sample = jax.tree.map(lambda a: a[0], sample)
@@ -127,13 +124,13 @@ def train_seed(cfg, ds: fmt.Dataset, seed: int, run_dir: Path, devices) -> dict[
     if 0 <= cfg.get("stop_after_epochs", -1) <= epochs_run:
       ckpt.close()
       raise KeyboardInterrupt(f"stop_after_epochs={cfg.stop_after_epochs} (simulated interruption)")
-    sums, steps = {}, 0
+    step_metrics = []
     for batch in batches_lib.iterate_batches(train, mods, opt.batch_size, len(devices),
                                              shuffle_seed=seed * 100_003 + epoch):
       state_r, m = p_train(state_r, batch, rng)
-      sums = jax.tree.map(lambda a, b: a + b, sums, m) if sums else m
-      steps += 1
-    train_m = {k: np.asarray(v[0] / steps).tolist() for k, v in sums.items()}
+      step_metrics.append(m)
+    step_metrics = jax.device_get(step_metrics)  # one transfer per epoch; means on the host
+    train_m = {k: np.mean([np.asarray(m[k][0]) for m in step_metrics], axis=0).tolist() for k in step_metrics[0]}
     if not np.isfinite(train_m["loss"]):
       raise FloatingPointError(f"seed {seed} epoch {epoch}: non-finite training loss {train_m['loss']}")
     val = metrics_lib.sentiment_metrics(predict(p_eval, state_r.params, valid, mods, opt.batch_size, devices),
@@ -223,9 +220,13 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     saved.write_text(cfg.to_json(indent=2))
   log(f"model: {cfg.model.to_dict()} | devices: {devices.describe()}")
   seeds = [cfg.seed_offset + i for i in range(cfg.seeds)]
+  mods = tuple(m for m in cfg.data.modalities.split(",") if m)
+  model = build_model(cfg.model, mods)
+  tx = steps_lib.make_optimizer(cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.grad_clip)
+  p_train, p_eval = devices.make_steps(model, dict(cfg.loss), tx)  # compiled once for all seeds
   results = []
   for s in tqdm(seeds, desc="seeds", disable=jax.process_index() != 0 or cfg.get("quiet", False)):
-    results.append(train_seed(cfg, ds, s, workdir / f"seed_{s}", devices))
+    results.append(train_seed(cfg, ds, s, workdir / f"seed_{s}", devices, model, tx, p_train, p_eval))
   title = (f"{cfg.name}: {ds.name}{' (SYNTHETIC)' if ds.synthetic else ''}, {len(seeds)} seeds, mean ± std, "
            f"best epoch on valid by {cfg.select_metric}")
   table, summary = results_table(results, title)
