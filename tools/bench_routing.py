@@ -2,39 +2,58 @@
 
 Command (from the repo root)::
 
-    PYTHONPATH=. python -m tools.bench_routing                       # default grid, ~2-3 min on 2 CPU cores
-    PYTHONPATH=. python -m tools.bench_routing --json runs/bench/routing.json
+    PYTHONPATH=. python -m tools.bench_routing --json runs/bench/routing_fp32.json   # default grid, ~3-5 min
     PYTHONPATH=. python -m tools.bench_routing --tokens 4096 --experts 8 --top-k 2 --strategies sorted,einsum
-    PYTHONPATH=. python -m tools.bench_routing --profile              # piecewise timing of the sorted dispatch
+    PYTHONPATH=. python -m tools.bench_routing --profile --json runs/bench/profile.json  # where sorted spends time
+
+Default grid (no size flags): tokens=4096 dim=256 hidden=512 fp32 with (E=8, k=2) [the headline of GUIDE section
+3], (E=32, k=2) and (E=8, k=1); one table per config. At E=32 the rows that run every expert on every token
+(jmoe/dense, torch/dense) are left out to keep the grid short; ``--experts 32`` runs them.
 
 What is timed, per dispatch strategy (``jmoe/<strategy>`` rows):
-  * fwd:      ``jit(lambda p, x: MoELayer.apply(p, x)[0])`` -- the whole layer: router (Dense + softmax + top-k +
-              routing metrics) + dispatch + vmapped experts + combine. The metrics are not returned, so XLA may
-              prune the parts of them that y does not need (they are a few [N, E] reductions).
+  * fwd:      ``jit(MoELayer.apply)`` -- the whole layer: router (Dense + softmax + top-k + routing metrics) +
+              dispatch + vmapped experts + combine; returns y and the dropped fraction (other metrics are not
+              returned, so XLA may prune the router statistics y does not need).
   * fwd+bwd:  ``jit(value_and_grad(lambda p, x: sum(y**2), argnums=(0, 1)))`` -- gradients w.r.t. all params and x.
-Each is warmed up (the first call compiles), then run ``--repeats`` times with ``block_until_ready``; we report
-the median and the p10-p90 spread. Slow rows stop early once ``--max-seconds`` is spent (never below
-``--min-repeats`` runs); the number of runs is in the JSON.
+Every row of a config is compiled and warmed up first (the first call compiles; a second untimed call unless the
+first took over a second), then the rows are timed *interleaved*, one call of each per round with
+``block_until_ready``, for ``--repeats`` rounds; a row that has spent ``--max-seconds`` and has ``--min-repeats``
+runs leaves the rounds. We report the median, the p10-p90 spread and the fastest run. Interleaving keeps the
+ratios meaningful on a shared machine: other processes slow all rows of a round alike. The CPU share other
+processes used while a table was timed is printed above it (from /proc/stat minus this process's own CPU time).
 
 Reference rows measured in the same run:
-  * ``floor/matmul``: the routed expert work alone as one batched matmul pair under jit,
-    einsum [E, N*K/E, D] x [E, D, H] -> gelu -> einsum [E, N*K/E, H] x [E, H, D]: exactly the routed FLOPs, no
-    routing, no gather/scatter. This is the floor to measure against.
-  * ``torch/loop`` (eager PyTorch, router Linear + softmax + topk, then per expert index_select -> Linear -> GELU ->
-    Linear -> weight -> index_add_) and ``torch/dense`` (every expert on every token with batched bmm, masked
-    combine), with ``torch.set_num_threads`` set to the cores JAX uses. Torch fwd runs under ``torch.no_grad``.
+  * ``floor/matmul``: the routed expert work alone under jit: einsum [E, N*K/E, D] x [E, D, H] -> gelu -> einsum
+    [E, N*K/E, H] x [E, H, D] (no bias): exactly the routed FLOPs, no routing, no gather/scatter. The floor.
+  * ``torch/loop`` (eager: router Linear + softmax + topk, then per expert index_select -> Linear -> GELU(tanh) ->
+    Linear -> * weight -> index_add_) and ``torch/dense`` (every expert on every token with baddbmm, masked
+    combine). ``torch.set_num_threads`` = the cores JAX's thread pool uses (2 here; ``--torch-threads`` overrides).
+    Torch fwd runs under ``torch.no_grad``. Caveat: when other processes use the CPU, torch's 2 OpenMP threads
+    stall at every op's barrier and torch/loop (~100 small ops per call) gets 10-20x slower (see its spread).
 
-FLOPs: routed expert work only, 2*N*K*(D*H + H*D) for fwd and 3x that for fwd+bwd. The router (2*N*D*E), gelu,
-biases, routing bookkeeping and any padding (capacity slack, dense strategies computing every expert) are *not*
-counted: GFLOP/s is "useful routed work per second", so overhead shows up as a lower number.
+FLOPs: routed expert work only, 2*N*K*(D*H + H*D) fwd and 3x that fwd+bwd. The router (2*N*D*E), gelu, biases,
+routing bookkeeping and any padding (capacity slack; dense computing every expert) are *not* counted: GFLOP/s is
+useful routed work per second, so overhead shows up as a lower number.
 
-Capacity: ``--capacity-factor`` (default 1.0) applies to ``einsum`` and ``sorted``; at 1.0 their buffers hold
-exactly N*K/E rows per expert (the floor's work) and overflow is dropped (the ``drop%`` column). ``dense`` and
-``ragged`` never drop.
+Capacity: ``--capacity-factor`` (default 1.0) applies to ``einsum`` and ``sorted``: at 1.0 their buffers hold
+exactly N*K/E rows per expert (the floor's work); overflow is dropped (``drop%``, ~2% at E=8 and ~6% at E=32 with
+these random weights). ``dense`` and ``ragged`` never drop. ``--capacity-factor 0`` = no dropping.
 
-Expected on the 2-core AMD EPYC dev box (GUIDE section 3), tokens=4096 dim=256 hidden=512 E=8 k=2 fp32:
-floor/matmul ~50 ms fwd; jmoe/sorted ~45-55 ms fwd; einsum (groups of 512) ~130 ms; dense ~200 ms;
-ragged ~360 ms (XLA CPU lowers ragged_dot to a dense masked matmul); torch/loop ~40-50 ms, torch/dense ~200 ms.
+Measured on the 2-core AMD EPYC dev box (jax 0.10.2, torch 2.13.0), headline config fp32, while other processes
+shared the CPU (so read the ratios, not the milliseconds): floor/matmul ~40-50 ms fwd; jmoe/sorted 1.4-1.6x the
+floor fwd, ~1.1-1.2x fwd+bwd; einsum ~2.7x; dense ~5x; ragged ~9x at E=8 and ~30x at E=32 (XLA:CPU runs
+ragged_dot as E dense masked matmuls); torch/loop ~1.15x the floor fwd when the CPU is quiet.
+
+``--profile`` times each piece of jmoe/sorted (router, slot bookkeeping, dispatch gather, expert bank, combine;
+their backward passes) and times prototype variants against the library rows (same params, outputs checked):
+  * proto/sorted-ksum:    combine adds the K slot slices instead of ``jnp.sum(..., axis=K)``. XLA:CPU runs a
+                          reduction over a small leading axis of a big array ~40x slower than the equivalent adds
+                          ([2, 4096, 256] -> [4096, 256]: ~40 ms vs ~1 ms), which is 25-35% of sorted's forward.
+  * proto/sorted-gathers: ksum plus custom VJPs whose backward passes are gathers (the dispatch/combine maps are
+                          permutations, so their transposes are inverse gathers), instead of XLA scatter-adds.
+  * proto/ragged-blocked: dropless without ragged_dot: expert runs padded to blocks of 128 rows, one lax.scan
+                          step per block; its cost stays flat in E.
+These live here only to measure; the library's dispatch is ``jmoe/moe/dispatch.py``.
 """
 
 from __future__ import annotations
