@@ -7,6 +7,7 @@ The device count of a JAX process is fixed when the backend starts, so these che
   python tests/parallel_worker.py experts OUT.json            # 8 devices: expert parallel vs single-device sorted
   python tests/parallel_worker.py train   OUT.npz PARALLEL    # a few jit/pmap steps; multi-process when
                                                               # JAX_COORDINATOR_ADDRESS etc. are set
+  python tests/parallel_worker.py app     WORKDIR PARALLEL    # the training app (smoke), ditto
 
 Each task writes its results (max abs differences, losses, errors) for the parent test to assert on.
 """
@@ -210,6 +211,20 @@ def task_train(out: Path, kind: str, steps: int = 3, batch_size: int = 10):
   print(f"process {jax.process_index()}/{jax.process_count()} done: losses {losses}", flush=True)
 
 
+def task_app(workdir: Path, kind: str):
+  """The EUAR training app in its smoke setting (2 epochs, checkpoints, metrics, plots) on the given path."""
+  from experiments import euar_mosi
+  from experiments.common import run_experiment
+  cfg = euar_mosi.get_config()
+  cfg.workdir, cfg.smoke, cfg.quiet, cfg.parallel = str(workdir), True, True, kind
+  cfg.optim.batch_size = 10  # 4 devices: padded to 12 rows
+  cfg.data.synthetic_dims = (16, 5, 6)
+  cfg.model.width = 8
+  out = run_experiment(cfg)  # jax.distributed is initialised by the app when JAX_COORDINATOR_ADDRESS is set
+  print(f"process {jax.process_index()}/{jax.process_count()} app done: test MAE {out['seeds'][0]['test']['MAE']}",
+        flush=True)
+
+
 if __name__ == "__main__":
   task, path = sys.argv[1], Path(sys.argv[2])
   if task == "steps":
@@ -218,5 +233,7 @@ if __name__ == "__main__":
     task_experts(path)
   elif task == "train":
     task_train(path, sys.argv[3])
+  elif task == "app":
+    task_app(path, sys.argv[3])
   else:
     raise SystemExit(f"unknown task {task!r}")
