@@ -1,0 +1,243 @@
+"""Data-parallel training throughput: samples/s of the EUAR train step on 1, 2, 8 devices, pmap and jit paths.
+
+Command (from the repo root)::
+
+    PYTHONPATH=. python -m tools.bench_parallel                              # CPU: 1/2/8 forced host devices
+    PYTHONPATH=. python -m tools.bench_parallel --batch 16,256 --paths pmap,jit,pmap+ep --json runs/bench/par.json
+    PYTHONPATH=. python -m tools.bench_parallel --platform gpu --devices 1,2,4,8   # real accelerators
+
+Each (devices, path, batch) row runs in its own interpreter, because a JAX process fixes its device count when
+the backend starts: on CPU the child gets ``XLA_FLAGS=--xla_force_host_platform_device_count=N``; on GPU it uses
+the first N local GPUs (rows with more devices than the machine has are skipped).
+
+What is timed: the training app's step as the app calls it, ``DataParallel(kind, N).make_steps(...)`` then
+``train(state, host numpy batch, rng)`` (host->device transfer of the batch included, data loading not; the batch
+is one of ``--num-batches`` pre-built ``iterate_batches`` batches, global batch B split over N devices, padded to a
+multiple of N if needed). Model: the euar_mosi defaults (width 72, E=4 Gaussian experts, top-3, dropout 0.1,
+loss eq. 12, AdamW + clip), vectors text/audio/vision of 768/5/20 features. ``pmap+ep``: the same with
+``dispatch='expert_parallel'`` over the data-parallel devices and ``--ep-experts`` experts (must divide by N).
+After ``--warmup`` steps (the first compiles; its time is reported), ``--chunks`` chunks of ``--chunk-steps``
+steps are timed, each ended by ``block_until_ready``; step time = median chunk time / chunk steps and
+samples/s = B / step time (B real samples; padding rows not counted). Rows are run in ``--rounds`` rounds with
+the row order rotated, and the median over rounds is reported.
+
+What forced CPU devices mean: ``--xla_force_host_platform_device_count=8`` splits *the same CPU cores* into 8
+logical XLA devices. It runs the real multi-device program (per-device shards, all-reduce of the gradients,
+all_to_all for expert parallelism) and so measures the overhead of the parallel program, but it adds no compute:
+on the 2-core dev box 8 "devices" cannot be faster than 1, and a drop in samples/s is the cost of splitting small
+per-device work and of the collectives, not a forecast for GPUs. Only accelerator rows measure scaling.
+The share of CPU used by other processes while each row ran is printed (``foreign%``), as in bench_routing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PATHS = ("pmap", "jit", "pmap+ep")
+
+
+# ---------------------------------------------------------------------------------------------------------- child
+
+
+def child(args) -> dict:
+  import jax
+  import numpy as np
+
+  from experiments.common import euar_config
+  from jmoe.data import synthetic_mosi
+  from jmoe.models.euar import EUAR
+  from jmoe.train import batches as batches_lib
+  from jmoe.train import parallel
+  from jmoe.train import steps as steps_lib
+
+  cfg = euar_config("bench", "mosi", 768, 5, 20)
+  m = cfg.model
+  kind, ep = args.path.split("+")[0], args.path.endswith("+ep")
+  experts = args.ep_experts if ep else m.num_experts
+  model = EUAR(modalities=("text", "audio", "vision"), width=m.width, num_experts=experts, k=min(m.k, experts),
+               expert=m.expert, fusion=m.fusion, dispatch="expert_parallel" if ep else m.dispatch,
+               dropout=m.dropout)
+  tx = steps_lib.make_optimizer(cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.grad_clip)
+  par = parallel.DataParallel.create(kind, args.n)
+  ds = synthetic_mosi(seed=0, sizes=(args.batch * args.num_batches, 8, 8))
+  mods = ("text", "audio", "vision")
+  batches = list(batches_lib.iterate_batches(ds.splits["train"], mods, args.batch, par.num_shards))
+  sample = jax.tree.map(lambda a: a[0], next(batches_lib.iterate_batches(ds.splits["train"], mods, 8, 1)))
+  params = jax.jit(model.init)(jax.random.key(0), sample)["params"]
+  state = par.replicate(jax.device_get(steps_lib.TrainState.create(apply_fn=model.apply, params=params, tx=tx)))
+  train, _ = par.make_steps(model, dict(cfg.loss), tx)
+  rng = jax.random.key(1)
+  i = 0
+
+  def step(state):
+    nonlocal i
+    state, metrics = train(state, batches[i % len(batches)], rng)
+    i += 1
+    return state, metrics
+
+  t0 = time.perf_counter()
+  state, metrics = step(state)
+  jax.block_until_ready(metrics)
+  first = time.perf_counter() - t0
+  for _ in range(args.warmup - 1):
+    state, metrics = step(state)
+  jax.block_until_ready(metrics)
+  chunks = []
+  for _ in range(args.chunks):
+    t0 = time.perf_counter()
+    for _ in range(args.chunk_steps):
+      state, metrics = step(state)
+    jax.block_until_ready((state, metrics))
+    chunks.append((time.perf_counter() - t0) / args.chunk_steps)
+  loss = float(np.asarray(metrics["loss"])[0])
+  step_s = float(np.median(chunks))
+  return {"devices": par.num_shards, "path": args.path, "batch": args.batch, "rows_per_device":
+          batches[0]["weight"].shape[1], "step_ms": 1e3 * step_s, "p10_ms": 1e3 * float(np.percentile(chunks, 10)),
+          "p90_ms": 1e3 * float(np.percentile(chunks, 90)), "samples_per_s": args.batch / step_s,
+          "first_step_s": first, "loss": loss, "finite": bool(np.isfinite(loss)), "experts": experts,
+          "platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind}
+
+
+# ---------------------------------------------------------------------------------------------------------- parent
+
+
+def _busy_s() -> float | None:
+  try:
+    with open("/proc/stat") as f:
+      vals = [int(v) for v in f.readline().split()[1:]]
+  except (OSError, ValueError):
+    return None
+  return (sum(vals[:8]) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_and_children_s() -> float:
+  t = os.times()
+  return t.user + t.system + t.children_user + t.children_system
+
+
+def run_row(n: int, path: str, batch: int, args) -> dict:
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  if args.platform == "cpu":
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n}"
+    env["JAX_PLATFORMS"] = "cpu"
+  cmd = [sys.executable, "-m", "tools.bench_parallel", "--child", "--n", str(n), "--path", path, "--batch",
+         str(batch)] + [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
+                        ("warmup", "chunks", "chunk_steps", "num_batches", "ep_experts")]
+  t0, busy0, own0 = time.perf_counter(), _busy_s(), _own_and_children_s()
+  proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=args.timeout)
+  wall, busy = time.perf_counter() - t0, _busy_s()
+  if proc.returncode:
+    return {"devices": n, "path": path, "batch": batch, "error": proc.stderr.strip().splitlines()[-1:]}
+  row = json.loads(proc.stdout.strip().splitlines()[-1])
+  if busy is not None and busy0 is not None:
+    foreign = ((busy - busy0) - (_own_and_children_s() - own0)) / (wall * (os.cpu_count() or 1))
+    row["foreign_cpu"] = max(0.0, min(1.0, foreign))
+  return row
+
+
+def machine() -> dict:
+  cpu = "unknown"
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+  except OSError:
+    pass
+  import jax
+  info = {"cpu_model": cpu, "cores": len(os.sched_getaffinity(0)), "jax": jax.__version__,
+          "python": sys.version.split()[0], "loadavg_start": os.getloadavg()[0]}
+  try:
+    out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                         text=True, timeout=20)
+    info["gpus"] = [l.strip() for l in out.stdout.splitlines() if l.strip()]
+  except (OSError, subprocess.SubprocessError):
+    info["gpus"] = []
+  return info
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--devices", default="1,2,8", help="device counts, comma separated")
+  ap.add_argument("--paths", default="pmap,jit", help=f"subset of {PATHS}")
+  ap.add_argument("--batch", default="256", help="global batch sizes, comma separated")
+  ap.add_argument("--platform", default="cpu", choices=("cpu", "gpu"))
+  ap.add_argument("--rounds", type=int, default=1)
+  ap.add_argument("--warmup", type=int, default=3)
+  ap.add_argument("--chunks", type=int, default=7)
+  ap.add_argument("--chunk-steps", type=int, default=5)
+  ap.add_argument("--num-batches", type=int, default=4)
+  ap.add_argument("--ep-experts", type=int, default=8, help="experts of the pmap+ep rows (divisible by N)")
+  ap.add_argument("--timeout", type=int, default=900)
+  ap.add_argument("--json", default="")
+  ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  ap.add_argument("--n", type=int, default=1, help=argparse.SUPPRESS)
+  ap.add_argument("--path", default="pmap", help=argparse.SUPPRESS)
+  args = ap.parse_args(argv)
+  if args.child:
+    args.batch = int(args.batch)
+    print(json.dumps(child(args)))
+    return
+  counts = [int(v) for v in args.devices.split(",") if v]
+  paths = [p for p in args.paths.split(",") if p]
+  bad = [p for p in paths if p not in PATHS]
+  if bad:
+    raise SystemExit(f"unknown paths {bad}; choose from {PATHS}")
+  info = machine()
+  if args.platform == "gpu" and info["gpus"]:
+    counts = [n for n in counts if n <= len(info["gpus"])]
+  rows_cfg = [(n, p, int(b)) for b in args.batch.split(",") for n in counts for p in paths]
+  results: dict[tuple, list] = {c: [] for c in rows_cfg}
+  for r in range(args.rounds):
+    order = rows_cfg[r % len(rows_cfg):] + rows_cfg[:r % len(rows_cfg)]
+    for cfg in order:
+      row = run_row(*cfg, args)
+      results[cfg].append(row)
+      print(f"  round {r}: {cfg} -> " + (f"{row['samples_per_s']:.0f} samples/s" if "error" not in row
+                                          else f"error {row['error']}"), file=sys.stderr, flush=True)
+  table = []
+  for cfg, rows in results.items():
+    ok = [x for x in rows if "error" not in x]
+    if not ok:
+      table.append(rows[-1])
+      continue
+    import numpy as np
+    best = dict(ok[int(np.argsort([x["samples_per_s"] for x in ok])[len(ok) // 2])])  # median round
+    best["rounds"] = len(ok)
+    table.append(best)
+  info["loadavg_end"] = os.getloadavg()[0]
+  print(f"\nmachine: {info['cpu_model']}, {info['cores']} cores, jax {info['jax']}, platform {args.platform}"
+        f"{', GPUs: ' + ', '.join(info['gpus']) if info['gpus'] else ''}; load avg {info['loadavg_start']:.1f}"
+        f" -> {info['loadavg_end']:.1f}")
+  if args.platform == "cpu":
+    print("CPU rows: N forced host devices share the same cores (a correctness/overhead simulation, no extra "
+          "compute); read them as the cost of the parallel program, not as scaling.")
+  head = "| devices | path | batch (rows/device) | step ms (p10-p90) | samples/s | vs 1 device | first step s | foreign% |"
+  print(head)
+  print("|" + "---|" * (head.count("|") - 1))
+  base = {}
+  for row in table:
+    if "error" in row:
+      print(f"| {row['devices']} | {row['path']} | {row['batch']} | error: {row['error']} | | | | |")
+      continue
+    key = (row["path"], row["batch"])
+    if row["devices"] == min(counts):
+      base[key] = row["samples_per_s"]
+    rel = f"{row['samples_per_s'] / base[key]:.2f}x" if key in base else "-"
+    fc = f"{100 * row['foreign_cpu']:.0f}" if row.get("foreign_cpu") is not None else "?"
+    print(f"| {row['devices']} | {row['path']} | {row['batch']} ({row['rows_per_device']}) | {row['step_ms']:.1f} "
+          f"({row['p10_ms']:.1f}-{row['p90_ms']:.1f}) | {row['samples_per_s']:.0f} | {rel} | "
+          f"{row['first_step_s']:.1f} | {fc} |")
+  if args.json:
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"machine": info, "args": vars(args), "rows": table}, indent=1))
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+  main()
