@@ -1,0 +1,44 @@
+"""Compare finished runs: one row per run dir (test split, mean ± std over its seeds, best epoch on validation).
+
+  python -m tools.summarize_runs runs/syn_euar runs/syn_mlp runs/syn_late [--metrics Non0_acc_2,Non0_F1,MAE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from jmoe.metrics import format_table
+
+DEFAULT = "Non0_acc_2,Non0_F1,Has0_acc_2,Has0_F1,Acc7,MAE,Corr"
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("runs", nargs="+", help="run directories written by the training app")
+  ap.add_argument("--metrics", default=DEFAULT)
+  ap.add_argument("--split", default="test", choices=["valid", "test"])
+  args = ap.parse_args(argv)
+  metrics = args.metrics.split(",")
+  rows = []
+  for run in map(Path, args.runs):
+    path = run / "results.json"
+    if not path.is_file():
+      print(f"error: {path}: no results.json (is the run finished?)", file=sys.stderr)
+      return 2
+    res = json.loads(path.read_text())
+    summary = res["summary"][args.split]
+    unknown = [m for m in metrics if m not in summary]
+    if unknown:
+      print(f"error: {path}: no metric(s) {unknown}; has {sorted(summary)}", file=sys.stderr)
+      return 2
+    rows.append({"run": run.name, "data": res["dataset"] + (" (synthetic)" if res["synthetic"] else ""),
+                 "seeds": len(res["seeds"]), **{m: tuple(summary[m]) for m in metrics}})
+  print(format_table(rows, ["run", "data", "seeds", *metrics], title=f"{args.split} split, mean ± std over seeds"))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
