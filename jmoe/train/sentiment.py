@@ -186,6 +186,7 @@ def _plots(workdir: Path, seeds) -> None:
       ax.set_title(f"{m}: expert load (seed {seeds[0]})")
       ax.set_xlabel("epoch")
       ax.set_ylabel("expert")
+      ax.set_yticks(range(ld.shape[1]))
       fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(workdir / "expert_load.png", dpi=110)
