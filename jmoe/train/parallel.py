@@ -197,6 +197,7 @@ class DataParallel:
     def evaluate(params, batch):
       return j_eval(params, shard_batch(batch, self.mesh))
 
+    train.jitted, evaluate.jitted = j_train, j_eval  # for compile-cache checks
     return train, evaluate
 
   def replicate(self, tree):
