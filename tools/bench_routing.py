@@ -45,14 +45,15 @@ floor fwd, ~1.1-1.2x fwd+bwd; einsum ~2.7x; dense ~5x; ragged ~9x at E=8 and ~30
 ragged_dot as E dense masked matmuls); torch/loop ~1.15x the floor fwd when the CPU is quiet.
 
 ``--profile`` times each piece of jmoe/sorted (router, slot bookkeeping, dispatch gather, expert bank, combine;
-their backward passes) and times prototype variants against the library rows (same params, outputs checked):
-  * proto/sorted-ksum:    combine adds the K slot slices instead of ``jnp.sum(..., axis=K)``. XLA:CPU runs a
-                          reduction over a small leading axis of a big array ~40x slower than the equivalent adds
-                          ([2, 4096, 256] -> [4096, 256]: ~40 ms vs ~1 ms), which is 25-35% of sorted's forward.
-  * proto/sorted-gathers: ksum plus custom VJPs whose backward passes are gathers (the dispatch/combine maps are
-                          permutations, so their transposes are inverse gathers), instead of XLA scatter-adds.
-  * proto/ragged-blocked: dropless without ragged_dot: expert runs padded to blocks of 128 rows, one lax.scan
-                          step per block; its cost stays flat in E.
+their backward passes), interleaved, and times prototype variants against the library rows (same params,
+outputs and gradients checked against the library first):
+  * (found here, in dispatch.py since 9ea9081) the combine adds the K slot slices: XLA:CPU runs a reduction over a
+    small leading axis of a big array ~40x slower than the equivalent adds ([2, 4096, 256] -> [4096, 256]:
+    ~40 ms vs ~1 ms), which was 25-35% of sorted's forward. The piece table still times the old form.
+  * proto/sorted-gathers: custom VJPs whose backward passes are gathers (dispatch and combine are permutations of
+                          the kept slots, so their transposes are the inverse gathers) instead of scatter-adds.
+  * proto/ragged-blocked: dropless without ragged_dot: each expert's run padded to blocks of 128 rows, one
+                          lax.scan step per block; cost stays flat in E.
 These live here only to measure; the library's dispatch is ``jmoe/moe/dispatch.py``.
 """
 
@@ -594,20 +595,28 @@ def _combine_rows_bwd(res, dy):
 _combine_rows.defvjp(_combine_rows_fwd, _combine_rows_bwd)
 
 
+def _gather_maps(pl, n: int, k: int, e: int):
+  """Both directions of the slot <-> buffer-row map of a sorted plan, groups flattened.
+
+  Returns token/valid/kslot [R] (buffer row, ordered [E, G, C] like experts.batched's [E, G*C] input -> its
+  token, whether it holds a slot, and the slot's k) and row/keep/wk [K, N] (slot -> buffer row, kept, weight)."""
+  g, c, s = pl["g"], pl["c"], pl["s"]
+  token = jnp.swapaxes(pl["token"].reshape(g, e, c), 0, 1).reshape(-1)
+  valid = jnp.swapaxes(pl["valid"], 0, 1).reshape(-1)
+  kslot = jnp.swapaxes((pl["slot"] // s).reshape(g, e, c), 0, 1).reshape(-1)
+  to_kn = lambda a: jnp.swapaxes(a.reshape(g, k, s), 0, 1).reshape(k, n)  # [G, K*S] -> [K, N]
+  return token, valid, kslot, to_kn(pl["row"]), to_kn(pl["keep"]), to_kn(pl["wk"])
+
+
 def proto_sorted_gathers(experts, x, routing, capacity_factor=None, capacity=None, group_size=None):
-  """proto_sorted_ksum with custom VJPs whose backward passes are gathers too (no scatter-add): every kept slot
+  """dispatch.sorted_buffers with custom VJPs whose backward passes are gathers too (no scatter-add): every kept slot
   owns exactly one buffer row, so dispatch and combine are permutations (plus masking) and their transposes are
   the inverse gathers. Single-array expert outputs only (enough for MLPExpert)."""
   n, d = x.shape
   k, e = routing.k, routing.num_experts
   pl = _sorted_plan(routing, n, k, e, capacity_factor, capacity, group_size)
-  g, c, s = pl["g"], pl["c"], pl["s"]
-  # Flatten groups: buffer rows ordered [E, G, C] to match experts.batched's [E, G*C] layout.
-  token = jnp.swapaxes(pl["token"].reshape(g, e, c), 0, 1).reshape(-1)
-  valid = jnp.swapaxes(pl["valid"], 0, 1).reshape(-1)
-  kslot = jnp.swapaxes((pl["slot"] // s).reshape(g, e, c), 0, 1).reshape(-1)
-  to_kn = lambda a: jnp.swapaxes(a.reshape(g, k, s), 0, 1).reshape(k, n)  # [G, K*S] -> [K, N]
-  row, keep, wk = to_kn(pl["row"]), to_kn(pl["keep"]), to_kn(pl["wk"])
+  g, c = pl["g"], pl["c"]
+  token, valid, kslot, row, keep, wk = _gather_maps(pl, n, k, e)
   xs = _dispatch_rows(x, token, valid, row, keep).reshape(e, g * c, d)
   ys = experts.batched(xs)
   y = _combine_rows(ys.reshape(e * g * c, -1), wk, row, token, kslot, valid)
@@ -664,11 +673,10 @@ def _blocked_mlp(params, xb, eob):
   return jax.lax.scan(step, None, (xb, eob))[1]
 
 
-PROTOS = {"proto/sorted-ksum": proto_sorted_ksum, "proto/sorted-gathers": proto_sorted_gathers,
-          "proto/ragged-blocked": proto_ragged_blocked}
+# proto_sorted_ksum is what dispatch.py does since commit 9ea9081, so it is no longer timed as a variant.
+PROTOS = {"proto/sorted-gathers": proto_sorted_gathers, "proto/ragged-blocked": proto_ragged_blocked}
 # Which library row each prototype must reproduce (same params, same routing).
-PROTO_REFERENCE = {"proto/sorted-ksum": "jmoe/sorted", "proto/sorted-gathers": "jmoe/sorted",
-                   "proto/ragged-blocked": "jmoe/ragged"}
+PROTO_REFERENCE = {"proto/sorted-gathers": "jmoe/sorted", "proto/ragged-blocked": "jmoe/ragged"}
 
 
 class ProtoMoELayer(nn.Module):
@@ -708,8 +716,9 @@ def proto_fns(cfg: Config, name: str, seed: int = 0):
       "dropped_fraction": float(metrics["dropped_fraction"]), "params": params, "x": x, "layer": layer}
 
 
-def profile_pieces(cfg: Config, args) -> list[tuple[str, float]]:
-  """Time each stage of jmoe/sorted separately (each its own jit, inputs precomputed)."""
+def profile_pieces(cfg: Config, args) -> list[tuple[str, float, float]]:
+  """Time each stage of jmoe/sorted separately: each piece its own jit with precomputed inputs, all pieces timed
+  interleaved. Returns [(name, median_s, min_s)]."""
   from jmoe.moe.experts import ExpertBank  # pylint: disable=import-outside-toplevel
   n, d, e, k = cfg.tokens, cfg.dim, cfg.experts, cfg.top_k
   layer = make_layer(cfg, "sorted")
@@ -717,13 +726,11 @@ def profile_pieces(cfg: Config, args) -> list[tuple[str, float]]:
   params = init_params(layer, x)
   p = params["params"]
   router, bank = layer.router, ExpertBank(layer.expert, e)
-  out = []
+  entries = []
 
   def t(name, f, *a):
     jf = jax.jit(f)
-    st = time_fn(lambda: jf(*a), repeats=args.repeats, warmup=args.warmup, max_seconds=args.max_seconds,
-                 min_repeats=args.min_repeats)
-    out.append((name, st["median_s"]))
+    entries.append({"name": name, "run": lambda: jf(*a), "block": _block})
     return jf(*a)
 
   def route(pr, x):
@@ -733,8 +740,10 @@ def profile_pieces(cfg: Config, args) -> list[tuple[str, float]]:
   pl = t("fwd  slot bookkeeping (argsort, bincount, positions)",
          lambda r: {kk: v for kk, v in _sorted_plan(r, n, k, e, cfg.capacity_factor, None, cfg.group_size).items()
                     if not isinstance(v, int)}, routing)
-  g, s = n // dispatch_lib.group_size_for(n, cfg.group_size), dispatch_lib.group_size_for(n, cfg.group_size)
+  s = dispatch_lib.group_size_for(n, cfg.group_size)
+  g = n // s
   c = dispatch_lib.capacity_for(s, k, e, cfg.capacity_factor)
+  token, valid, kslot, row_kn, keep_kn, wk_kn = _gather_maps(dict(pl, g=g, c=c, s=s), n, k, e)
 
   def gather(x, token, valid):
     return jnp.swapaxes(jnp.where(valid.reshape(g, e * c, 1), x[token], 0).reshape(g, e, c, d), 0, 1).reshape(
@@ -744,44 +753,54 @@ def profile_pieces(cfg: Config, args) -> list[tuple[str, float]]:
   pb = {"params": p["experts"]}
   ys = t("fwd  expert bank (vmapped Dense-gelu-Dense on buffers)", lambda pb, xs: bank.apply(pb, xs), pb, xs)
 
-  def combine(ys, row, wk):
+  def combine_reduce(ys, row, wk):
     picked = ys.reshape(e * g * c, d)[row] * wk[..., None]
     return jnp.sum(picked.reshape(g, k, s, d), axis=1).reshape(n, d)
 
   def combine_ksum(ys, row, wk):
     return _sum_over_k(ys.reshape(e * g * c, d)[row] * wk[..., None], g, k, s).reshape(n, d)
 
-  t("fwd  combine as in dispatch.py: gather, *w, jnp.sum(axis=k)", combine, ys, pl["row"], pl["wk"])
+  def combine_gathers(ys, wk):
+    return _combine_rows(ys.reshape(e * g * c, d), wk, row_kn, token, kslot, valid)
+
+  t("fwd  combine: gather, *w, K slice adds (dispatch.py since 9ea9081)", combine_ksum, ys, pl["row"], pl["wk"])
   t("fwd    ... its gather ys[row] alone", lambda ys, row: ys.reshape(e * g * c, d)[row], ys, pl["row"])
-  t("fwd    ... combine with K slice adds instead of jnp.sum", combine_ksum, ys, pl["row"], pl["wk"])
+  t("fwd    ... jnp.sum over K instead (dispatch.py before 9ea9081)", combine_reduce, ys, pl["row"], pl["wk"])
+  t("fwd    ... proto gathers (custom_vjp)", combine_gathers, ys, wk_kn)
   t("fwd  FULL MoELayer.apply (sorted)", lambda pp, x: layer.apply(pp, x)[0], params, x)
   ones = lambda a: jnp.ones(a.shape, a.dtype)
+  dy = jnp.ones((n, d), ys.dtype)
   t("bwd  router vjp (w.r.t. params, x)",
     lambda pr, x, ct: jax.vjp(lambda pr, x: route(pr, x).weights, pr, x)[1](ct), p["router"], x,
     jnp.ones((n, k), jnp.float32))
-  t("bwd  dispatch gather vjp (scatter-add into x)",
+  t("bwd  dispatch gather vjp: scatter-add into x (dispatch.py)",
     lambda x, ct: jax.vjp(lambda x: gather(x, pl["token"], pl["valid"]), x)[1](ct), x, ones(xs))
+  t("bwd    ... proto gathers (custom_vjp)",
+    lambda x, ct: jax.vjp(lambda x: _dispatch_rows(x, token, valid, row_kn, keep_kn), x)[1](ct), x,
+    ones(xs).reshape(-1, d))
   t("bwd  expert bank vjp (w.r.t. params, buffers)",
     lambda pb, xs, ct: jax.vjp(lambda pb, xs: bank.apply(pb, xs), pb, xs)[1](ct), pb, xs, ones(ys))
-  t("bwd  combine vjp as in dispatch.py (scatter-add into buffers)",
-    lambda ys, wk, ct: jax.vjp(lambda ys, wk: combine(ys, pl["row"], wk), ys, wk)[1](ct), ys, pl["wk"],
-    jnp.ones((n, d), ys.dtype))
-  t("bwd  combine vjp, K slice adds",
-    lambda ys, wk, ct: jax.vjp(lambda ys, wk: combine_ksum(ys, pl["row"], wk), ys, wk)[1](ct), ys, pl["wk"],
-    jnp.ones((n, d), ys.dtype))
+  t("bwd  combine vjp, K slice adds: pad + scatter-add (dispatch.py since 9ea9081)",
+    lambda ys, wk, ct: jax.vjp(lambda ys, wk: combine_ksum(ys, pl["row"], wk), ys, wk)[1](ct), ys, pl["wk"], dy)
+  t("bwd    ... jnp.sum over K: scatter-add (dispatch.py before 9ea9081)",
+    lambda ys, wk, ct: jax.vjp(lambda ys, wk: combine_reduce(ys, pl["row"], wk), ys, wk)[1](ct), ys, pl["wk"], dy)
+  t("bwd    ... proto gathers (custom_vjp)",
+    lambda ys, wk, ct: jax.vjp(combine_gathers, ys, wk)[1](ct), ys, wk_kn, dy)
   t("f+b  FULL MoELayer value_and_grad (sorted)",
     jax.value_and_grad(lambda pp, x: _sq_loss(layer.apply(pp, x)[0]), argnums=(0, 1)), params, x)
-  return out
+  time_interleaved(entries, "run", args)
+  return [(ent["name"], ent["stats"]["run"]["median_s"], ent["stats"]["run"]["min_s"]) for ent in entries]
 
 
 def profile_config(cfg: Config, args) -> list[dict[str, Any]]:
   print(f"## profile of jmoe/sorted: {cfg.label()}", flush=True)
   pieces = profile_pieces(cfg, args)
-  w = max(len(nm) for nm, _ in pieces)
-  for nm, sec in pieces:
-    print(f"  {nm.ljust(w)} {sec * 1e3:9.2f} ms")
-  print("  (each piece is its own jit with precomputed inputs, so fusion across pieces is lost; the pieces of a "
-        "pass add up to roughly its FULL line)")
+  w = max(len(nm) for nm, _, _ in pieces)
+  print(f"  {'piece'.ljust(w)} {'median':>9s}    {'best':>9s}")
+  for nm, med, best in pieces:
+    print(f"  {nm.ljust(w)} {med * 1e3:9.2f} ms {best * 1e3:9.2f} ms")
+  print("  (each piece is its own jit with precomputed inputs, timed interleaved; fusion across pieces is lost, so "
+        "the pieces of a pass add up to roughly, not exactly, its FULL line)")
   # Variants, interleaved with the library rows they replace and the floor.
   entries = []
   for name, build in [("jmoe/sorted", lambda: jmoe_fns(cfg, "sorted")), ("floor/matmul", lambda: floor_fns(cfg)),
@@ -821,7 +840,7 @@ def profile_config(cfg: Config, args) -> list[dict[str, Any]]:
                  "reference": PROTO_REFERENCE.get(ent["name"]), "max_abs_err": ent["extra"].get("max_abs_err"),
                  "dropped_fraction": ent["extra"].get("dropped_fraction")})
   print(flush=True)
-  return {"pieces": [{"name": nm, "median_s": sec} for nm, sec in pieces], "variants": rows}
+  return {"pieces": [{"name": nm, "median_s": med, "min_s": best} for nm, med, best in pieces], "variants": rows}
 
 
 def format_table(cfg: Config, rows: list[dict[str, Any]]) -> str:
