@@ -2,7 +2,7 @@
 
 Command (from the repo root)::
 
-    PYTHONPATH=. python -m tools.bench_routing --json runs/bench/routing_fp32.json   # default grid, ~3-5 min
+    PYTHONPATH=. python -m tools.bench_routing --json runs/bench/routing_fp32.json   # default grid, ~3 min idle
     PYTHONPATH=. python -m tools.bench_routing --tokens 4096 --experts 8 --top-k 2 --strategies sorted,einsum
     PYTHONPATH=. python -m tools.bench_routing --profile --json runs/bench/profile.json  # where sorted spends time
 
@@ -39,10 +39,11 @@ Capacity: ``--capacity-factor`` (default 1.0) applies to ``einsum`` and ``sorted
 exactly N*K/E rows per expert (the floor's work); overflow is dropped (``drop%``, ~2% at E=8 and ~6% at E=32 with
 these random weights). ``dense`` and ``ragged`` never drop. ``--capacity-factor 0`` = no dropping.
 
-Measured on the 2-core AMD EPYC dev box (jax 0.10.2, torch 2.13.0), headline config fp32, while other processes
-shared the CPU (so read the ratios, not the milliseconds): floor/matmul ~40-50 ms fwd; jmoe/sorted 1.4-1.6x the
-floor fwd, ~1.1-1.2x fwd+bwd; einsum ~2.7x; dense ~5x; ragged ~9x at E=8 and ~30x at E=32 (XLA:CPU runs
-ragged_dot as E dense masked matmuls); torch/loop ~1.15x the floor fwd when the CPU is quiet.
+Measured on the 2-core AMD EPYC dev box (jax 0.10.2, torch 2.13.0, dispatch.py at 9ea9081, machine otherwise
+idle), headline config fp32, medians: floor/matmul 57 ms fwd / 186 ms fwd+bwd; jmoe/sorted 62 / 210 ms (1.08x /
+1.13x the floor; 0.95x / 1.22x torch/loop); einsum 2.4x the floor; dense 4.6x; ragged 8.6x at E=8 and 34x at
+E=32 (XLA:CPU runs ragged_dot as E dense masked matmuls); torch/loop 65 / 172 ms; torch/dense 319 / 766 ms.
+The default grid took 3 minutes. Run-to-run spread of these medians is ~10-15% even on the idle machine.
 
 ``--profile`` times each piece of jmoe/sorted (router, slot bookkeeping, dispatch gather, expert bank, combine;
 their backward passes), interleaved, and times prototype variants against the library rows (same params,
