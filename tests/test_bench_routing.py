@@ -45,3 +45,25 @@ def test_default_grid_and_flops():
   assert [skip for _, skip in cfgs] == [(), ("jmoe/dense", "torch/dense"), ()]
   # GUIDE section 3: the headline config is 4.29 GFLOP of routed work (2*4096*2*2*256*512).
   assert bench_routing.routed_flops(cfgs[0][0]) == 2 * 4096 * 2 * (256 * 512 * 2)
+
+
+def test_check_targets_reports_both_passes():
+  """Targets are judged on fwd and on fwd+bwd separately (made-up rows: fwd meets them, fwd+bwd does not)."""
+  def row(name, experts, fwd, fwd_bwd, floor=(10.0, 30.0), torch=(20.0, 30.0)):
+    return {"name": name, "config": dict(bench_routing.HEADLINE, experts=experts, dtype="float32"),
+            "median_s": fwd, "fwd_bwd_median_s": fwd_bwd,
+            "ratio_vs_floor": fwd / floor[0], "fwd_bwd_ratio_vs_floor": fwd_bwd / floor[1],
+            "ratio_vs_best_torch": fwd / torch[0], "best_torch": "torch/loop",
+            "fwd_bwd_ratio_vs_best_torch": fwd_bwd / torch[1], "fwd_bwd_best_torch": "torch/loop",
+            "foreign_cpu_fraction": 0.0}
+  results = [row("jmoe/sorted", 8, 11.0, 40.0), row("jmoe/einsum", 8, 20.0, 60.0),
+             row("jmoe/sorted", 32, 12.0, 80.0)]
+  msgs = bench_routing.check_targets(results)
+  assert msgs == [
+      "target fastest jmoe <= 1.15x floor/matmul (fwd): jmoe/sorted 1.10x -> MET",
+      "target fastest jmoe <= 0.9x best torch (fwd): jmoe/sorted 0.55x of torch/loop -> MET",
+      "target fastest jmoe <= 1.15x floor/matmul (fwd+bwd): jmoe/sorted 1.33x -> MISSED",
+      "target fastest jmoe <= 0.9x best torch (fwd+bwd): jmoe/sorted 1.33x of torch/loop -> MISSED",
+      "target jmoe/sorted E=32 within 1.5x of E=8 (fwd): 1.09x -> MET",
+      "target jmoe/sorted E=32 within 1.5x of E=8 (fwd+bwd): 2.00x -> MISSED",
+  ]
