@@ -24,7 +24,8 @@ def euar_config(name: str, synthetic_kind: str, text_dim: int, audio_dim: int, v
       valid_fraction=0.15, split_seed=0, synthetic_kind=synthetic_kind, synthetic_seed=0,
       synthetic_dims=(text_dim, audio_dim, vision_dim), synthetic_sizes=(), seq_len=0))
   c.model = ml_collections.ConfigDict(dict(
-      width=72, num_experts=4, k=3, expert="gaussian", fusion="moe", dispatch="dense", capacity_factor=0.0,
+      width=72, num_experts=4, k=3, expert="gaussian",  # expert: gaussian (EUAR) | mlp | linear (ablations)
+      fusion="moe", dispatch="dense", capacity_factor=0.0,
       dropout=0.1))
   c.loss = ml_collections.ConfigDict(dict(alpha=1e-3, beta=1e-5, lam=1e-3, use_kl=True, use_uloss=True))
   c.optim = ml_collections.ConfigDict(dict(lr=1e-3, weight_decay=1e-4, grad_clip=1.0, batch_size=16, epochs=40,

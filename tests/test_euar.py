@@ -121,10 +121,26 @@ def test_ablations_change_the_model():
   late = EUAR(width=16, fusion="late")
   lp = jax.jit(late.init)(jax.random.key(0), batch)["params"]
   assert not any(k.startswith("moe_") for k in lp) and {"late_head_text", "late_head_audio"} <= set(lp)
-  with pytest.raises(ValueError, match="expert must be 'gaussian' or 'mlp'"):
+  with pytest.raises(ValueError, match=r"expert must be one of \['gaussian', 'linear', 'mlp'\]"):
     EUAR(expert="nope").init(jax.random.key(0), batch)
   with pytest.raises(ValueError, match="batch has no modality 'vision'"):
     EUAR().init(jax.random.key(0), {k: v for k, v in batch.items() if k != "vision"})
+
+
+def test_linear_ablation_is_the_gaussian_model_without_uncertainty():
+  """expert='linear' given the Gaussian model's params minus the logvar heads predicts exactly what the Gaussian
+  model predicts at evaluation (z = mu), and has no KL / U-loss."""
+  batch = _batch(4)
+  gauss = EUAR(width=16)
+  params = jax.jit(gauss.init)(jax.random.key(0), batch)
+  strip = lambda tree: {k: strip(v) for k, v in tree.items() if k != "logvar"} if isinstance(tree, dict) else tree
+  linear = EUAR(width=16, expert="linear")
+  lin_params = {"params": strip(jax.tree.map(lambda a: a, dict(params["params"])))}
+  assert jax.tree.structure(lin_params) == jax.tree.structure(jax.jit(linear.init)(jax.random.key(1), batch))
+  pred_g, _ = jax.jit(gauss.apply)(params, batch)
+  pred_l, aux = jax.jit(linear.apply)(lin_params, batch)
+  np.testing.assert_allclose(pred_l, pred_g, rtol=1e-6, atol=1e-6)
+  assert float(jnp.abs(aux["kl"]).sum()) == 0 and float(jnp.abs(aux["uloss"]).sum()) == 0
 
 
 def test_padded_batch_gives_the_unpadded_loss_and_gradients():

@@ -51,11 +51,12 @@ when other processes used > 10% of the CPU while it was timed (or, where /proc/s
 load average before timing was >= 1.5). ``--wait-idle S`` waits up to S seconds for the load average to drop
 below 1.5 before each config's timing.
 
-Measured on the 2-core AMD EPYC dev box, idle (other processes 0% of the CPU), jax 0.10.2, torch 2.13.0, default
-arguments: vectors -- jmoe/pmap/dense 2.55 ms/step (6,270 samples/s), jmoe/jit/dense 2.06 ms, torch/loop 21.7 ms,
-fastest torch (dense, 1 thread) 17.5 ms: app step 8.5x torch/loop, 6.9x the fastest torch; seq_len=50 --
-jmoe/pmap/dense 5.6 ms, torch/loop 23.0 ms, fastest torch 21.1 ms: 4.1x and 3.7x. Loaded (load average 5-7),
-torch on 2 threads gets 5-50x slower and the ratios against it are meaningless; compare with the @1thr rows.
+Measured on the 2-core AMD EPYC dev box with AVX-512, idle (other processes 0% of the CPU), jax 0.10.2, torch
+2.13.0, default arguments: vectors -- jmoe/pmap/dense 0.90 ms/step (17,763 samples/s), jmoe/jit/sorted 0.78 ms,
+torch/loop 5.69 ms, fastest torch (dense, 1 thread) 4.91 ms: app step 6.3x torch/loop, 5.5x the fastest torch;
+seq_len=50 -- jmoe/pmap/dense 2.25 ms, torch/loop 7.71 ms, fastest torch (dense) 6.86 ms: 3.4x and 3.05x.
+Loaded (load average 5-7), torch on 2 threads gets 5-50x slower and the ratios against it are meaningless; compare
+with the @1thr rows.
 
 ``--profile`` adds, per config, a breakdown of the jmoe step: jit pieces (forward, forward+backward, optimizer
 update), the full step under jit and pmap, empty steps with the same arguments (dispatch + argument-handling

@@ -39,20 +39,23 @@ Capacity: ``--capacity-factor`` (default 1.0) applies to ``einsum`` and ``sorted
 exactly N*K/E rows per expert (the floor's work); overflow is dropped (``drop%``, ~2% at E=8 and ~6% at E=32 with
 these random weights). ``dense`` and ``ragged`` never drop. ``--capacity-factor 0`` = no dropping.
 
-Measured on the 2-core AMD EPYC dev box (jax 0.10.2, torch 2.13.0, dispatch.py at 9ea9081, machine otherwise
-idle), headline config fp32, medians: floor/matmul 57 ms fwd / 186 ms fwd+bwd; jmoe/sorted 62 / 210 ms (1.08x /
-1.13x the floor; 0.95x / 1.22x torch/loop); einsum 2.4x the floor; dense 4.6x; ragged 8.6x at E=8 and 34x at
-E=32 (XLA:CPU runs ragged_dot as E dense masked matmuls); torch/loop 65 / 172 ms; torch/dense 319 / 766 ms.
-The default grid took 3 minutes. Run-to-run spread of these medians is ~10-15% even on the idle machine.
+Measured on the 2-core AMD EPYC dev box with AVX-512 (jax 0.10.2, torch 2.13.0, dispatch.py with the gather VJPs,
+machine otherwise idle), default grid, headline config fp32, medians: floor/matmul 23 ms fwd / 64 ms fwd+bwd;
+jmoe/sorted 17 / 69 ms (0.74x / 1.09x the floor; 0.64x / 0.84x torch/loop); einsum 2.0x the floor; dense 3.7x;
+ragged 6.6x at E=8 and 31x at E=32 (XLA:CPU runs ragged_dot as E dense masked matmuls); torch/loop 27 / 82 ms;
+torch/dense 131 / 364 ms. sorted at E=32: 1.05x / 1.00x its E=8 time. The default grid took 1.5 minutes.
+Run-to-run spread of these medians is ~10% even on the idle machine (floor/matmul's forward the most).
+(An earlier AVX2-only box measured ~5x slower matmuls: floor 57 / 186 ms, sorted 62 / 210 ms before the gather VJPs.)
 
 ``--profile`` times each piece of jmoe/sorted (router, slot bookkeeping, dispatch gather, expert bank, combine;
 their backward passes), interleaved, and times prototype variants against the library rows (same params,
 outputs and gradients checked against the library first):
   * (found here, in dispatch.py since 9ea9081) the combine adds the K slot slices: XLA:CPU runs a reduction over a
     small leading axis of a big array ~40x slower than the equivalent adds ([2, 4096, 256] -> [4096, 256]:
-    ~40 ms vs ~1 ms), which was 25-35% of sorted's forward. The piece table still times the old form.
-  * proto/sorted-gathers: custom VJPs whose backward passes are gathers (dispatch and combine are permutations of
-                          the kept slots, so their transposes are the inverse gathers) instead of scatter-adds.
+    ~6 ms vs ~0.5 ms). The piece table still times the old form.
+  * (found here, in dispatch.py since the gather-VJP commit) custom VJPs whose backward passes are gathers
+    (dispatch and combine are permutations of the kept slots, so their transposes are the inverse gathers): the
+    combine's backward went from ~32 ms (autodiff scatter-add) to ~1 ms. The piece table times both forms.
   * proto/ragged-blocked: dropless without ragged_dot: each expert's run padded to blocks of 128 rows, one
                           lax.scan step per block; cost stays flat in E.
 These live here only to measure; the library's dispatch is ``jmoe/moe/dispatch.py``.

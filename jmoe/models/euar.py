@@ -16,8 +16,11 @@ Choices the paper leaves open (also in README):
   the Switch loss of the routing core divided by E^2. P_j uses the full softmax (the routing core's router_probs).
 * Encoders: sequences -> Dense(W) + GELU, masked mean over time; vectors -> Dense(W) + GELU. LayerNorm on x_m.
 * The official code normalises gate weights across the batch at evaluation; we do not (per-sample outputs).
-Ablations by config: ``expert='mlp'`` (deterministic MLP experts: no KL, no U-loss), ``use_uloss=False``,
-``use_kl=False``, ``fusion='late'`` (no MoE: one encoder + head per modality, predictions averaged).
+Ablations by config: ``expert='mlp'`` (deterministic two-layer MLP experts with the Gaussian expert's parameter
+count: no KL, no U-loss), ``expert='linear'`` (the Gaussian expert without its uncertainty: z = mu = Linear(x),
+deterministic, no sigma head, no KL, no U-loss -- the paper's "MLP model which uses simple linear layers", and the
+ablation that changes nothing but the uncertainty), ``use_uloss=False``, ``use_kl=False``, ``fusion='late'`` (no
+MoE: one encoder + head per modality, predictions averaged).
 """
 
 from __future__ import annotations
@@ -82,6 +85,28 @@ class DeterministicExpert(nn.Module):
     return {"z": z, "sigma2": zeros, "kl": zeros}
 
 
+class LinearExpert(nn.Module):
+  """Ablation expert: the Gaussian expert's mu branch alone, z = Linear(x), deterministic (sigma2 = kl = 0).
+
+  Its parameters are named like the Gaussian expert's ``mu`` so that the two differ by the uncertainty only.
+  """
+  width: int
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True):
+    z = nn.Dense(self.width, name="mu")(x)
+    zeros = jnp.zeros(x.shape[:1], x.dtype)
+    return {"z": z, "sigma2": zeros, "kl": zeros}
+
+  def ragged_apply(self, params, x, group_sizes, rng=None):
+    z = _ragged_dense(x, params["mu"]["kernel"], params["mu"]["bias"], group_sizes)
+    zeros = jnp.zeros(x.shape[:1], x.dtype)
+    return {"z": z, "sigma2": zeros, "kl": zeros}
+
+
+EXPERTS = {"gaussian": GaussianExpert, "mlp": DeterministicExpert, "linear": LinearExpert}
+
+
 class ModalityEncoder(nn.Module):
   """[B, T, D] with mask [B, T] (masked mean over time) or [B, D] -> [B, W]."""
   width: int
@@ -111,7 +136,7 @@ class EUAR(nn.Module):
   width: int = 72
   num_experts: int = 4
   k: int = 3
-  expert: str = "gaussian"        # 'gaussian' | 'mlp'
+  expert: str = "gaussian"        # 'gaussian' | 'mlp' | 'linear'
   fusion: str = "moe"             # 'moe' | 'late'
   dispatch: str = "dense"
   capacity_factor: float | None = None
@@ -119,8 +144,8 @@ class EUAR(nn.Module):
 
   @nn.compact
   def __call__(self, batch: dict[str, Any], deterministic: bool = True):
-    if self.expert not in ("gaussian", "mlp"):
-      raise ValueError(f"EUAR expert must be 'gaussian' or 'mlp', got {self.expert!r}")
+    if self.expert not in EXPERTS:
+      raise ValueError(f"EUAR expert must be one of {sorted(EXPERTS)}, got {self.expert!r}")
     if self.fusion not in ("moe", "late"):
       raise ValueError(f"EUAR fusion must be 'moe' or 'late', got {self.fusion!r}")
     feats, per_sample_kl, per_sample_u, aux_loss, stats = [], 0.0, 0.0, 0.0, {}
@@ -132,7 +157,7 @@ class EUAR(nn.Module):
       if self.fusion == "late":
         feats.append(nn.Dense(1, name=f"late_head_{m}")(nn.gelu(nn.Dense(self.width, name=f"late_{m}")(x)))[:, 0])
         continue
-      template = GaussianExpert(self.width) if self.expert == "gaussian" else DeterministicExpert(self.width)
+      template = EXPERTS[self.expert](self.width)
       router = TopKRouter(self.num_experts, k=self.k, renormalize=False, name=f"router_{m}")
       moe = MoELayer(router, template, self.num_experts,
                      strategy=self.dispatch, capacity_factor=self.capacity_factor, name=f"moe_{m}")
