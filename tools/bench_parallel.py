@@ -28,9 +28,10 @@ on the 2-core dev box 8 "devices" cannot be faster than 1, and a drop in samples
 per-device work and of the collectives, not a forecast for GPUs. Only accelerator rows measure scaling.
 The share of CPU used by other processes while each row ran is printed (``foreign%``), as in bench_routing.
 
-Measured on the 2-core AMD EPYC dev box (jax 0.10.2, ~50% of the CPU used by other processes), B=256, median of
-2 rounds: 1 device ~16k samples/s (pmap and jit alike), 2 forced devices ~0.87x, 8 forced devices ~0.35x. At the
-app's default B=16 per-step overhead dominates (~2k samples/s on 1 device, 0.16-0.2x on 8). No GPU was available.
+Measured on the 2-core AMD EPYC dev box with AVX-512, idle (jax 0.10.2), ``--batch 16,256``: B=256 -- 1 device
+69k samples/s (pmap and jit alike), 2 forced devices 0.54x (pmap) / 0.60x (jit), 8 forced devices 0.21x / 0.23x.
+At the app's default B=16 per-step overhead dominates (~20k / 23k samples/s on 1 device, 0.22x on 2, 0.05-0.06x
+on 8). No GPU was available.
 """
 
 from __future__ import annotations
