@@ -135,7 +135,7 @@ def test_linear_ablation_is_the_gaussian_model_without_uncertainty():
   params = jax.jit(gauss.init)(jax.random.key(0), batch)
   strip = lambda tree: {k: strip(v) for k, v in tree.items() if k != "logvar"} if isinstance(tree, dict) else tree
   linear = EUAR(width=16, expert="linear")
-  lin_params = {"params": strip(jax.tree.map(lambda a: a, dict(params["params"])))}
+  lin_params = {"params": strip(params["params"])}
   assert jax.tree.structure(lin_params) == jax.tree.structure(jax.jit(linear.init)(jax.random.key(1), batch))
   pred_g, _ = jax.jit(gauss.apply)(params, batch)
   pred_l, aux = jax.jit(linear.apply)(lin_params, batch)

@@ -40,22 +40,24 @@ exactly N*K/E rows per expert (the floor's work); overflow is dropped (``drop%``
 these random weights). ``dense`` and ``ragged`` never drop. ``--capacity-factor 0`` = no dropping.
 
 Measured on the 2-core AMD EPYC dev box with AVX-512 (jax 0.10.2, torch 2.13.0, dispatch.py with the gather VJPs,
-machine otherwise idle), default grid, headline config fp32, medians: floor/matmul 23 ms fwd / 64 ms fwd+bwd;
-jmoe/sorted 17 / 69 ms (0.74x / 1.09x the floor; 0.64x / 0.84x torch/loop); einsum 2.0x the floor; dense 3.7x;
-ragged 6.6x at E=8 and 31x at E=32 (XLA:CPU runs ragged_dot as E dense masked matmuls); torch/loop 27 / 82 ms;
-torch/dense 131 / 364 ms. sorted at E=32: 1.05x / 1.00x its E=8 time. The default grid took 1.5 minutes.
-Run-to-run spread of these medians is ~10% even on the idle machine (floor/matmul's forward the most).
+machine otherwise idle), default grid, headline config fp32, medians: floor/matmul 20 ms fwd / 65 ms fwd+bwd;
+jmoe/sorted 16 / 70 ms (0.81x / 1.07x the floor; 0.60x / 0.84x torch/loop); einsum 2.3x the floor; dense 4.2x;
+ragged 7.6x at E=8 and 32x at E=32 (XLA:CPU runs ragged_dot as E dense masked matmuls); torch/loop 27 / 83 ms;
+torch/dense 133 / 364 ms. sorted at E=32: 1.58x (bimodal fwd runs; fastest runs 1.10x; 1.05x in an earlier run) /
+0.94x its E=8 time. The default grid took 1.5 minutes. Single-run fwd ratios at this size swing by +-0.2-0.4
+(floor/matmul's forward the most); fwd+bwd ratios are steadier.
 (An earlier AVX2-only box measured ~5x slower matmuls: floor 57 / 186 ms, sorted 62 / 210 ms before the gather VJPs.)
 
 ``--profile`` times each piece of jmoe/sorted (router, slot bookkeeping, dispatch gather, expert bank, combine;
 their backward passes), interleaved, and times prototype variants against the library rows (same params,
 outputs and gradients checked against the library first):
   * (found here, in dispatch.py since 9ea9081) the combine adds the K slot slices: XLA:CPU runs a reduction over a
-    small leading axis of a big array ~40x slower than the equivalent adds ([2, 4096, 256] -> [4096, 256]:
-    ~6 ms vs ~0.5 ms). The piece table still times the old form.
+    small leading axis of a big array several times slower than the equivalent adds (headline config: ~1.7 ms vs
+    ~0.2 ms in today's [K, N] slot layout; ~6 ms in the old [G, K*S] one). The piece table still times the old form.
   * (found here, in dispatch.py since the gather-VJP commit) custom VJPs whose backward passes are gathers
     (dispatch and combine are permutations of the kept slots, so their transposes are the inverse gathers): the
-    combine's backward went from ~32 ms (autodiff scatter-add) to ~1 ms. The piece table times both forms.
+    combine's backward is ~1 ms, vs ~5 ms for plain autodiff's scatter-add in the same [K, N] layout (and ~32 ms
+    for the old [G, K*S]-layout autodiff code). The piece table times both forms, from ``dispatch.sorted_plan``.
   * proto/ragged-blocked: dropless without ragged_dot: each expert's run padded to blocks of 128 rows, one
                           lax.scan step per block; cost stays flat in E.
 These live here only to measure; the library's dispatch is ``jmoe/moe/dispatch.py``.
@@ -495,52 +497,13 @@ class ForeignCpu:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# --profile: where the time of the sorted dispatch goes, and prototype variants of it (measured here only; the
-# library's jmoe/moe/dispatch.py is not changed by this script).
-
-
-def _sorted_plan(routing, n: int, k: int, e: int, capacity_factor, capacity, group_size):
-  """The index bookkeeping of ``dispatch.sorted_buffers``, copied verbatim (integer work, no gradients)."""
-  s = dispatch_lib.group_size_for(n, group_size)
-  g = n // s
-  c = dispatch_lib.capacity_for(s, k, e, capacity_factor, capacity)
-  expert, order, counts, starts, position = dispatch_lib._slot_positions(  # pylint: disable=protected-access
-      routing.index.reshape(g, s, k), e)
-  src = jnp.minimum(starts[:, :, None] + jnp.arange(c)[None, None, :], k * s - 1)  # [G, E, C]
-  valid = jnp.arange(c)[None, None, :] < counts[:, :, None]  # [G, E, C]
-  slot = jnp.take_along_axis(order, src.reshape(g, e * c), axis=-1)  # [G, E*C]
-  token = (slot % s) + (jnp.arange(g) * s)[:, None]  # [G, E*C]
-  keep = position < c  # [G, KS]
-  row = expert * (g * c) + jnp.arange(g)[:, None] * c + jnp.minimum(position, c - 1)  # [G, KS]
-  wk = jnp.swapaxes(routing.weights.reshape(g, s, k), 1, 2).reshape(g, k * s) * keep  # [G, KS]
-  return dict(s=s, g=g, c=c, valid=valid, slot=slot, token=token, keep=keep, row=row, wk=wk)
-
-
-def _sum_over_k(picked, g: int, k: int, s: int):
-  """picked [G, K*S, ...] in (k, n) slot order -> [G, S, ...] by adding the K slices (no reduce op)."""
-  picked = picked.reshape((g, k, s) + picked.shape[2:])
-  out = picked[:, 0]
-  for j in range(1, k):
-    out = out + picked[:, j]
-  return out
+# --profile: where the time of the sorted dispatch goes (its pieces use the library's dispatch.sorted_plan), and
+# prototype variants of it (measured here only; the library's jmoe/moe/dispatch.py is not changed by this script).
 
 
 # The custom-VJP row gathers of the library's sorted dispatch (timed piece by piece below).
 _dispatch_rows = dispatch_lib._dispatch_rows  # pylint: disable=protected-access
 _combine_rows = dispatch_lib._combine_rows  # pylint: disable=protected-access
-
-
-def _gather_maps(pl, n: int, k: int, e: int):
-  """Both directions of the slot <-> buffer-row map of a sorted plan, groups flattened.
-
-  Returns token/valid/kslot [R] (buffer row, ordered [E, G, C] like experts.batched's [E, G*C] input -> its
-  token, whether it holds a slot, and the slot's k) and row/keep/wk [K, N] (slot -> buffer row, kept, weight)."""
-  g, c, s = pl["g"], pl["c"], pl["s"]
-  token = jnp.swapaxes(pl["token"].reshape(g, e, c), 0, 1).reshape(-1)
-  valid = jnp.swapaxes(pl["valid"], 0, 1).reshape(-1)
-  kslot = jnp.swapaxes((pl["slot"] // s).reshape(g, e, c), 0, 1).reshape(-1)
-  to_kn = lambda a: jnp.swapaxes(a.reshape(g, k, s), 0, 1).reshape(k, n)  # [G, K*S] -> [K, N]
-  return token, valid, kslot, to_kn(pl["row"]), to_kn(pl["keep"]), to_kn(pl["wk"])
 
 
 RAGGED_BLOCK = 128
@@ -658,37 +621,33 @@ def profile_pieces(cfg: Config, args) -> list[tuple[str, float, float]]:
     return router.apply({"params": pr}, x)
 
   routing = t("fwd  router (Dense, softmax, top_k, metrics)", route, p["router"], x)
-  pl = t("fwd  slot bookkeeping (argsort, bincount, positions)",
-         lambda r: {kk: v for kk, v in _sorted_plan(r, n, k, e, cfg.capacity_factor, None, cfg.group_size).items()
-                    if not isinstance(v, int)}, routing)
-  s = dispatch_lib.group_size_for(n, cfg.group_size)
-  g = n // s
-  c = dispatch_lib.capacity_for(s, k, e, cfg.capacity_factor)
-  token, valid, kslot, row_kn, keep_kn, wk_kn = _gather_maps(dict(pl, g=g, c=c, s=s), n, k, e)
+  c = dispatch_lib.capacity_for(dispatch_lib.group_size_for(n, cfg.group_size), k, e, cfg.capacity_factor)
+  token, valid, kslot, row, keep = t(
+      "fwd  slot bookkeeping (argsort, bincount, positions)",
+      lambda index: dispatch_lib.sorted_plan(index, e, c, cfg.group_size)[:5], routing.index)
+  r = token.shape[0]  # E*G*C buffer rows
+  wk = jnp.swapaxes(routing.weights, 0, 1) * keep  # [K, N]
 
-  def gather(x, token, valid):
-    return jnp.swapaxes(jnp.where(valid.reshape(g, e * c, 1), x[token], 0).reshape(g, e, c, d), 0, 1).reshape(
-        e, g * c, d)
+  def gather(x):  # the dispatch as plain autodiff sees it (its transpose is a scatter-add)
+    return jnp.where(valid[:, None], x[token], 0).reshape(e, r // e, d)
 
-  xs = t("fwd  dispatch gather x[token] -> [E, G*C, D]", gather, x, pl["token"], pl["valid"])
+  xs = t("fwd  dispatch gather x[token] -> [E, G*C, D]", gather, x)
   pb = {"params": p["experts"]}
   ys = t("fwd  expert bank (vmapped Dense-gelu-Dense on buffers)", lambda pb, xs: bank.apply(pb, xs), pb, xs)
 
-  def combine_reduce(ys, row, wk):
-    picked = ys.reshape(e * g * c, d)[row] * wk[..., None]
-    return jnp.sum(picked.reshape(g, k, s, d), axis=1).reshape(n, d)
+  def combine_reduce(ys, wk):  # jnp.sum over the K axis (dispatch.py before 9ea9081)
+    return jnp.sum(ys.reshape(r, d)[row] * wk[..., None], axis=0)
 
-  def combine_ksum(ys, row, wk):
-    return _sum_over_k(ys.reshape(e * g * c, d)[row] * wk[..., None], g, k, s).reshape(n, d)
+  def combine_ksum(ys, wk):  # K slice adds, plain autodiff gathers (before the custom VJPs)
+    return dispatch_lib._sum_k(ys.reshape(r, d)[row] * wk[..., None], axis=0)  # pylint: disable=protected-access
 
-  def combine_gathers(ys, wk):
-    return _combine_rows(ys.reshape(e * g * c, d), wk, row_kn, token, kslot, valid)
+  def combine_gathers(ys, wk):  # dispatch.py
+    return _combine_rows(ys.reshape(r, d), wk, row, token, kslot, valid)
 
-  t("fwd  combine: custom-VJP gathers, *w, K slice adds (dispatch.py)", combine_gathers, ys, wk_kn)
-  t("fwd    ... its gather ys[row] alone", lambda ys, row: ys.reshape(e * g * c, d)[row], ys, pl["row"])
-  t("fwd    ... plain autodiff gathers, K slice adds (before the custom VJPs)", combine_ksum, ys, pl["row"],
-    pl["wk"])
-  t("fwd    ... jnp.sum over K instead (dispatch.py before 9ea9081)", combine_reduce, ys, pl["row"], pl["wk"])
+  t("fwd  combine: custom-VJP gathers, *w, K slice adds (dispatch.py)", combine_gathers, ys, wk)
+  t("fwd    ... its gather ys[row] alone", lambda ys: ys.reshape(r, d)[row], ys)
+  t("fwd    ... plain autodiff gathers, K slice adds (before the custom VJPs)", combine_ksum, ys, wk)
+  t("fwd    ... jnp.sum over K instead (dispatch.py before 9ea9081)", combine_reduce, ys, wk)
   t("fwd  FULL MoELayer.apply (sorted)", lambda pp, x: layer.apply(pp, x)[0], params, x)
   ones = lambda a: jnp.ones(a.shape, a.dtype)
   dy = jnp.ones((n, d), ys.dtype)
@@ -696,18 +655,18 @@ def profile_pieces(cfg: Config, args) -> list[tuple[str, float, float]]:
     lambda pr, x, ct: jax.vjp(lambda pr, x: route(pr, x).weights, pr, x)[1](ct), p["router"], x,
     jnp.ones((n, k), jnp.float32))
   t("bwd  dispatch vjp, plain autodiff: scatter-add into x (before)",
-    lambda x, ct: jax.vjp(lambda x: gather(x, pl["token"], pl["valid"]), x)[1](ct), x, ones(xs))
+    lambda x, ct: jax.vjp(gather, x)[1](ct), x, ones(xs))
   t("bwd  dispatch vjp: inverse gathers (dispatch.py custom VJP)",
-    lambda x, ct: jax.vjp(lambda x: _dispatch_rows(x, token, valid, row_kn, keep_kn), x)[1](ct), x,
+    lambda x, ct: jax.vjp(lambda x: _dispatch_rows(x, token, valid, row, keep), x)[1](ct), x,
     ones(xs).reshape(-1, d))
   t("bwd  expert bank vjp (w.r.t. params, buffers)",
     lambda pb, xs, ct: jax.vjp(lambda pb, xs: bank.apply(pb, xs), pb, xs)[1](ct), pb, xs, ones(ys))
   t("bwd  combine vjp, plain autodiff: pad + scatter-add (before)",
-    lambda ys, wk, ct: jax.vjp(lambda ys, wk: combine_ksum(ys, pl["row"], wk), ys, wk)[1](ct), ys, pl["wk"], dy)
+    lambda ys, wk, ct: jax.vjp(combine_ksum, ys, wk)[1](ct), ys, wk, dy)
   t("bwd    ... jnp.sum over K: scatter-add (before 9ea9081)",
-    lambda ys, wk, ct: jax.vjp(lambda ys, wk: combine_reduce(ys, pl["row"], wk), ys, wk)[1](ct), ys, pl["wk"], dy)
+    lambda ys, wk, ct: jax.vjp(combine_reduce, ys, wk)[1](ct), ys, wk, dy)
   t("bwd  combine vjp: gathers (dispatch.py custom VJP)",
-    lambda ys, wk, ct: jax.vjp(combine_gathers, ys, wk)[1](ct), ys, wk_kn, dy)
+    lambda ys, wk, ct: jax.vjp(combine_gathers, ys, wk)[1](ct), ys, wk, dy)
   t("f+b  FULL MoELayer value_and_grad (sorted)",
     jax.value_and_grad(lambda pp, x: _sq_loss(layer.apply(pp, x)[0]), argnums=(0, 1)), params, x)
   time_interleaved(entries, "run", args)

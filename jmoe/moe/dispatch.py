@@ -88,12 +88,46 @@ def _slot_positions(index: jax.Array, num_experts: int):
   return expert, order, counts, starts, position
 
 
+class SortedPlan(NamedTuple):
+  """Where every token-slot goes in the sorted capacity buffers (integer bookkeeping only, no gradients).
+
+  Buffer rows r in [0, R), R = E*G*C, are ordered [E, G, C]: row (e, g, c) holds the c-th slot of expert e in
+  group g under the (k, n) priority rule, if that slot exists.
+  token/valid/kslot [R]: the row's global token id, whether the row holds a slot, and which of the token's K
+    choices it is.
+  row/keep [K, N]: the buffer row of token-slot (n, k) and whether the capacity rule keeps it (dropped slots point
+    at some valid row; callers give them weight 0).
+  groups G and capacity C: Python ints.
+  """
+  token: jax.Array
+  valid: jax.Array
+  kslot: jax.Array
+  row: jax.Array
+  keep: jax.Array
+  groups: int
+  capacity: int
+
+
+def sorted_plan(index: jax.Array, num_experts: int, capacity: int, group_size: int | None) -> SortedPlan:
+  """The sorted dispatch's slot <-> buffer-row maps for index [N, K] (see :class:`SortedPlan`)."""
+  n, k = index.shape
+  e, c = num_experts, capacity
+  s = group_size_for(n, group_size)
+  g = n // s
+  expert, order, counts, starts, position = _slot_positions(index.reshape(g, s, k), e)
+  src = jnp.minimum(starts[:, :, None] + jnp.arange(c)[None, None, :], k * s - 1)  # [G, E, C]
+  slot = jnp.take_along_axis(order, src.reshape(g, e * c), axis=-1).reshape(g, e, c)  # slot id k*S + n
+  to_rows = lambda a: jnp.swapaxes(a, 0, 1).reshape(e * g * c)  # [G, E, C] -> [R] in [E, G, C] order
+  to_kn = lambda a: jnp.swapaxes(a.reshape(g, k, s), 0, 1).reshape(k, n)  # [G, K*S] -> [K, N]
+  row = expert * (g * c) + jnp.arange(g)[:, None] * c + jnp.minimum(position, c - 1)  # [G, K*S]
+  return SortedPlan(token=to_rows((slot % s) + (jnp.arange(g) * s)[:, None, None]),
+                    valid=to_rows(jnp.arange(c)[None, None, :] < counts[:, :, None]),
+                    kslot=to_rows(slot // s), row=to_kn(row), keep=to_kn(position < c), groups=g, capacity=c)
+
+
 def kept_slots(index: jax.Array, num_experts: int, capacity: int, group_size: int | None) -> jax.Array:
   """Boolean [N, K]: which token-slots the capacity rule keeps (documented in the module docstring)."""
-  n, k = index.shape
-  s = group_size_for(n, group_size)
-  _, _, _, _, position = _slot_positions(index.reshape(n // s, s, k), num_experts)
-  return jnp.swapaxes((position < capacity).reshape(n // s, k, s), 1, 2).reshape(n, k)
+  return sorted_plan(index, num_experts, capacity, group_size).keep.T
 
 
 def _leaf_combine(spec: str, w: jax.Array, leaf: jax.Array, lead: int) -> jax.Array:
@@ -113,8 +147,8 @@ def _add_over_k(parts: list[jax.Array]) -> jax.Array:
 
 
 def _sum_k(x: jax.Array, axis: int) -> jax.Array:
-  """Sum over the small K axis as K-1 adds of slices: XLA:CPU reduces a small leading axis of a large array
-  ~40x slower than the equivalent elementwise adds (measured by ``tools.bench_routing --profile``)."""
+  """Sum over the small K axis as K-1 adds of slices: XLA:CPU reduces a small axis of a large array several
+  times slower than the equivalent elementwise adds (measured by ``tools.bench_routing --profile``)."""
   return _add_over_k([jax.lax.index_in_dim(x, i, axis, keepdims=False) for i in range(x.shape[axis])])
 
 
@@ -160,9 +194,10 @@ def _take_rows(a: jax.Array, idx: jax.Array) -> jax.Array:
 
 # The sorted dispatch moves rows with two gathers: token -> buffer row (dispatch) and buffer row -> token-slot
 # (combine). Every kept token-slot owns exactly one buffer row, so both maps are permutations plus masking and
-# their transposes are the *inverse gathers*. Autodiff would transpose a gather into a scatter-add, which XLA:CPU
-# runs ~30x slower than the gather (measured by ``tools.bench_routing --profile``: 32 ms vs 1 ms for the combine
-# backward of the headline config), so both get custom VJPs whose backward passes are gathers too.
+# their transposes are the *inverse gathers*. Autodiff would transpose a gather into a scatter-add; XLA:CPU runs
+# that slower (``tools.bench_routing --profile``, headline config, combine backward: ~5 ms as a scatter-add in the
+# [K, N] slot layout used here, ~32 ms in the earlier [G, K*S] layout, ~1 ms as gathers), so both get custom VJPs
+# whose backward passes are gathers too.
 # Consequence: the sorted (and expert_parallel) dispatch supports reverse-mode autodiff (grad/vjp, any order of
 # jit/vmap/pmap/shard_map) but not forward mode (jvp/jacfwd); use 'dense' or 'einsum' for those.
 
@@ -170,7 +205,7 @@ def _take_rows(a: jax.Array, idx: jax.Array) -> jax.Array:
 @jax.custom_vjp
 def _dispatch_rows(x, token, valid, row, keep):
   """xs [R, D]: xs[r] = x[token[r]] if valid[r] else 0. x [N, D]; token/valid [R]; row/keep [K, N] (slot -> row)."""
-  return jnp.where(valid[:, None], _take_rows(x, token), 0).astype(x.dtype)
+  return jnp.where(valid[:, None], _take_rows(x, token), 0)
 
 
 def _dispatch_rows_fwd(x, token, valid, row, keep):
@@ -217,31 +252,19 @@ def sorted_buffers(experts: ExpertFns, x: jax.Array, routing: Routing, capacity_
   """
   n, d = x.shape
   k, e = routing.k, routing.num_experts
-  s = group_size_for(n, group_size)
-  g = n // s
-  c = capacity_for(s, k, e, capacity_factor, capacity)
-  expert, order, counts, starts, position = _slot_positions(routing.index.reshape(g, s, k), e)
-  # Buffer row (e, g, c) holds the c-th slot of expert e in group g in priority order, if it exists.
-  src = jnp.minimum(starts[:, :, None] + jnp.arange(c)[None, None, :], k * s - 1)  # [G, E, C]
-  slot = jnp.take_along_axis(order, src.reshape(g, e * c), axis=-1).reshape(g, e, c)  # slot id k*S + n
-  to_rows = lambda a: jnp.swapaxes(a, 0, 1).reshape(e * g * c)  # [G, E, C] -> [R] in [E, G, C] order
-  valid = to_rows(jnp.arange(c)[None, None, :] < counts[:, :, None])  # [R]
-  token = to_rows((slot % s) + (jnp.arange(g) * s)[:, None, None])  # [R] global token id
-  kslot = to_rows(slot // s)  # [R] which of the token's K choices
-  # Slot -> row maps in [K, N] layout; dropped slots (position >= C) point at a valid row and get weight 0.
-  keep_gks = position < c  # [G, K*S]
-  row_gks = expert * (g * c) + jnp.arange(g)[:, None] * c + jnp.minimum(position, c - 1)
-  to_kn = lambda a: jnp.swapaxes(a.reshape(g, k, s), 0, 1).reshape(k, n)  # [G, K*S] -> [K, N]
-  row, keep = to_kn(row_gks), to_kn(keep_gks)
-  wk = jnp.swapaxes(routing.weights, 0, 1) * keep  # [K, N]
-  xs = _dispatch_rows(x, token, valid, row, keep).reshape(e, g * c, d)
+  c = capacity_for(group_size_for(n, group_size), k, e, capacity_factor, capacity)
+  pl = sorted_plan(routing.index, e, c, group_size)
+  g = pl.groups
+  wk = jnp.swapaxes(routing.weights, 0, 1) * pl.keep  # [K, N]; dropped slots weigh 0
+  xs = _dispatch_rows(x, pl.token, pl.valid, pl.row, pl.keep).reshape(e, g * c, d)
   ys = experts.batched(xs)  # pytree of [E, G*C, ...]
 
   def combine(leaf):
     flat = leaf.reshape(e * g * c, -1)
-    return _combine_rows(flat, wk, row, token, kslot, valid).reshape((n,) + leaf.shape[2:])
+    return _combine_rows(flat, wk, pl.row, pl.token, pl.kslot, pl.valid).reshape((n,) + leaf.shape[2:])
 
-  return jax.tree.map(combine, ys), {"dropped_fraction": 1.0 - jnp.mean(keep.astype(jnp.float32)), "capacity": c}
+  return jax.tree.map(combine, ys), {"dropped_fraction": 1.0 - jnp.mean(pl.keep.astype(jnp.float32)),
+                                     "capacity": c}
 
 
 def ragged(experts: ExpertFns, x: jax.Array, routing: Routing):
