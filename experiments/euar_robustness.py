@@ -57,9 +57,9 @@ GAUSSIAN_LEVELS = (0.0, 0.1, 0.3, 0.5, 1.0)
 SP_RATIOS = (0.0, 0.1, 0.2, 0.3, 0.5)
 BLANK_RATIOS = (0.0, 0.1, 0.2, 0.3, 0.5)
 NOISE_KINDS = {  # kind -> (modality, label for tables / plots)
-    "gaussian": ("vision", "Gaussian noise (V), std = level x train std"),
-    "salt_pepper": ("vision", "salt-and-pepper (V), ratio"),
-    "blank_text": ("text", "text blanking (L), ratio"),
+  "gaussian": ("vision", "Gaussian noise (V), std = level x train std"),
+  "salt_pepper": ("vision", "salt-and-pepper (V), ratio"),
+  "blank_text": ("text", "text blanking (L), ratio"),
 }
 
 
@@ -69,9 +69,9 @@ class RunError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Condition:
-  kind: str                          # "missing" | "gaussian" | "salt_pepper" | "blank_text"
-  level: float = 0.0                 # noise level / ratio (unused for "missing")
-  available: tuple[str, ...] = ()    # letters, for "missing"
+  kind: str  # "missing" | "gaussian" | "salt_pepper" | "blank_text"
+  level: float = 0.0  # noise level / ratio (unused for "missing")
+  available: tuple[str, ...] = ()  # letters, for "missing"
 
   @property
   def group(self) -> str:
@@ -111,8 +111,9 @@ def find_seeds(run_dir: Path, seeds_from_run: bool = False) -> list[int]:
       if not _has_checkpoint(run_dir / f"seed_{s}" / "best"):
         _fail(f"{run_dir / f'seed_{s}' / 'best'}: no best checkpoint for seed {s} listed in results.json")
     return seeds
-  seeds = sorted(int(p.name[5:]) for p in run_dir.glob("seed_*")
-                 if p.name[5:].isdigit() and _has_checkpoint(p / "best"))
+  seeds = sorted(
+    int(p.name[5:]) for p in run_dir.glob("seed_*") if p.name[5:].isdigit() and _has_checkpoint(p / "best")
+  )
   if not seeds:
     _fail(f"{run_dir}: no checkpoints (expected seed_<s>/best/<step> written by the training app)")
   return seeds
@@ -121,6 +122,7 @@ def find_seeds(run_dir: Path, seeds_from_run: bool = False) -> list[int]:
 @dataclasses.dataclass
 class LoadedRun:
   """A run's config, data, model and best-checkpoint params (replicated over ``devices``) per seed."""
+
   run_dir: Path
   cfg: Any
   ds: Any
@@ -142,8 +144,10 @@ class LoadedRun:
   def predict(self, seed: int, split) -> np.ndarray:
     """Deterministic predictions [N] of seed ``seed``'s best checkpoint on ``split`` (the training app's batching)."""
     from jmoe.train import sentiment
-    return sentiment.predict(self.p_eval, self.params[seed], split, self.modalities, self.cfg.optim.batch_size,
-                             self.devices)
+
+    return sentiment.predict(
+      self.p_eval, self.params[seed], split, self.modalities, self.cfg.optim.batch_size, self.devices
+    )
 
 
 def load_run(run_dir, seeds_from_run: bool = False) -> LoadedRun:
@@ -202,8 +206,10 @@ def load_run(run_dir, seeds_from_run: bool = False) -> LoadedRun:
     except Exception as e:  # orbax raises many kinds; keep the message to one line
       msg = " ".join(str(e).split())
       msg = msg if len(msg) <= 240 else msg[:240] + " ..."
-      _fail(f"{run_dir / f'seed_{s}' / 'best'}: cannot restore the best checkpoint into the model built from "
-            f"config.json (was the model code changed since training?): {type(e).__name__}: {msg}")
+      _fail(
+        f"{run_dir / f'seed_{s}' / 'best'}: cannot restore the best checkpoint into the model built from "
+        f"config.json (was the model code changed since training?): {type(e).__name__}: {msg}"
+      )
     finally:
       ckpt.close()
     if restored is None:
@@ -227,10 +233,12 @@ def gaussian_scale(split, modality: str = "vision") -> float:
   return float(np.std(vals.astype(np.float64)))
 
 
-def make_conditions(modalities: Sequence[str], gaussian_levels=GAUSSIAN_LEVELS, sp_ratios=SP_RATIOS,
-                    blank_ratios=BLANK_RATIOS) -> tuple[list[Condition], list[str]]:
+def make_conditions(
+  modalities: Sequence[str], gaussian_levels=GAUSSIAN_LEVELS, sp_ratios=SP_RATIOS, blank_ratios=BLANK_RATIOS
+) -> tuple[list[Condition], list[str]]:
   """(conditions, skipped) for a run with ``modalities`` (jmoe names)."""
   from jmoe.data import perturb
+
   conds, skipped = [], []
   for combo in perturb.MISSING_COMBOS:
     if any(perturb.LETTERS[a] in modalities for a in combo):
@@ -249,6 +257,7 @@ def make_conditions(modalities: Sequence[str], gaussian_levels=GAUSSIAN_LEVELS, 
 def apply_condition(cond: Condition, split, perturb_seed: int, scale: float):
   """The test split under ``cond`` (``scale``: the train std of vision, for Gaussian noise)."""
   from jmoe.data import perturb
+
   seed = cond.seed(perturb_seed)
   if cond.kind == "missing":
     return perturb.drop_modalities(split, cond.available)
@@ -272,8 +281,15 @@ def _check_levels(name: str, levels: Sequence[float], ratio: bool) -> tuple[floa
 
 
 # --------------------------------------------------------------------------- evaluation
-def evaluate(run, gaussian_levels=GAUSSIAN_LEVELS, sp_ratios=SP_RATIOS, blank_ratios=BLANK_RATIOS,
-             seeds_from_run: bool = False, perturb_seed: int = 0, quiet: bool = False) -> dict[str, Any]:
+def evaluate(
+  run,
+  gaussian_levels=GAUSSIAN_LEVELS,
+  sp_ratios=SP_RATIOS,
+  blank_ratios=BLANK_RATIOS,
+  seeds_from_run: bool = False,
+  perturb_seed: int = 0,
+  quiet: bool = False,
+) -> dict[str, Any]:
   """Evaluate every seed of ``run`` (a run dir or a :class:`LoadedRun`) under every condition; returns the
   ``robustness.json`` content (nothing is written)."""
   from tqdm.auto import tqdm
@@ -296,9 +312,14 @@ def evaluate(run, gaussian_levels=GAUSSIAN_LEVELS, sp_ratios=SP_RATIOS, blank_ra
     bar.set_postfix_str(cond.name)
     split = apply_condition(cond, test, perturb_seed, scale)
     per_seed = {s: metrics_lib.sentiment_metrics(run.predict(s, split), split.labels) for s in run.seeds}
-    row = {"group": cond.group, "kind": cond.kind, "name": cond.name, "seed": cond.seed(perturb_seed),
-           "per_seed": {str(s): m for s, m in per_seed.items()},
-           "mean_std": {k: list(metrics_lib.mean_std([m[k] for m in per_seed.values()])) for k in METRIC_KEYS}}
+    row = {
+      "group": cond.group,
+      "kind": cond.kind,
+      "name": cond.name,
+      "seed": cond.seed(perturb_seed),
+      "per_seed": {str(s): m for s, m in per_seed.items()},
+      "mean_std": {k: list(metrics_lib.mean_std([m[k] for m in per_seed.values()])) for k in METRIC_KEYS},
+    }
     if cond.kind == "missing":
       row["available"] = list(cond.available)
     else:
@@ -309,21 +330,31 @@ def evaluate(run, gaussian_levels=GAUSSIAN_LEVELS, sp_ratios=SP_RATIOS, blank_ra
     rows.append(row)
   bar.close()
   return {
-      "run": str(run.run_dir), "name": run.cfg.get("name", ""), "dataset": ds.name, "synthetic": run.synthetic,
-      "source": ds.source, "split": "test", "checkpoint": "best (selected on valid by the training app)",
-      "seeds": run.seeds, "best_epochs": {str(s): e for s, e in run.best_epochs.items()},
-      "modalities": list(run.modalities), "n_test": len(test), "perturb_seed": perturb_seed,
-      "gaussian_scale": scale,
-      "protocol": {
-          "missing": "features of unavailable modalities set to 0 for all samples, masks kept",
-          "gaussian": "vision += N(0, (level * gaussian_scale)^2) on real entries; gaussian_scale = std of "
-                      "train vision features pooled over real entries",
-          "salt_pepper": "each real vision entry -> min or max of test vision features with prob. ratio",
-          "blank_text": "round(ratio * T) real text steps (or round(ratio * D) entries of text vectors) zeroed",
-          "seeds": "condition seed = perturb_seed * 1000003 + crc32(name); same perturbation for every model seed",
-      },
-      "levels": {"gaussian": list(gaussian_levels), "salt_pepper": list(sp_ratios), "blank_text": list(blank_ratios)},
-      "skipped": skipped, "conditions": rows, "seconds": time.time() - t0,
+    "run": str(run.run_dir),
+    "name": run.cfg.get("name", ""),
+    "dataset": ds.name,
+    "synthetic": run.synthetic,
+    "source": ds.source,
+    "split": "test",
+    "checkpoint": "best (selected on valid by the training app)",
+    "seeds": run.seeds,
+    "best_epochs": {str(s): e for s, e in run.best_epochs.items()},
+    "modalities": list(run.modalities),
+    "n_test": len(test),
+    "perturb_seed": perturb_seed,
+    "gaussian_scale": scale,
+    "protocol": {
+      "missing": "features of unavailable modalities set to 0 for all samples, masks kept",
+      "gaussian": "vision += N(0, (level * gaussian_scale)^2) on real entries; gaussian_scale = std of "
+      "train vision features pooled over real entries",
+      "salt_pepper": "each real vision entry -> min or max of test vision features with prob. ratio",
+      "blank_text": "round(ratio * T) real text steps (or round(ratio * D) entries of text vectors) zeroed",
+      "seeds": "condition seed = perturb_seed * 1000003 + crc32(name); same perturbation for every model seed",
+    },
+    "levels": {"gaussian": list(gaussian_levels), "salt_pepper": list(sp_ratios), "blank_text": list(blank_ratios)},
+    "skipped": skipped,
+    "conditions": rows,
+    "seconds": time.time() - t0,
   }
 
 
@@ -331,13 +362,16 @@ def evaluate(run, gaussian_levels=GAUSSIAN_LEVELS, sp_ratios=SP_RATIOS, blank_ra
 def _title(out: dict, what: str) -> str:
   syn = " (SYNTHETIC data: not CMU-MOSI/MOSEI results)" if out["synthetic"] else ""
   n = len(out["seeds"])
-  return (f"{out['name']} robustness — {what}: {out['dataset']}{syn}, test split, best checkpoint, "
-          f"{n} seed{'s' if n != 1 else ''}, mean ± std")
+  return (
+    f"{out['name']} robustness — {what}: {out['dataset']}{syn}, test split, best checkpoint, "
+    f"{n} seed{'s' if n != 1 else ''}, mean ± std"
+  )
 
 
 def tables(out: dict) -> tuple[str, str]:
   """(missing-modalities table, noise table), markdown."""
   from jmoe import metrics as metrics_lib
+
   ms = lambda r: {k: tuple(r["mean_std"][k]) for k in REPORT_KEYS}
   miss = [{"available": combo_label(r["available"]), **ms(r)} for r in out["conditions"] if r["group"] == "missing"]
   noise = []
@@ -347,18 +381,23 @@ def tables(out: dict) -> tuple[str, str]:
     level = f"{r['level']:g} x train std" if r["kind"] == "gaussian" else f"ratio {r['level']:g}"
     std = f"{r['abs_std']:.4g}" if r["kind"] == "gaussian" else ""
     noise.append({"noise": r["kind"], "modality": r["modality"], "level": level, "noise std": std, **ms(r)})
-  t1 = metrics_lib.format_table(miss, ["available", *REPORT_KEYS], title=_title(out, "fixed missing modalities "
-                                                                                    "(others zero-filled)"))
-  t2 = metrics_lib.format_table(noise, ["noise", "modality", "level", "noise std", *REPORT_KEYS],
-                                title=_title(out, "modality noise (Gaussian std in units of the train std "
-                                                  "of vision)"))
+  t1 = metrics_lib.format_table(
+    miss, ["available", *REPORT_KEYS], title=_title(out, "fixed missing modalities (others zero-filled)")
+  )
+  t2 = metrics_lib.format_table(
+    noise,
+    ["noise", "modality", "level", "noise std", *REPORT_KEYS],
+    title=_title(out, "modality noise (Gaussian std in units of the train std of vision)"),
+  )
   return t1, t2
 
 
 def plot(out: dict, path: Path) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   key = "Non0_acc_2"
   kinds = [k for k in NOISE_KINDS if any(r["kind"] == k for r in out["conditions"])]
   miss = [r for r in out["conditions"] if r["group"] == "missing"]
@@ -391,8 +430,10 @@ def plot(out: dict, path: Path) -> None:
   axes[0].set_ylabel(f"{key} (test)")
   syn = " — SYNTHETIC DATA" if out["synthetic"] else ""
   n = len(out["seeds"])
-  fig.suptitle(f"{out['name']} robustness on {out['dataset']}{syn} (test, best ckpt, {n} seed{'s' if n != 1 else ''}, "
-               f"mean ± std)", fontsize=10)
+  fig.suptitle(
+    f"{out['name']} robustness on {out['dataset']}{syn} (test, best ckpt, {n} seed{'s' if n != 1 else ''}, mean ± std)",
+    fontsize=10,
+  )
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -412,8 +453,15 @@ def write_outputs(out: dict, run_dir: Path) -> str:
   return md
 
 
-def run_robustness(run_dir, gaussian_levels=GAUSSIAN_LEVELS, sp_ratios=SP_RATIOS, blank_ratios=BLANK_RATIOS,
-                   seeds_from_run: bool = False, perturb_seed: int = 0, quiet: bool = False) -> dict[str, Any]:
+def run_robustness(
+  run_dir,
+  gaussian_levels=GAUSSIAN_LEVELS,
+  sp_ratios=SP_RATIOS,
+  blank_ratios=BLANK_RATIOS,
+  seeds_from_run: bool = False,
+  perturb_seed: int = 0,
+  quiet: bool = False,
+) -> dict[str, Any]:
   """Evaluate, write the three files, print the tables; returns the robustness.json content."""
   run_dir = Path(run_dir)
   out = evaluate(run_dir, gaussian_levels, sp_ratios, blank_ratios, seeds_from_run, perturb_seed, quiet)
@@ -426,19 +474,49 @@ def run_robustness(run_dir, gaussian_levels=GAUSSIAN_LEVELS, sp_ratios=SP_RATIOS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m experiments.euar_robustness", description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    prog="python -m experiments.euar_robustness",
+    description=__doc__.split("\n\n")[0],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   p.add_argument("--run", required=True, help="run dir written by the training app (e.g. runs/euar_mosi)")
-  p.add_argument("--noise-levels", type=float, nargs="+", default=None, metavar="L",
-                 help="one list of levels for all three noise types (Gaussian: x train std; others: ratios)")
-  p.add_argument("--gaussian-levels", type=float, nargs="+", default=None, metavar="L",
-                 help=f"Gaussian std on vision in units of its train std (default {GAUSSIAN_LEVELS})")
-  p.add_argument("--sp-levels", type=float, nargs="+", default=None, metavar="L",
-                 help=f"salt-and-pepper ratios on vision (default {SP_RATIOS})")
-  p.add_argument("--blank-levels", type=float, nargs="+", default=None, metavar="L",
-                 help=f"text-blanking ratios (default {BLANK_RATIOS})")
-  p.add_argument("--seeds-from-run", action="store_true",
-                 help="evaluate exactly the seeds of results.json (default: every seed_<s> with a best checkpoint)")
+  p.add_argument(
+    "--noise-levels",
+    type=float,
+    nargs="+",
+    default=None,
+    metavar="L",
+    help="one list of levels for all three noise types (Gaussian: x train std; others: ratios)",
+  )
+  p.add_argument(
+    "--gaussian-levels",
+    type=float,
+    nargs="+",
+    default=None,
+    metavar="L",
+    help=f"Gaussian std on vision in units of its train std (default {GAUSSIAN_LEVELS})",
+  )
+  p.add_argument(
+    "--sp-levels",
+    type=float,
+    nargs="+",
+    default=None,
+    metavar="L",
+    help=f"salt-and-pepper ratios on vision (default {SP_RATIOS})",
+  )
+  p.add_argument(
+    "--blank-levels",
+    type=float,
+    nargs="+",
+    default=None,
+    metavar="L",
+    help=f"text-blanking ratios (default {BLANK_RATIOS})",
+  )
+  p.add_argument(
+    "--seeds-from-run",
+    action="store_true",
+    help="evaluate exactly the seeds of results.json (default: every seed_<s> with a best checkpoint)",
+  )
   p.add_argument("--perturb-seed", type=int, default=0, help="base seed of the perturbations (default 0)")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   return p.parse_args(argv)
@@ -446,11 +524,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict[str, Any]:
   args = parse_args(argv)
-  pick = lambda own, default: tuple(own if own is not None else
-                                    (args.noise_levels if args.noise_levels is not None else default))
+  pick = lambda own, default: tuple(
+    own if own is not None else (args.noise_levels if args.noise_levels is not None else default)
+  )
   try:
-    return run_robustness(args.run, pick(args.gaussian_levels, GAUSSIAN_LEVELS), pick(args.sp_levels, SP_RATIOS),
-                          pick(args.blank_levels, BLANK_RATIOS), args.seeds_from_run, args.perturb_seed, args.quiet)
+    return run_robustness(
+      args.run,
+      pick(args.gaussian_levels, GAUSSIAN_LEVELS),
+      pick(args.sp_levels, SP_RATIOS),
+      pick(args.blank_levels, BLANK_RATIOS),
+      args.seeds_from_run,
+      args.perturb_seed,
+      args.quiet,
+    )
   except RunError as e:
     raise SystemExit(f"euar_robustness: error: {e}") from None
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-MOSI_DIR = Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'mosi'
+MOSI_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mosi"
 
 
 @pytest.fixture
 def mosi_dir() -> Path:
-    """The real CMU-MOSI files (../shared/data/mosi next to the repo); skip when absent."""
-    if not MOSI_DIR.is_dir():
-        pytest.skip(f'real CMU-MOSI data not found at {MOSI_DIR} (../shared/data/mosi); see README')
-    return MOSI_DIR
+  """The real CMU-MOSI files (../shared/data/mosi next to the repo); skip when absent."""
+  if not MOSI_DIR.is_dir():
+    pytest.skip(f"real CMU-MOSI data not found at {MOSI_DIR} (../shared/data/mosi); see README")
+  return MOSI_DIR

@@ -38,8 +38,10 @@ STO_LOSS = dict(alpha=1e-3, beta=1e-5, lam=1e-3, use_kl=True, use_uloss=True)
 
 
 def max_diff(a, b) -> float:
-  return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return max(
+    float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
 
 
 def dataset():
@@ -65,6 +67,7 @@ def run_steps(par, train, state_host, ds, batch_size, steps, rng=1):
 
 def task_steps(out: Path, ckpt_dir: Path):
   from jmoe.train.checkpoints import Checkpoints
+
   ds = dataset()
   tx = steps_lib.make_optimizer(1e-2, 1e-4, 1.0)
   res = {}
@@ -79,14 +82,20 @@ def task_steps(out: Path, ckpt_dir: Path):
   res["det"] = {}
   for (kind, n), par in pars.items():
     st, loss = run_steps(par, trains[(kind, n)], s0, ds, 12, 1)
-    res["det"][f"{kind}{n}"] = {"loss": loss[0], "param_diff": max_diff(st.params, ref_state.params),
-                                "loss_diff": abs(loss[0] - ref_loss[0])}
+    res["det"][f"{kind}{n}"] = {
+      "loss": loss[0],
+      "param_diff": max_diff(st.params, ref_state.params),
+      "loss_diff": abs(loss[0] - ref_loss[0]),
+    }
   # The same model with expert-parallel routing (experts sharded over the 8 data-parallel devices).
   ep_model = det.clone(dispatch="expert_parallel")
   ep_par = pars[("pmap", 8)]
   st, loss = run_steps(ep_par, ep_par.make_steps(ep_model, DET_LOSS, tx)[0], s0, ds, 12, 1)
-  res["det"]["pmap8_expert_parallel"] = {"loss": loss[0], "param_diff": max_diff(st.params, ref_state.params),
-                                         "loss_diff": abs(loss[0] - ref_loss[0])}
+  res["det"]["pmap8_expert_parallel"] = {
+    "loss": loss[0],
+    "param_diff": max_diff(st.params, ref_state.params),
+    "loss_diff": abs(loss[0] - ref_loss[0]),
+  }
   # Checkpoints: written after a step on 8 devices, restored on 1 (and the reverse), then one more step.
   two_1 = run_steps(pars[("pmap", 1)], trains[("pmap", 1)], ref_state, ds, 12, 1)[0]
   ck = Checkpoints(ckpt_dir / "from8")
@@ -100,10 +109,14 @@ def task_steps(out: Path, ckpt_dir: Path):
   restored1, _ = ck.restore_latest(s0)
   ck.close()
   on8 = run_steps(pars[("jit", 8)], trains[("jit", 8)], restored1, ds, 12, 1)[0]
-  res["ckpt"] = {"restored_8_exact": max_diff(restored.params, st8.params), "meta": meta["devices"],
-                 "8_then_1": max_diff(on1.params, two_1.params), "1_then_8": max_diff(on8.params, two_1.params),
-                 "opt_state_8_exact": max_diff(restored.opt_state, st8.opt_state),
-                 "jit8_compilations": trains[("jit", 8)].jitted._cache_size()}  # 4 calls, fresh states: 1
+  res["ckpt"] = {
+    "restored_8_exact": max_diff(restored.params, st8.params),
+    "meta": meta["devices"],
+    "8_then_1": max_diff(on1.params, two_1.params),
+    "1_then_8": max_diff(on8.params, two_1.params),
+    "opt_state_8_exact": max_diff(restored.opt_state, st8.opt_state),
+    "jit8_compilations": trains[("jit", 8)].jitted._cache_size(),
+  }  # 4 calls, fresh states: 1
   # With dropout and beta > 0: pmap and jit on the same 8 devices draw the same per-device RNG streams, so they
   # must agree; 1 vs 8 devices legitimately differ (other streams). Same parameters as `det` (no new init).
   sto = det.clone(dropout=0.1)
@@ -118,6 +131,7 @@ def task_experts(out: Path):
   from jmoe.moe.experts import MLPExpert
   from jmoe.moe.layer import MoELayer
   from jmoe.moe.routing import TopKRouter
+
   n, d, e, k, devs = 64, 6, 16, 2, 8
   x = jax.random.normal(jax.random.key(0), (n, d))
   r = jax.random.normal(jax.random.key(1), (n, 5))
@@ -133,6 +147,7 @@ def task_experts(out: Path):
     def f(p, x):
       y, m = mod.apply({"params": p}, x)
       return jnp.sum(y * r), (y, m["dropped_fraction"])
+
     return jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))
 
   (_, (y0, d0)), g0 = value_grad(ref)(params, x)
@@ -143,12 +158,16 @@ def task_experts(out: Path):
     sharded = jax.tree.map(lambda a: a, params)
     stack = sharded["experts"]["stack"]
     sharded["experts"]["stack"] = jax.tree.map(
-        lambda a: jax.device_put(a, jax.sharding.NamedSharding(mesh, P("expert"))), stack)
+      lambda a: jax.device_put(a, jax.sharding.NamedSharding(mesh, P("expert"))), stack
+    )
     (_, (y1, d1)), g1 = value_grad(ep)(sharded, x)
-  res["shard_map"] = {"y": max_diff(y1, y0), "dropped": float(d1), "grad_params": max_diff(g1[0], g0[0]),
-                      "grad_x": max_diff(g1[1], g0[1]),
-                      "experts_per_device": int(sharded["experts"]["stack"]["wi"]["kernel"]
-                                                .addressable_shards[0].data.shape[0])}
+  res["shard_map"] = {
+    "y": max_diff(y1, y0),
+    "dropped": float(d1),
+    "grad_params": max_diff(g1[0], g0[0]),
+    "grad_x": max_diff(g1[1], g0[1]),
+    "experts_per_device": int(sharded["experts"]["stack"]["wi"]["kernel"].addressable_shards[0].data.shape[0]),
+  }
   # 2. the axis bound by pmap (as in the training steps): each device its own 8 tokens and 2 experts.
   ep_b = layer("expert_parallel", expert_axis="b")
 
@@ -156,27 +175,37 @@ def task_experts(out: Path):
     def f(p, xs):
       y, m = ep_b.apply({"params": p}, xs)
       return jnp.sum(y * rs), (y, m["dropped_fraction"])
+
     (_, (y, dr)), (gp, gx) = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(p, xs)
     return y, jax.lax.psum(gp, "b"), gx, jax.lax.pmean(dr, "b")
 
   y2, gp2, gx2, d2 = jax.pmap(per_device, axis_name="b", in_axes=(None, 0, 0), devices=jax.devices()[:devs])(
-      params, x.reshape(devs, n // devs, d), r.reshape(devs, n // devs, 5))
-  res["pmap"] = {"y": max_diff(y2.reshape(n, 5), y0), "dropped": float(d2[0]),
-                 "grad_params": max_diff(jax.tree.map(lambda a: a[0], gp2), g0[0]),
-                 "grad_x": max_diff(gx2.reshape(n, d), g0[1])}
+    params, x.reshape(devs, n // devs, d), r.reshape(devs, n // devs, 5)
+  )
+  res["pmap"] = {
+    "y": max_diff(y2.reshape(n, 5), y0),
+    "dropped": float(d2[0]),
+    "grad_params": max_diff(jax.tree.map(lambda a: a[0], gp2), g0[0]),
+    "grad_x": max_diff(gx2.reshape(n, d), g0[1]),
+  }
   # 3. no capacity factor: nothing dropped, equals the dense strategy.
   dense = MoELayer(TopKRouter(e, k=k), MLPExpert(12, 5), e, strategy="dense")
-  ep_nodrop = MoELayer(TopKRouter(e, k=k), MLPExpert(12, 5), e, strategy="expert_parallel", mesh=mesh,
-                       expert_axis="expert")
+  ep_nodrop = MoELayer(
+    TopKRouter(e, k=k), MLPExpert(12, 5), e, strategy="expert_parallel", mesh=mesh, expert_axis="expert"
+  )
   yd, _ = jax.jit(dense.apply)({"params": params}, x)
   yn, mn = jax.jit(ep_nodrop.apply)({"params": params}, x)
   res["no_drop_vs_dense"] = {"y": max_diff(yn, yd), "dropped": float(mn["dropped_fraction"])}
   # 4. bad input: experts not divisible by the axis; no mesh axis at all.
   errors = {}
   for name, mod, ctx in [
-      ("indivisible", MoELayer(TopKRouter(12, k=k), MLPExpert(12, 5), 12, strategy="expert_parallel",
-                               expert_axis="expert"), mesh),
-      ("no_axis", ep, None)]:
+    (
+      "indivisible",
+      MoELayer(TopKRouter(12, k=k), MLPExpert(12, 5), 12, strategy="expert_parallel", expert_axis="expert"),
+      mesh,
+    ),
+    ("no_axis", ep, None),
+  ]:
     try:  # the errors are raised while tracing: zero parameters of the right shapes will do
       p = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(mod.init, jax.random.key(0), x))
       p = p["params"]
@@ -204,12 +233,23 @@ def task_train(out: Path, kind: str, steps: int = 3, batch_size: int = 10):
   state, losses = run_steps(par, par.make_steps(model, STO_LOSS, tx)[0], s0, ds, batch_size, steps)
   seconds = time.perf_counter() - t0
   if jax.process_index() == 0:
-    flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
-            for path, v in jax.tree_util.tree_leaves_with_path(state.params)}
+    flat = {
+      "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+      for path, v in jax.tree_util.tree_leaves_with_path(state.params)
+    }
     np.savez(out, losses=np.array(losses), **flat)
-    out.with_suffix(".json").write_text(json.dumps({
-        "process_count": jax.process_count(), "devices": jax.device_count(), "local": jax.local_device_count(),
-        "distributed": distributed, "losses": losses, "seconds": seconds}))
+    out.with_suffix(".json").write_text(
+      json.dumps(
+        {
+          "process_count": jax.process_count(),
+          "devices": jax.device_count(),
+          "local": jax.local_device_count(),
+          "distributed": distributed,
+          "losses": losses,
+          "seconds": seconds,
+        }
+      )
+    )
   print(f"process {jax.process_index()}/{jax.process_count()} done: losses {losses}", flush=True)
 
 
@@ -217,14 +257,17 @@ def task_app(workdir: Path, kind: str):
   """The EUAR training app in its smoke setting (2 epochs, checkpoints, metrics, plots) on the given path."""
   from experiments import euar_mosi
   from experiments.common import run_experiment
+
   cfg = euar_mosi.get_config()
   cfg.workdir, cfg.smoke, cfg.quiet, cfg.parallel = str(workdir), True, True, kind
   cfg.optim.batch_size = 10  # 4 devices: padded to 12 rows
   cfg.data.synthetic_dims = (16, 5, 6)
   cfg.model.width = 8
   out = run_experiment(cfg)  # jax.distributed is initialised by the app when JAX_COORDINATOR_ADDRESS is set
-  print(f"process {jax.process_index()}/{jax.process_count()} app done: test MAE {out['seeds'][0]['test']['MAE']}",
-        flush=True)
+  print(
+    f"process {jax.process_index()}/{jax.process_count()} app done: test MAE {out['seeds'][0]['test']['MAE']}",
+    flush=True,
+  )
 
 
 if __name__ == "__main__":

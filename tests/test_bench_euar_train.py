@@ -24,6 +24,7 @@ TINY_WIDTH = 8
 def _has_torch() -> bool:
   try:
     import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+
     return True
   except ImportError:
     return False
@@ -34,10 +35,35 @@ def test_bench_smoke_json(tmp_path):
   torch is importable). The full three-modality model is covered by the equivalence tests below."""
   path = tmp_path / "bench.json"
   torch_args = ["--torch-dispatch", "loop,dense", "--torch-threads", "1"] if _has_torch() else ["--no-torch"]
-  out = bench.main(["--batch-size", "4", "--steps", "4", "--rounds", "2", "--warmup", "2", "--seq-len", "3",
-                    "--dims", ",".join(map(str, TINY_DIMS)), "--width", str(TINY_WIDTH), "--modalities", "text",
-                    "--dispatch", "dense",
-                    "--jax-variants", "pmap", "--num-batches", "2", "--json", str(path), *torch_args])
+  out = bench.main(
+    [
+      "--batch-size",
+      "4",
+      "--steps",
+      "4",
+      "--rounds",
+      "2",
+      "--warmup",
+      "2",
+      "--seq-len",
+      "3",
+      "--dims",
+      ",".join(map(str, TINY_DIMS)),
+      "--width",
+      str(TINY_WIDTH),
+      "--modalities",
+      "text",
+      "--dispatch",
+      "dense",
+      "--jax-variants",
+      "pmap",
+      "--num-batches",
+      "2",
+      "--json",
+      str(path),
+      *torch_args,
+    ]
+  )
   data = json.loads(path.read_text())
   assert set(data) >= {"machine", "args", "configs", "targets"}
   m = data["machine"]
@@ -51,8 +77,7 @@ def test_bench_smoke_json(tmp_path):
   assert names == ["jmoe/pmap/dense"] + (["torch/loop", "torch/dense"] if _has_torch() else [])
   for r in res["rows"]:
     assert r["chunks"] == 2 and r["timed_steps"] == 4 and r["steps_done"] == 6
-    for key in ("median_step_s", "p10_step_s", "p90_step_s", "min_step_s", "samples_per_s", "first_call_s",
-                "warmup_s"):
+    for key in ("median_step_s", "p10_step_s", "p90_step_s", "min_step_s", "samples_per_s", "first_call_s", "warmup_s"):
       assert isinstance(r[key], float) and r[key] > 0, (r["name"], key)
     assert r["p10_step_s"] <= r["median_step_s"] <= r["p90_step_s"]
     assert np.isclose(r["samples_per_s"], 4 / r["median_step_s"])
@@ -66,8 +91,9 @@ def test_bench_smoke_json(tmp_path):
     row = {r["name"]: r for r in res["rows"]}
     assert row["torch/loop"]["num_params"] == row["jmoe/pmap/dense"]["num_params"]  # the same model
     assert row["torch/loop"]["x_torch_loop"] == 1.0 and row["torch/loop"]["torch_threads"] == 1
-    assert np.isclose(rt["app_vs_torch_loop"], row["jmoe/pmap/dense"]["samples_per_s"]
-                      / row["torch/loop"]["samples_per_s"])
+    assert np.isclose(
+      rt["app_vs_torch_loop"], row["jmoe/pmap/dense"]["samples_per_s"] / row["torch/loop"]["samples_per_s"]
+    )
     assert rt["best_torch"] in ("torch/loop", "torch/dense") and rt["best_jmoe_vs_best_torch"] > 0
     # app vs torch/loop, app vs fastest torch, fastest vs fastest; identical comparisons are listed once.
     assert 1 <= len(data["targets"]) <= 3 and all(t.endswith(("MET", "MISSED")) for t in data["targets"])
@@ -78,14 +104,17 @@ def test_bench_smoke_json(tmp_path):
 
 def test_categorize_op_names():
   assert bench.categorize("jit(_fun)/jvp(EUAR)/moe_text/experts/vmap(stack)/mu/dot_general").startswith(
-      "forward: experts")
+    "forward: experts"
+  )
   assert bench.categorize("jit(_fun)/transpose(jvp(EUAR))/enc_text/proj/dot_general").startswith("backward: encoders")
   assert bench.categorize("jit(_fun)/jvp(EUAR)/moe_text/router_text/gate/dot_general").startswith("forward: routers")
   assert bench.categorize("jit(_fun)/jvp(EUAR)/enc_text/Dropout_0/jit(_bernoulli)/jit(_uniform)").startswith("rng")
   assert bench.categorize("jit(_fun)/mul").startswith("optimizer")
   assert bench.categorize("").startswith("no metadata")
-  text = ('  %dot.1 = f32[2]{0} dot(%a, %b), metadata={op_name="jit(f)/jvp(EUAR)/fuse/dot_general" '
-          'stack_frame_id=3}\n  ROOT %copy.2 = f32[2]{0} copy(%dot.1)\n')
+  text = (
+    '  %dot.1 = f32[2]{0} dot(%a, %b), metadata={op_name="jit(f)/jvp(EUAR)/fuse/dot_general" '
+    "stack_frame_id=3}\n  ROOT %copy.2 = f32[2]{0} copy(%dot.1)\n"
+  )
   assert bench.hlo_op_names(text) == {"dot.1": "jit(f)/jvp(EUAR)/fuse/dot_general", "copy.2": ""}
 
 
@@ -103,16 +132,19 @@ def _setup(seq_len: int, seed: int = 0):
   # Perturb every leaf (the logvar kernels are zero at init) so that all terms and gradients are non-trivial.
   leaves, tree = jax.tree.flatten(params)
   rng = np.random.default_rng(seed + 1)
-  params = jax.tree.unflatten(tree, [jnp.asarray(np.asarray(l) + 0.3 * rng.standard_normal(l.shape), jnp.float32)
-                                     for l in leaves])
+  params = jax.tree.unflatten(
+    tree, [jnp.asarray(np.asarray(l) + 0.3 * rng.standard_normal(l.shape), jnp.float32) for l in leaves]
+  )
   return cfg, c, model, batch, params
 
 
 def _jax_eval_loss(model, params, batch, loss_cfg):
   """Loss terms through the library's own loss (steps._loss_terms), deterministic, one device (vmap'ed axis)."""
+
   def f(p, b):
     loss, (terms, _, _) = steps_lib._loss_terms(model, p, b, None, False, loss_cfg)  # pylint: disable=protected-access
     return loss, terms
+
   return jax.vmap(f, in_axes=(None, 0), axis_name=steps_lib.AXIS)(params, batch)
 
 
@@ -120,12 +152,14 @@ def _jax_eval_loss(model, params, batch, loss_cfg):
 def test_torch_reference_matches_jax(seq_len):
   torch = pytest.importorskip("torch")
   from tools import torch_euar  # pylint: disable=import-outside-toplevel
+
   cfg, c, model, batch, params = _setup(seq_len)
   loss_cfg = dict(c.loss)
   dims = dict(zip(bench.MODALITIES, cfg.dims))
 
-  (loss_j, terms_j), grads_j = jax.jit(jax.value_and_grad(
-      lambda p: jax.tree.map(lambda a: a[0], _jax_eval_loss(model, p, batch, loss_cfg)), has_aux=True))(params)
+  (loss_j, terms_j), grads_j = jax.jit(
+    jax.value_and_grad(lambda p: jax.tree.map(lambda a: a[0], _jax_eval_loss(model, p, batch, loss_cfg)), has_aux=True)
+  )(params)
   assert float(terms_j["aux"]) > 0 and float(terms_j["kl"]) > 0 and float(terms_j["uloss"]) > 0
 
   tb = torch_euar.to_torch_batch(batch)
@@ -143,24 +177,29 @@ def test_torch_reference_matches_jax(seq_len):
     tm.zero_grad()
     loss_t.backward()
     grads_t = torch_euar.to_jax_tree(tm, params, grads=True)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(b, np.asarray(a), rtol=2e-4, atol=2e-6,
-                                                         err_msg=dispatch), grads_j, grads_t)
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(b, np.asarray(a), rtol=2e-4, atol=2e-6, err_msg=dispatch),
+      grads_j,
+      grads_t,
+    )
 
 
 def test_torch_optimizer_step_matches_optax():
   """clip_grad_norm_ + torch AdamW == optax clip_by_global_norm + adamw (make_optimizer), two steps, same grads."""
   torch = pytest.importorskip("torch")
   from tools import torch_euar  # pylint: disable=import-outside-toplevel
+
   cfg, c, model, batch, params = _setup(0, seed=3)
-  tm = torch_euar.make_model(dict(zip(bench.MODALITIES, cfg.dims)), bench.MODALITIES, cfg.width, cfg.num_experts,
-                             cfg.k, cfg.dropout, "loop")
+  tm = torch_euar.make_model(
+    dict(zip(bench.MODALITIES, cfg.dims)), bench.MODALITIES, cfg.width, cfg.num_experts, cfg.k, cfg.dropout, "loop"
+  )
   torch_euar.load_jax_params(tm, params)
   tm.eval()
   loss, _ = torch_euar.loss_terms(tm, torch_euar.to_torch_batch(batch), dict(c.loss))
   loss.backward()
   grads = jax.tree.map(jnp.asarray, torch_euar.to_jax_tree(tm, params, grads=True))
   saved = [q.grad.clone() for q in tm.parameters()]
-  clip = 0.5 * float(jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(grads))))  # clipping active
+  clip = 0.5 * float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads))))  # clipping active
   lr, wd = 1e-2, 0.1  # larger than the app's so that decay and the Adam update both move the weights visibly
   opt = torch_euar.make_optimizer(tm, lr, wd)
   tx = steps_lib.make_optimizer(lr, wd, clip)

@@ -9,8 +9,27 @@ from tools import bench_routing
 
 def test_bench_routing_smoke(tmp_path):
   path = tmp_path / "bench.json"
-  out = bench_routing.main(["--tokens", "64", "--dim", "16", "--hidden", "32", "--experts", "4", "--top-k", "2",
-                            "--repeats", "2", "--warmup", "1", "--no-torch", "--json", str(path)])
+  out = bench_routing.main(
+    [
+      "--tokens",
+      "64",
+      "--dim",
+      "16",
+      "--hidden",
+      "32",
+      "--experts",
+      "4",
+      "--top-k",
+      "2",
+      "--repeats",
+      "2",
+      "--warmup",
+      "1",
+      "--no-torch",
+      "--json",
+      str(path),
+    ]
+  )
   data = json.loads(path.read_text())
   assert set(data) >= {"machine", "results"}
   assert data["machine"]["cores"] >= 1 and data["machine"]["jax"] and data["machine"]["backend"] == "cpu"
@@ -19,8 +38,16 @@ def test_bench_routing_smoke(tmp_path):
   assert len(out["results"]) == len(names)
   flops = 2 * 64 * 2 * (16 * 32 + 32 * 16)  # 2*N*K*(D*H + H*D) = 262,144
   for r in data["results"]:
-    assert r["config"] == {"tokens": 64, "dim": 16, "hidden": 32, "experts": 4, "top_k": 2,
-                           "capacity_factor": 1.0, "dtype": "float32", "group_size": None}
+    assert r["config"] == {
+      "tokens": 64,
+      "dim": 16,
+      "hidden": 32,
+      "experts": 4,
+      "top_k": 2,
+      "capacity_factor": 1.0,
+      "dtype": "float32",
+      "group_size": None,
+    }
     for key in ("median_s", "fwd_bwd_median_s", "p10_s", "p90_s", "tokens_per_s", "gflops"):
       assert isinstance(r[key], float) and r[key] > 0, (r["name"], key)
     assert r["p10_s"] <= r["median_s"] <= r["p90_s"]
@@ -49,21 +76,29 @@ def test_default_grid_and_flops():
 
 def test_check_targets_reports_both_passes():
   """Targets are judged on fwd and on fwd+bwd separately (made-up rows: fwd meets them, fwd+bwd does not)."""
+
   def row(name, experts, fwd, fwd_bwd, floor=(10.0, 30.0), torch=(20.0, 30.0)):
-    return {"name": name, "config": dict(bench_routing.HEADLINE, experts=experts, dtype="float32"),
-            "median_s": fwd, "fwd_bwd_median_s": fwd_bwd,
-            "ratio_vs_floor": fwd / floor[0], "fwd_bwd_ratio_vs_floor": fwd_bwd / floor[1],
-            "ratio_vs_best_torch": fwd / torch[0], "best_torch": "torch/loop",
-            "fwd_bwd_ratio_vs_best_torch": fwd_bwd / torch[1], "fwd_bwd_best_torch": "torch/loop",
-            "foreign_cpu_fraction": 0.0}
-  results = [row("jmoe/sorted", 8, 11.0, 40.0), row("jmoe/einsum", 8, 20.0, 60.0),
-             row("jmoe/sorted", 32, 12.0, 80.0)]
+    return {
+      "name": name,
+      "config": dict(bench_routing.HEADLINE, experts=experts, dtype="float32"),
+      "median_s": fwd,
+      "fwd_bwd_median_s": fwd_bwd,
+      "ratio_vs_floor": fwd / floor[0],
+      "fwd_bwd_ratio_vs_floor": fwd_bwd / floor[1],
+      "ratio_vs_best_torch": fwd / torch[0],
+      "best_torch": "torch/loop",
+      "fwd_bwd_ratio_vs_best_torch": fwd_bwd / torch[1],
+      "fwd_bwd_best_torch": "torch/loop",
+      "foreign_cpu_fraction": 0.0,
+    }
+
+  results = [row("jmoe/sorted", 8, 11.0, 40.0), row("jmoe/einsum", 8, 20.0, 60.0), row("jmoe/sorted", 32, 12.0, 80.0)]
   msgs = bench_routing.check_targets(results)
   assert msgs == [
-      "target fastest jmoe <= 1.15x floor/matmul (fwd): jmoe/sorted 1.10x -> MET",
-      "target fastest jmoe <= 0.9x best torch (fwd): jmoe/sorted 0.55x of torch/loop -> MET",
-      "target fastest jmoe <= 1.15x floor/matmul (fwd+bwd): jmoe/sorted 1.33x -> MISSED",
-      "target fastest jmoe <= 0.9x best torch (fwd+bwd): jmoe/sorted 1.33x of torch/loop -> MISSED",
-      "target jmoe/sorted E=32 within 1.5x of E=8 (fwd): 1.09x -> MET",
-      "target jmoe/sorted E=32 within 1.5x of E=8 (fwd+bwd): 2.00x -> MISSED",
+    "target fastest jmoe <= 1.15x floor/matmul (fwd): jmoe/sorted 1.10x -> MET",
+    "target fastest jmoe <= 0.9x best torch (fwd): jmoe/sorted 0.55x of torch/loop -> MET",
+    "target fastest jmoe <= 1.15x floor/matmul (fwd+bwd): jmoe/sorted 1.33x -> MISSED",
+    "target fastest jmoe <= 0.9x best torch (fwd+bwd): jmoe/sorted 1.33x of torch/loop -> MISSED",
+    "target jmoe/sorted E=32 within 1.5x of E=8 (fwd): 1.09x -> MET",
+    "target jmoe/sorted E=32 within 1.5x of E=8 (fwd+bwd): 2.00x -> MISSED",
   ]

@@ -6,214 +6,253 @@ import json
 import numpy as np
 import pytest
 
-from jmoe.data.format import (MODALITIES, Dataset, Split, describe, load_dataset, load_feature_npz,
-                              read_feature_table, save_dataset, validate)
+from jmoe.data.format import (
+  MODALITIES,
+  Dataset,
+  Split,
+  describe,
+  load_dataset,
+  load_feature_npz,
+  read_feature_table,
+  save_dataset,
+  validate,
+)
 
 
 def make_ds(n=(6, 3, 4), seq=True) -> Dataset:
-    rng = np.random.default_rng(0)
-    splits = {}
-    for s, k in zip(('train', 'valid', 'test'), n):
-        feats = {'text': rng.normal(size=(k, 8)).astype(np.float32),
-                 'audio': rng.normal(size=(k, 5, 3)).astype(np.float32) if seq
-                 else rng.normal(size=(k, 3)).astype(np.float32)}
-        masks = {'audio': np.arange(5)[None] < rng.integers(1, 6, (k, 1))} if seq else {}
-        splits[s] = Split(features=feats, masks=masks, labels=rng.uniform(-3, 3, k).astype(np.float32),
-                          ids=np.asarray([f'{s}vid_{i + 1}' for i in range(k)]))
-    return Dataset(name='toy', splits=splits, modalities=('text', 'audio'), dims={'text': 8, 'audio': 3},
-                   synthetic=True, source='make_ds()')
+  rng = np.random.default_rng(0)
+  splits = {}
+  for s, k in zip(("train", "valid", "test"), n):
+    feats = {
+      "text": rng.normal(size=(k, 8)).astype(np.float32),
+      "audio": rng.normal(size=(k, 5, 3)).astype(np.float32) if seq else rng.normal(size=(k, 3)).astype(np.float32),
+    }
+    masks = {"audio": np.arange(5)[None] < rng.integers(1, 6, (k, 1))} if seq else {}
+    splits[s] = Split(
+      features=feats,
+      masks=masks,
+      labels=rng.uniform(-3, 3, k).astype(np.float32),
+      ids=np.asarray([f"{s}vid_{i + 1}" for i in range(k)]),
+    )
+  return Dataset(
+    name="toy",
+    splits=splits,
+    modalities=("text", "audio"),
+    dims={"text": 8, "audio": 3},
+    synthetic=True,
+    source="make_ds()",
+  )
 
 
 def with_split(ds, name, **changes):
-    return dataclasses.replace(ds, splits={**ds.splits, name: dataclasses.replace(ds.splits[name], **changes)})
+  return dataclasses.replace(ds, splits={**ds.splits, name: dataclasses.replace(ds.splits[name], **changes)})
 
 
 def one_line_error(exc_type, fn, *args, **kw):
-    with pytest.raises(exc_type) as ei:
-        fn(*args, **kw)
-    msg = str(ei.value)
-    assert '\n' not in msg, msg
-    return msg
+  with pytest.raises(exc_type) as ei:
+    fn(*args, **kw)
+  msg = str(ei.value)
+  assert "\n" not in msg, msg
+  return msg
 
 
 def test_modalities_constant():
-    assert MODALITIES == ('text', 'audio', 'vision')
+  assert MODALITIES == ("text", "audio", "vision")
 
 
 def test_valid_dataset_passes_and_len():
-    ds = make_ds()
-    assert validate(ds, 'here') is ds
-    assert len(ds.splits['train']) == 6 and len(ds.splits['test']) == 4
-    assert ds.splits['train'].is_sequence('audio') and not ds.splits['train'].is_sequence('text')
-    sub = ds.splits['train'].take([0, 2])
-    assert len(sub) == 2 and sub.ids.tolist() == ['trainvid_1', 'trainvid_3']
-    assert sub.masks['audio'].shape == (2, 5)
-    assert 'toy (SYNTHETIC) 6/3/4 text[8] audio[5x3]' in describe(ds)
+  ds = make_ds()
+  assert validate(ds, "here") is ds
+  assert len(ds.splits["train"]) == 6 and len(ds.splits["test"]) == 4
+  assert ds.splits["train"].is_sequence("audio") and not ds.splits["train"].is_sequence("text")
+  sub = ds.splits["train"].take([0, 2])
+  assert len(sub) == 2 and sub.ids.tolist() == ["trainvid_1", "trainvid_3"]
+  assert sub.masks["audio"].shape == (2, 5)
+  assert "toy (SYNTHETIC) 6/3/4 text[8] audio[5x3]" in describe(ds)
 
 
-@pytest.mark.parametrize('seq', [True, False])
+@pytest.mark.parametrize("seq", [True, False])
 def test_save_load_round_trip(tmp_path, seq):
-    ds = make_ds(seq=seq)
-    save_dataset(ds, tmp_path / 'd')
-    meta = json.loads((tmp_path / 'd' / 'meta.json').read_text())
-    assert meta == {'format_version': 1, 'name': 'toy', 'modalities': ['text', 'audio'],
-                    'dims': {'text': 8, 'audio': 3}, 'synthetic': True, 'source': 'make_ds()',
-                    'splits': {'train': 6, 'valid': 3, 'test': 4}}
-    with np.load(tmp_path / 'd' / 'train.npz') as z:
-        assert sorted(z.files) == sorted(['text', 'audio', 'labels', 'ids'] + (['audio_mask'] if seq else []))
-    back = load_dataset(tmp_path / 'd')
-    assert (back.name, back.modalities, back.dims, back.synthetic, back.source) == \
-        (ds.name, ds.modalities, ds.dims, ds.synthetic, ds.source)
-    for s in ('train', 'valid', 'test'):
-        a, b = ds.splits[s], back.splits[s]
-        for m in ds.modalities:
-            np.testing.assert_array_equal(a.features[m], b.features[m])
-        assert set(a.masks) == set(b.masks)
-        for m in a.masks:
-            np.testing.assert_array_equal(a.masks[m], b.masks[m])
-        np.testing.assert_array_equal(a.labels, b.labels)
-        assert a.ids.tolist() == b.ids.tolist()
+  ds = make_ds(seq=seq)
+  save_dataset(ds, tmp_path / "d")
+  meta = json.loads((tmp_path / "d" / "meta.json").read_text())
+  assert meta == {
+    "format_version": 1,
+    "name": "toy",
+    "modalities": ["text", "audio"],
+    "dims": {"text": 8, "audio": 3},
+    "synthetic": True,
+    "source": "make_ds()",
+    "splits": {"train": 6, "valid": 3, "test": 4},
+  }
+  with np.load(tmp_path / "d" / "train.npz") as z:
+    assert sorted(z.files) == sorted(["text", "audio", "labels", "ids"] + (["audio_mask"] if seq else []))
+  back = load_dataset(tmp_path / "d")
+  assert (back.name, back.modalities, back.dims, back.synthetic, back.source) == (
+    ds.name,
+    ds.modalities,
+    ds.dims,
+    ds.synthetic,
+    ds.source,
+  )
+  for s in ("train", "valid", "test"):
+    a, b = ds.splits[s], back.splits[s]
+    for m in ds.modalities:
+      np.testing.assert_array_equal(a.features[m], b.features[m])
+    assert set(a.masks) == set(b.masks)
+    for m in a.masks:
+      np.testing.assert_array_equal(a.masks[m], b.masks[m])
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert a.ids.tolist() == b.ids.tolist()
 
 
 def test_validate_empty_split():
-    ds = make_ds()
-    empty = ds.splits['valid'].take(np.zeros(3, bool))
-    msg = one_line_error(ValueError, validate, dataclasses.replace(ds, splits={**ds.splits, 'valid': empty}), 'f.npz')
-    assert msg == "f.npz: split 'valid' is empty"
+  ds = make_ds()
+  empty = ds.splits["valid"].take(np.zeros(3, bool))
+  msg = one_line_error(ValueError, validate, dataclasses.replace(ds, splits={**ds.splits, "valid": empty}), "f.npz")
+  assert msg == "f.npz: split 'valid' is empty"
 
 
 def test_validate_dims_differ_between_splits():
-    ds = make_ds()
-    bad = with_split(ds, 'test', features={**ds.splits['test'].features,
-                                           'text': np.zeros((4, 9), np.float32)})
-    msg = one_line_error(ValueError, validate, bad, '/data/x')
-    assert msg.startswith('/data/x: ') and "'text' has D=9 in split 'test'" in msg and 'says 8' in msg
+  ds = make_ds()
+  bad = with_split(ds, "test", features={**ds.splits["test"].features, "text": np.zeros((4, 9), np.float32)})
+  msg = one_line_error(ValueError, validate, bad, "/data/x")
+  assert msg.startswith("/data/x: ") and "'text' has D=9 in split 'test'" in msg and "says 8" in msg
 
 
 def test_validate_dims_metadata_mismatch():
-    ds = dataclasses.replace(make_ds(), dims={'text': 8})
-    assert 'dims metadata' in one_line_error(ValueError, validate, ds, 'w')
+  ds = dataclasses.replace(make_ds(), dims={"text": 8})
+  assert "dims metadata" in one_line_error(ValueError, validate, ds, "w")
 
 
 def test_validate_nan_inf_features_counted():
-    ds = make_ds()
-    x = ds.splits['train'].features['text'].copy()
-    x[0, 0], x[1, 2], x[3, 3] = np.nan, np.inf, -np.inf
-    msg = one_line_error(ValueError, validate,
-                         with_split(ds, 'train', features={**ds.splits['train'].features, 'text': x}), 'p')
-    assert msg == "p: split 'train': 3 NaN/Inf values in 'text' features"
+  ds = make_ds()
+  x = ds.splits["train"].features["text"].copy()
+  x[0, 0], x[1, 2], x[3, 3] = np.nan, np.inf, -np.inf
+  msg = one_line_error(
+    ValueError, validate, with_split(ds, "train", features={**ds.splits["train"].features, "text": x}), "p"
+  )
+  assert msg == "p: split 'train': 3 NaN/Inf values in 'text' features"
 
 
 def test_validate_labels_out_of_range_and_nan():
-    ds = make_ds()
-    y = ds.splits['test'].labels.copy()
-    y[1] = 3.5
-    msg = one_line_error(ValueError, validate, with_split(ds, 'test', labels=y), 'p')
-    assert "split 'test': 1 labels outside [-3, 3]" in msg and 'max 3.5' in msg
-    assert validate(with_split(ds, 'test', labels=y), 'p', label_range=(-4, 4))
-    y[0] = np.nan
-    assert '1 labels are NaN/Inf' in one_line_error(ValueError, validate, with_split(ds, 'test', labels=y), 'p')
+  ds = make_ds()
+  y = ds.splits["test"].labels.copy()
+  y[1] = 3.5
+  msg = one_line_error(ValueError, validate, with_split(ds, "test", labels=y), "p")
+  assert "split 'test': 1 labels outside [-3, 3]" in msg and "max 3.5" in msg
+  assert validate(with_split(ds, "test", labels=y), "p", label_range=(-4, 4))
+  y[0] = np.nan
+  assert "1 labels are NaN/Inf" in one_line_error(ValueError, validate, with_split(ds, "test", labels=y), "p")
 
 
 def test_validate_n_mismatch():
-    ds = make_ds()
-    msg = one_line_error(ValueError, validate, with_split(ds, 'train', ids=ds.splits['train'].ids[:5]), 'p')
-    assert "ids have shape (5,) but labels have N=6" in msg
-    feats = {**ds.splits['train'].features, 'text': ds.splits['train'].features['text'][:4]}
-    msg = one_line_error(ValueError, validate, with_split(ds, 'train', features=feats), 'p')
-    assert "features['text'] have N=4 but labels have N=6" in msg
+  ds = make_ds()
+  msg = one_line_error(ValueError, validate, with_split(ds, "train", ids=ds.splits["train"].ids[:5]), "p")
+  assert "ids have shape (5,) but labels have N=6" in msg
+  feats = {**ds.splits["train"].features, "text": ds.splits["train"].features["text"][:4]}
+  msg = one_line_error(ValueError, validate, with_split(ds, "train", features=feats), "p")
+  assert "features['text'] have N=4 but labels have N=6" in msg
 
 
 def test_validate_mask_shape_and_missing_mask():
-    ds = make_ds()
-    msg = one_line_error(ValueError, validate,
-                         with_split(ds, 'valid', masks={'audio': np.ones((3, 4), bool)}), 'p')
-    assert "mask of 'audio' has shape (3, 4)" in msg
-    assert "has no mask" in one_line_error(ValueError, validate, with_split(ds, 'valid', masks={}), 'p')
-    msg = one_line_error(ValueError, validate, with_split(ds, 'valid', masks={
-        'audio': ds.splits['valid'].masks['audio'], 'text': np.ones((3, 8), bool)}), 'p')
-    assert 'non-sequence' in msg
+  ds = make_ds()
+  msg = one_line_error(ValueError, validate, with_split(ds, "valid", masks={"audio": np.ones((3, 4), bool)}), "p")
+  assert "mask of 'audio' has shape (3, 4)" in msg
+  assert "has no mask" in one_line_error(ValueError, validate, with_split(ds, "valid", masks={}), "p")
+  msg = one_line_error(
+    ValueError,
+    validate,
+    with_split(ds, "valid", masks={"audio": ds.splits["valid"].masks["audio"], "text": np.ones((3, 8), bool)}),
+    "p",
+  )
+  assert "non-sequence" in msg
 
 
 def test_validate_wrong_dtype_and_order():
-    ds = make_ds()
-    feats = {**ds.splits['train'].features, 'text': ds.splits['train'].features['text'].astype(np.float64)}
-    assert 'expected float32' in one_line_error(ValueError, validate, with_split(ds, 'train', features=feats), 'p')
-    bad = dataclasses.replace(ds, modalities=('audio', 'text'))
-    assert 'canonical order' in one_line_error(ValueError, validate, bad, 'p')
-    bad = dataclasses.replace(ds, splits={k: v for k, v in ds.splits.items() if k != 'valid'})
-    assert "missing ['valid']" in one_line_error(ValueError, validate, bad, 'p')
+  ds = make_ds()
+  feats = {**ds.splits["train"].features, "text": ds.splits["train"].features["text"].astype(np.float64)}
+  assert "expected float32" in one_line_error(ValueError, validate, with_split(ds, "train", features=feats), "p")
+  bad = dataclasses.replace(ds, modalities=("audio", "text"))
+  assert "canonical order" in one_line_error(ValueError, validate, bad, "p")
+  bad = dataclasses.replace(ds, splits={k: v for k, v in ds.splits.items() if k != "valid"})
+  assert "missing ['valid']" in one_line_error(ValueError, validate, bad, "p")
 
 
 def test_load_missing_dir(tmp_path):
-    msg = one_line_error(FileNotFoundError, load_dataset, tmp_path / 'nope')
-    assert msg == f'{tmp_path / "nope"}: no such dataset directory'
+  msg = one_line_error(FileNotFoundError, load_dataset, tmp_path / "nope")
+  assert msg == f"{tmp_path / 'nope'}: no such dataset directory"
 
 
 def test_load_missing_meta_and_npz(tmp_path):
-    (tmp_path / 'd').mkdir()
-    assert 'meta.json: no such file' in one_line_error(FileNotFoundError, load_dataset, tmp_path / 'd')
-    save_dataset(make_ds(), tmp_path / 'e')
-    (tmp_path / 'e' / 'valid.npz').unlink()
-    msg = one_line_error(FileNotFoundError, load_dataset, tmp_path / 'e')
-    assert msg.startswith(str(tmp_path / 'e' / 'valid.npz'))
+  (tmp_path / "d").mkdir()
+  assert "meta.json: no such file" in one_line_error(FileNotFoundError, load_dataset, tmp_path / "d")
+  save_dataset(make_ds(), tmp_path / "e")
+  (tmp_path / "e" / "valid.npz").unlink()
+  msg = one_line_error(FileNotFoundError, load_dataset, tmp_path / "e")
+  assert msg.startswith(str(tmp_path / "e" / "valid.npz"))
 
 
 def test_load_non_npz_file(tmp_path):
-    save_dataset(make_ds(), tmp_path / 'd')
-    (tmp_path / 'd' / 'test.npz').write_text('hello, I am a CSV\n1,2,3\n')
-    msg = one_line_error(ValueError, load_dataset, tmp_path / 'd')
-    assert msg.startswith(f'{tmp_path / "d" / "test.npz"}: not a jmoe dataset (not an .npz/zip archive')
-    (tmp_path / 'd' / 'test.npz').write_bytes(b'PK\x03\x04 truncated zip')
-    assert 'cannot read as .npz' in one_line_error(ValueError, load_dataset, tmp_path / 'd')
-    np.save(tmp_path / 'd' / 'x.npy', np.zeros(3))
-    (tmp_path / 'd' / 'x.npy').rename(tmp_path / 'd' / 'test.npz')
-    assert 'single .npy array' in one_line_error(ValueError, load_dataset, tmp_path / 'd')
+  save_dataset(make_ds(), tmp_path / "d")
+  (tmp_path / "d" / "test.npz").write_text("hello, I am a CSV\n1,2,3\n")
+  msg = one_line_error(ValueError, load_dataset, tmp_path / "d")
+  assert msg.startswith(f"{tmp_path / 'd' / 'test.npz'}: not a jmoe dataset (not an .npz/zip archive")
+  (tmp_path / "d" / "test.npz").write_bytes(b"PK\x03\x04 truncated zip")
+  assert "cannot read as .npz" in one_line_error(ValueError, load_dataset, tmp_path / "d")
+  np.save(tmp_path / "d" / "x.npy", np.zeros(3))
+  (tmp_path / "d" / "x.npy").rename(tmp_path / "d" / "test.npz")
+  assert "single .npy array" in one_line_error(ValueError, load_dataset, tmp_path / "d")
 
 
 def test_load_bad_meta(tmp_path):
-    save_dataset(make_ds(), tmp_path / 'd')
-    meta = tmp_path / 'd' / 'meta.json'
-    meta.write_text('{not json')
-    assert 'not a jmoe dataset (meta.json is not JSON' in one_line_error(ValueError, load_dataset, tmp_path / 'd')
-    meta.write_text(json.dumps({'name': 'x'}))
-    assert 'lacks format_version' in one_line_error(ValueError, load_dataset, tmp_path / 'd')
+  save_dataset(make_ds(), tmp_path / "d")
+  meta = tmp_path / "d" / "meta.json"
+  meta.write_text("{not json")
+  assert "not a jmoe dataset (meta.json is not JSON" in one_line_error(ValueError, load_dataset, tmp_path / "d")
+  meta.write_text(json.dumps({"name": "x"}))
+  assert "lacks format_version" in one_line_error(ValueError, load_dataset, tmp_path / "d")
 
 
 def test_load_size_mismatch_and_dims_mismatch_on_disk(tmp_path):
-    ds = make_ds()
-    save_dataset(ds, tmp_path / 'd')
-    meta_path = tmp_path / 'd' / 'meta.json'
-    meta = json.loads(meta_path.read_text())
-    meta['dims']['text'] = 7
-    meta_path.write_text(json.dumps(meta))
-    msg = one_line_error(ValueError, load_dataset, tmp_path / 'd')
-    assert msg.startswith(str(tmp_path / 'd')) and "'text' has D=8" in msg and 'says 7' in msg
-    meta['dims']['text'] = 8
-    meta['splits']['train'] = 7
-    meta_path.write_text(json.dumps(meta))
-    assert 'holds 6 samples but meta.json says 7' in one_line_error(ValueError, load_dataset, tmp_path / 'd')
+  ds = make_ds()
+  save_dataset(ds, tmp_path / "d")
+  meta_path = tmp_path / "d" / "meta.json"
+  meta = json.loads(meta_path.read_text())
+  meta["dims"]["text"] = 7
+  meta_path.write_text(json.dumps(meta))
+  msg = one_line_error(ValueError, load_dataset, tmp_path / "d")
+  assert msg.startswith(str(tmp_path / "d")) and "'text' has D=8" in msg and "says 7" in msg
+  meta["dims"]["text"] = 8
+  meta["splits"]["train"] = 7
+  meta_path.write_text(json.dumps(meta))
+  assert "holds 6 samples but meta.json says 7" in one_line_error(ValueError, load_dataset, tmp_path / "d")
 
 
 def test_save_refuses_invalid(tmp_path):
-    ds = make_ds()
-    y = ds.splits['train'].labels.copy()
-    y[0] = -7
-    one_line_error(ValueError, save_dataset, with_split(ds, 'train', labels=y), tmp_path / 'd')
-    assert not (tmp_path / 'd').exists()
+  ds = make_ds()
+  y = ds.splits["train"].labels.copy()
+  y[0] = -7
+  one_line_error(ValueError, save_dataset, with_split(ds, "train", labels=y), tmp_path / "d")
+  assert not (tmp_path / "d").exists()
 
 
 def test_feature_table(tmp_path):
-    p = tmp_path / 'f.npz'
-    np.savez(p, ids=np.array(['a_1', 'b_2']), pooled=np.arange(6, dtype=np.float32).reshape(2, 3),
-             local=np.ones((2, 4, 3), np.float32), mask=np.array([[1, 1, 0, 0], [1, 0, 0, 0]], bool))
-    table = load_feature_npz(p)
-    np.testing.assert_array_equal(table['b_2'], [3, 4, 5])
-    ids, feats, mask = read_feature_table(p, 'local')
-    assert feats.shape == (2, 4, 3) and mask.sum() == 3 and ids.tolist() == ['a_1', 'b_2']
-    assert 'sequence' in one_line_error(ValueError, load_feature_npz, p, 'local')
-    np.savez(p, ids=np.array(['a_1', 'a_1']), pooled=np.zeros((2, 3), np.float32))
-    assert 'duplicate ids' in one_line_error(ValueError, load_feature_npz, p)
-    np.savez(p, ids=np.array(['a_1']), vec=np.zeros((1, 3), np.float32))
-    assert "needs arrays 'ids' and 'pooled'" in one_line_error(ValueError, load_feature_npz, p)
-    one_line_error(FileNotFoundError, load_feature_npz, tmp_path / 'missing.npz')
+  p = tmp_path / "f.npz"
+  np.savez(
+    p,
+    ids=np.array(["a_1", "b_2"]),
+    pooled=np.arange(6, dtype=np.float32).reshape(2, 3),
+    local=np.ones((2, 4, 3), np.float32),
+    mask=np.array([[1, 1, 0, 0], [1, 0, 0, 0]], bool),
+  )
+  table = load_feature_npz(p)
+  np.testing.assert_array_equal(table["b_2"], [3, 4, 5])
+  ids, feats, mask = read_feature_table(p, "local")
+  assert feats.shape == (2, 4, 3) and mask.sum() == 3 and ids.tolist() == ["a_1", "b_2"]
+  assert "sequence" in one_line_error(ValueError, load_feature_npz, p, "local")
+  np.savez(p, ids=np.array(["a_1", "a_1"]), pooled=np.zeros((2, 3), np.float32))
+  assert "duplicate ids" in one_line_error(ValueError, load_feature_npz, p)
+  np.savez(p, ids=np.array(["a_1"]), vec=np.zeros((1, 3), np.float32))
+  assert "needs arrays 'ids' and 'pooled'" in one_line_error(ValueError, load_feature_npz, p)
+  one_line_error(FileNotFoundError, load_feature_npz, tmp_path / "missing.npz")

@@ -37,8 +37,13 @@ def _free_port() -> int:
 
 def _env(devices: int, **extra) -> dict:
   env = dict(os.environ)
-  env.update({"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0",
-              "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)})
+  env.update(
+    {
+      "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0",
+      "JAX_PLATFORMS": "cpu",
+      "PYTHONPATH": str(REPO),
+    }
+  )
   for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
     env.pop(k, None)
   env.update(extra)
@@ -46,15 +51,23 @@ def _env(devices: int, **extra) -> dict:
 
 
 def _launch(args, env):
-  return subprocess.Popen([sys.executable, str(WORKER), *map(str, args)], env=env, cwd=REPO,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen(
+    [sys.executable, str(WORKER), *map(str, args)],
+    env=env,
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 def _run_two_and_one(args_two, args_one, timeout=600):
   """Start ranks 0 and 1 (2 devices each) and the 1-process reference (4 devices) at once; return their logs."""
   address = f"localhost:{_free_port()}"
-  procs = [_launch(args_two, _env(2, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
-                                  JAX_PROCESS_ID=str(rank))) for rank in (0, 1)]
+  procs = [
+    _launch(args_two, _env(2, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(rank)))
+    for rank in (0, 1)
+  ]
   procs.append(_launch(args_one, _env(4)))
   logs = []
   try:

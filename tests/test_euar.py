@@ -17,9 +17,11 @@ B = 12
 
 def _batch(seed=0, seq=False):
   rng = np.random.default_rng(seed)
-  batch = {"text": rng.normal(size=(B, 7, 10) if seq else (B, 10)).astype(np.float32),
-           "audio": rng.normal(size=(B, 5)).astype(np.float32),
-           "vision": rng.normal(size=(B, 6)).astype(np.float32)}
+  batch = {
+    "text": rng.normal(size=(B, 7, 10) if seq else (B, 10)).astype(np.float32),
+    "audio": rng.normal(size=(B, 5)).astype(np.float32),
+    "vision": rng.normal(size=(B, 6)).astype(np.float32),
+  }
   if seq:
     batch["text_mask"] = np.arange(7)[None, :] < rng.integers(1, 8, size=(B, 1))
   return batch
@@ -30,7 +32,7 @@ def _np(tree):
 
 
 def _gelu(x):  # flax nn.gelu default: tanh approximation
-  return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+  return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
 
 
 def reference_euar(p, batch, modalities, num_experts, k):
@@ -57,8 +59,8 @@ def reference_euar(p, batch, modalities, num_experts, k):
     for j in range(num_experts):
       mu = x @ stack["mu"]["kernel"][j] + stack["mu"]["bias"][j]
       logvar = x @ stack["logvar"]["kernel"][j] + stack["logvar"]["bias"][j]
-      z += gate[:, j:j + 1] * mu
-      kl += gate[:, j] * np.mean(-0.5 * (1 + logvar - mu ** 2 - np.exp(logvar)), -1)  # eq. 4, gate-weighted
+      z += gate[:, j : j + 1] * mu
+      kl += gate[:, j] * np.mean(-0.5 * (1 + logvar - mu**2 - np.exp(logvar)), -1)  # eq. 4, gate-weighted
       u += gate[:, j] * np.mean(np.exp(logvar), -1) / num_experts  # eq. 10
     r = np.bincount(np.argmax(probs, -1), minlength=num_experts) / B  # eq. 8
     aux += np.sum(r * probs.mean(0)) / num_experts  # eq. 7 with P_j from eq. 9 (full softmax)
@@ -75,11 +77,15 @@ def test_euar_matches_float64_loop_reference(seq):
   params = jax.jit(model.init)(jax.random.key(0), batch)
   # give logvar non-trivial weights so sigma^2 and KL vary per expert and sample
   params = jax.tree_util.tree_map_with_path(
-      lambda path, a: a + 0.1 * jax.random.normal(jax.random.key(len(path)), a.shape)
-      if "logvar" in jax.tree_util.keystr(path) else a, params)
+    lambda path, a: (
+      a + 0.1 * jax.random.normal(jax.random.key(len(path)), a.shape) if "logvar" in jax.tree_util.keystr(path) else a
+    ),
+    params,
+  )
   pred, aux = jax.jit(model.apply)(params, batch)
-  want_pred, want_kl, want_u, want_aux = reference_euar(_np(params["params"]), _np(batch),
-                                                        ("text", "audio", "vision"), 4, 3)
+  want_pred, want_kl, want_u, want_aux = reference_euar(
+    _np(params["params"]), _np(batch), ("text", "audio", "vision"), 4, 3
+  )
   np.testing.assert_allclose(pred, want_pred, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(aux["kl"], want_kl, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(aux["uloss"], want_u, rtol=1e-4, atol=1e-7)
@@ -92,8 +98,9 @@ def test_gaussian_expert_reparameterises_in_training_only():
   expert = GaussianExpert(8)
   params = expert.init(jax.random.key(1), x)
   ev = expert.apply(params, x)
-  np.testing.assert_allclose(ev["z"], x @ params["params"]["mu"]["kernel"] + params["params"]["mu"]["bias"],
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    ev["z"], x @ params["params"]["mu"]["kernel"] + params["params"]["mu"]["bias"], rtol=1e-5, atol=1e-6
+  )
   tr1 = expert.apply(params, x, deterministic=False, rngs={"noise": jax.random.key(2)})
   tr2 = expert.apply(params, x, deterministic=False, rngs={"noise": jax.random.key(3)})
   assert not np.allclose(tr1["z"], ev["z"]) and not np.allclose(tr1["z"], tr2["z"])
@@ -152,15 +159,20 @@ def test_padded_batch_gives_the_unpadded_loss_and_gradients():
   cfg = {"alpha": 1e-3, "beta": 0.0, "lam": 1e-3, "use_kl": True, "use_uloss": True}
 
   def loss_grad(batch):
-    f = jax.pmap(jax.value_and_grad(lambda p, b: steps_lib._loss_terms(model, p, b, None, False, cfg)[0]),
-                 axis_name=steps_lib.AXIS, in_axes=(None, 0))
+    f = jax.pmap(
+      jax.value_and_grad(lambda p, b: steps_lib._loss_terms(model, p, b, None, False, cfg)[0]),
+      axis_name=steps_lib.AXIS,
+      in_axes=(None, 0),
+    )
     return jax.tree.map(lambda a: np.asarray(a[0]), f(params, jax.tree.map(lambda a: a[None], batch)))
 
   real = 9
   short = {k: v[:real] for k, v in batch.items()} | {"label": labels[:real], "weight": np.ones(real, np.float32)}
   padded = dict(batch) | {"label": labels, "weight": (np.arange(B) < real).astype(np.float32)}
-  padded = {k: np.where(padded["weight"].reshape((-1,) + (1,) * (v.ndim - 1)) > 0, v, 7.0)
-            if k not in ("weight",) else v for k, v in padded.items()}  # garbage in padding rows
+  padded = {
+    k: np.where(padded["weight"].reshape((-1,) + (1,) * (v.ndim - 1)) > 0, v, 7.0) if k not in ("weight",) else v
+    for k, v in padded.items()
+  }  # garbage in padding rows
   (l1, g1), (l2, g2) = loss_grad(short), loss_grad(padded)
   np.testing.assert_allclose(l1, l2, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
@@ -187,8 +199,7 @@ def test_smoke_run_writes_results_table_and_plots(tmp_path, capsys):
   printed = capsys.readouterr()
   assert "SYNTHETIC" in printed.out and "Non0_acc_2" in printed.out
   assert "SYNTHETIC DATA" in printed.err
-  for f in ("results.json", "results.md", "curves.png", "expert_load.png", "config.json",
-            "seed_0/metrics.jsonl"):
+  for f in ("results.json", "results.md", "curves.png", "expert_load.png", "config.json", "seed_0/metrics.jsonl"):
     assert (tmp_path / f).exists(), f
   res = json.loads((tmp_path / "results.json").read_text())
   assert 0.0 <= res["seeds"][0]["test"]["Non0_acc_2"] <= 1.0

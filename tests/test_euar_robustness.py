@@ -15,6 +15,7 @@ from jmoe.data import perturb
 def smoke_run(tmp_path_factory):
   from experiments.common import run_experiment
   from experiments.euar_mosi import get_config
+
   cfg = get_config()
   cfg.smoke = True
   cfg.quiet = True
@@ -32,6 +33,7 @@ def robustness(smoke_run):
 def test_files_rows_and_clean_row_matches_results(robustness, capsys):
   run_dir, out = robustness
   from pathlib import Path
+
   run_dir = Path(run_dir)
   for f in ("robustness.json", "robustness.md", "robustness.png"):
     assert (run_dir / f).is_file() and (run_dir / f).stat().st_size > 0, f
@@ -41,8 +43,11 @@ def test_files_rows_and_clean_row_matches_results(robustness, capsys):
   miss = [r for r in out["conditions"] if r["group"] == "missing"]
   assert [tuple(r["available"]) for r in miss] == list(perturb.MISSING_COMBOS)
   # noise rows: 5 levels for each of the three noise types, vision / vision / text
-  for kind, mod, levels in (("gaussian", "vision", rob.GAUSSIAN_LEVELS), ("salt_pepper", "vision", rob.SP_RATIOS),
-                            ("blank_text", "text", rob.BLANK_RATIOS)):
+  for kind, mod, levels in (
+    ("gaussian", "vision", rob.GAUSSIAN_LEVELS),
+    ("salt_pepper", "vision", rob.SP_RATIOS),
+    ("blank_text", "text", rob.BLANK_RATIOS),
+  ):
     rows = [r for r in out["conditions"] if r["kind"] == kind]
     assert [r["level"] for r in rows] == list(levels) and {r["modality"] for r in rows} == {mod}
   assert out["gaussian_scale"] > 0
@@ -91,8 +96,9 @@ def test_noise_levels_flag_and_seeds_from_run(robustness, tmp_path):
   run_dir, _ = robustness
   copy = tmp_path / "run"
   shutil.copytree(run_dir, copy)
-  out = rob.main(["--run", str(copy), "--quiet", "--noise-levels", "0", "0.25", "--gaussian-levels", "2",
-                  "--seeds-from-run"])
+  out = rob.main(
+    ["--run", str(copy), "--quiet", "--noise-levels", "0", "0.25", "--gaussian-levels", "2", "--seeds-from-run"]
+  )
   assert out["levels"] == {"gaussian": [2.0], "salt_pepper": [0.0, 0.25], "blank_text": [0.0, 0.25]}
   assert len([r for r in out["conditions"] if r["group"] == "noise"]) == 5
   with pytest.raises(SystemExit, match="ratio"):

@@ -35,11 +35,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_worker(args, devices: int, timeout: int = 600, extra_env=None) -> subprocess.CompletedProcess:
   env = dict(os.environ)
-  env.update({"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0",
-              "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)})
+  env.update(
+    {
+      "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0",
+      "JAX_PLATFORMS": "cpu",
+      "PYTHONPATH": str(REPO),
+    }
+  )
   env.update(extra_env or {})
-  proc = subprocess.run([sys.executable, str(WORKER), *map(str, args)], env=env, capture_output=True, text=True,
-                        timeout=timeout, cwd=REPO)
+  proc = subprocess.run(
+    [sys.executable, str(WORKER), *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO
+  )
   if proc.returncode:
     raise AssertionError(f"worker {args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
   return proc
@@ -86,6 +92,7 @@ def test_global_batch_not_divisible_by_devices_is_padded_not_truncated():
 
 def test_data_parallel_config_errors():
   from jmoe.train import parallel
+
   with pytest.raises(ValueError, match="parallel must be one of"):
     parallel.DataParallel.create("tpu_magic")
   with pytest.raises(ValueError, match="only 1 local devices"):

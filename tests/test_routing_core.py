@@ -47,8 +47,13 @@ def loop_oracle(params, x, num_experts, k, kept):
 
 CASES = [(1, 1), (4, 1), (4, 2), (4, 3), (8, 1), (8, 2), (8, 3)]
 VARIANTS = [  # (strategy, capacity_factor, group_size); factor 0.5 forces drops
-    ("dense", None, None), ("ragged", None, None), ("einsum", None, 8), ("sorted", None, None),
-    ("einsum", 0.5, 8), ("sorted", 0.5, 12)]
+  ("dense", None, None),
+  ("ragged", None, None),
+  ("einsum", None, 8),
+  ("sorted", None, None),
+  ("einsum", 0.5, 8),
+  ("sorted", 0.5, 12),
+]
 
 
 @pytest.mark.parametrize("experts,k", CASES)
@@ -59,8 +64,10 @@ def test_every_strategy_equals_loop_oracle(experts, k):
   Tolerance: fp32, atol 2e-5 on outputs / input grads, 5e-5 on parameter grads.
   """
   router = TopKRouter(experts, k=k)
-  layers = {v: MoELayer(router, MLPExpert(H, D), experts, strategy=v[0], capacity_factor=v[1], group_size=v[2])
-            for v in VARIANTS}
+  layers = {
+    v: MoELayer(router, MLPExpert(H, D), experts, strategy=v[0], capacity_factor=v[1], group_size=v[2])
+    for v in VARIANTS
+  }
   init = jax.jit(layers[VARIANTS[0]].init)  # every strategy has the same parameter tree
   route = jax.jit(lambda p, x: router.apply({"params": p["params"]["router"]}, x).index)
 
@@ -116,26 +123,26 @@ def test_drop_rule_is_exercised_and_matches_python():
 def test_load_balancing_loss_hand_computed():
   # probs rows: [.9 .1] [.7 .3] [.6 .4] [.2 .8]; top-1 mask -> experts 0,0,0,1: density = [.75, .25]
   # mean probs = [(.9+.7+.6+.2)/4, (.1+.3+.4+.8)/4] = [.6, .4]; loss = E * (.75*.6 + .25*.4) = 2 * .55 = 1.1
-  probs = jnp.array([[.9, .1], [.7, .3], [.6, .4], [.2, .8]])
+  probs = jnp.array([[0.9, 0.1], [0.7, 0.3], [0.6, 0.4], [0.2, 0.8]])
   mask = jax.nn.one_hot(jnp.argmax(probs, -1), 2)
   assert float(losses.load_balancing_loss(probs, mask)) == pytest.approx(1.1, abs=1e-6)
   # leading group axis: the same group twice averages to the same value
-  assert float(losses.load_balancing_loss(jnp.stack([probs, probs]), jnp.stack([mask, mask]))) == \
-      pytest.approx(1.1, abs=1e-6)
+  assert float(losses.load_balancing_loss(jnp.stack([probs, probs]), jnp.stack([mask, mask]))) == pytest.approx(
+    1.1, abs=1e-6
+  )
   # uniform routing gives exactly 1
-  assert float(losses.load_balancing_loss(jnp.full((4, 2), .5), jnp.array([[1, 0], [0, 1]] * 2))) == \
-      pytest.approx(1.0)
+  assert float(losses.load_balancing_loss(jnp.full((4, 2), 0.5), jnp.array([[1, 0], [0, 1]] * 2))) == pytest.approx(1.0)
 
 
 def test_importance_and_z_loss_hand_computed():
   # importance = column sums = [2.4, 1.6]; mean 2.0, population std 0.4 -> cv^2 = (0.4/2)^2 = 0.04
-  probs = jnp.array([[.9, .1], [.7, .3], [.6, .4], [.2, .8]])
+  probs = jnp.array([[0.9, 0.1], [0.7, 0.3], [0.6, 0.4], [0.2, 0.8]])
   assert float(losses.importance_loss(probs)) == pytest.approx(0.04, abs=1e-6)
   # logsumexp([0, ln 3]) = ln 4 -> 1.9218121; logsumexp([0, 0]) = ln 2 -> 0.4804530; mean = 1.2011325
   logits = jnp.array([[0.0, math.log(3.0)], [0.0, 0.0]])
   assert float(losses.router_z_loss(logits)) == pytest.approx(1.2011325, abs=1e-6)
   # entropy of [.5, .5] is ln 2; of a one-hot is 0; mean = ln2 / 2
-  assert float(losses.router_entropy(jnp.array([[.5, .5], [1.0, 0.0]]))) == pytest.approx(math.log(2) / 2)
+  assert float(losses.router_entropy(jnp.array([[0.5, 0.5], [1.0, 0.0]]))) == pytest.approx(math.log(2) / 2)
 
 
 def test_gaussian_kl_hand_computed():
@@ -176,10 +183,11 @@ def test_noisy_router_adds_noise_only_in_training():
 
 class _PytreeExpert(nn.Module):
   """Returns a dict with a per-token scalar leaf, like the Gaussian expert's sigma^2."""
+
   @nn.compact
   def __call__(self, x, deterministic=True):
     y = nn.Dense(D)(x)
-    return {"y": y, "s": jnp.sum(y ** 2, -1)}
+    return {"y": y, "s": jnp.sum(y**2, -1)}
 
 
 @pytest.mark.parametrize("strategy", ["dense", "einsum", "sorted"])
@@ -254,8 +262,9 @@ def test_sorted_custom_vjp_under_vmap_over_a_population():
   x = jax.random.normal(jax.random.key(0), (32, D))
   make = lambda s: MoELayer(TopKRouter(4, k=2), MLPExpert(H, D), 4, strategy=s, capacity_factor=0.75)
   pop = jax.vmap(lambda key: make("sorted").init(key, x))(jax.random.split(jax.random.key(1), 3))
-  grads = {s: jax.jit(jax.vmap(jax.grad(lambda p: jnp.sum(make(s).apply(p, x)[0] ** 2))))(pop)
-           for s in ("sorted", "einsum")}
+  grads = {
+    s: jax.jit(jax.vmap(jax.grad(lambda p: jnp.sum(make(s).apply(p, x)[0] ** 2))))(pop) for s in ("sorted", "einsum")
+  }
   dropped = jax.vmap(lambda p: make("sorted").apply(p, x)[1]["dropped_fraction"])(pop)
   assert float(jnp.min(dropped)) > 0  # the capacity rule really dropped slots in every member
   for a, b in zip(jax.tree.leaves(grads["sorted"]), jax.tree.leaves(grads["einsum"])):

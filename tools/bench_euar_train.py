@@ -91,8 +91,8 @@ from tools.bench_routing import ForeignCpu, machine_info, num_threads
 MODALITIES = ("text", "audio", "vision")
 DEFAULT_DIMS = (768, 5, 20)
 TARGET_RATIO = 3.0
-IDLE_LOAD = 1.5          # 1-minute load average below which the machine counts as idle
-FOREIGN_LOADED = 0.10    # other processes' CPU share above which a table counts as measured under load
+IDLE_LOAD = 1.5  # 1-minute load average below which the machine counts as idle
+FOREIGN_LOADED = 0.10  # other processes' CPU share above which a table counts as measured under load
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,10 +111,13 @@ class BenchConfig:
     return dict(zip(MODALITIES, self.dims))
 
   def label(self) -> str:
-    shapes = ", ".join(f"{m} [{self.batch_size}{f', {self.seq_len}' if self.seq_len else ''}, {self.dim_of[m]}]"
-                       for m in self.modalities)
-    return (f"batch={self.batch_size} seq_len={self.seq_len or '-'} ({shapes}{' + masks' if self.seq_len else ''}) "
-            f"width={self.width} E={self.num_experts} k={self.k} dropout={self.dropout}")
+    shapes = ", ".join(
+      f"{m} [{self.batch_size}{f', {self.seq_len}' if self.seq_len else ''}, {self.dim_of[m]}]" for m in self.modalities
+    )
+    return (
+      f"batch={self.batch_size} seq_len={self.seq_len or '-'} ({shapes}{' + masks' if self.seq_len else ''}) "
+      f"width={self.width} E={self.num_experts} k={self.k} dropout={self.dropout}"
+    )
 
 
 def app_config(cfg: BenchConfig, dispatch: str = "dense", fusion: str = "moe"):
@@ -167,7 +170,7 @@ def per_device_train_step(model, loss_cfg, p_train=None):
 @dataclasses.dataclass
 class Row:
   name: str
-  run: Callable[[int], None]     # run n training steps and wait for them to finish
+  run: Callable[[int], None]  # run n training steps and wait for them to finish
   last_loss: Callable[[], float]
   extra: dict[str, Any]
   times: list[float] = dataclasses.field(default_factory=list)  # seconds per step, one per timed chunk
@@ -188,8 +191,9 @@ class _Cycle:
     return i
 
 
-def jmoe_rows(cfg: BenchConfig, dispatch: str, batches, variants: Sequence[str], seed: int = 0,
-              fusion: str = "moe", params=None) -> list[Row]:
+def jmoe_rows(
+  cfg: BenchConfig, dispatch: str, batches, variants: Sequence[str], seed: int = 0, fusion: str = "moe", params=None
+) -> list[Row]:
   """jmoe/pmap/<dispatch> (make_steps, as the app) and jmoe/jit/<dispatch> (plain jit of the same step).
 
   ``params``: initial parameters (default: ``init_params`` of this model; the tree does not depend on the
@@ -210,8 +214,10 @@ def jmoe_rows(cfg: BenchConfig, dispatch: str, batches, variants: Sequence[str],
       step = p_train
       holder = {"state": steps_lib.replicate(state, devices), "metrics": None}
     elif variant == "jit":
-      step = jax.jit(jax.vmap(per_device_train_step(model, c.loss, p_train), in_axes=(0, 0, None),
-                              axis_name=steps_lib.AXIS), donate_argnums=(0,))
+      step = jax.jit(
+        jax.vmap(per_device_train_step(model, c.loss, p_train), in_axes=(0, 0, None), axis_name=steps_lib.AXIS),
+        donate_argnums=(0,),
+      )
       holder = {"state": stack1(state), "metrics": None}
     else:
       raise ValueError(f"unknown jmoe variant {variant!r} (pmap, jit)")
@@ -227,19 +233,24 @@ def jmoe_rows(cfg: BenchConfig, dispatch: str, batches, variants: Sequence[str],
     def last_loss(holder=holder):
       return float(np.asarray(holder["metrics"]["loss"]).reshape(-1)[0])
 
-    rows.append(Row(f"jmoe/{variant}/{suffix}", run, last_loss,
-                    {"framework": "jax", "variant": variant, "dispatch": dispatch, "fusion": fusion,
-                     "num_params": n_params}))
+    rows.append(
+      Row(
+        f"jmoe/{variant}/{suffix}",
+        run,
+        last_loss,
+        {"framework": "jax", "variant": variant, "dispatch": dispatch, "fusion": fusion, "num_params": n_params},
+      )
+    )
   return rows
 
 
-def torch_row(cfg: BenchConfig, dispatch: str, batches, jax_params, torch_mod, threads: int,
-              name: str | None = None) -> Row:
+def torch_row(
+  cfg: BenchConfig, dispatch: str, batches, jax_params, torch_mod, threads: int, name: str | None = None
+) -> Row:
   """torch/<dispatch>: the eager reference, starting from the jmoe initial parameters, on ``threads`` threads
   (``torch.set_num_threads`` is set at the start of every chunk, so rows with different counts can interleave)."""
   c = app_config(cfg)
-  model = torch_euar.make_model(cfg.dim_of, cfg.modalities, cfg.width, cfg.num_experts, cfg.k,
-                                cfg.dropout, dispatch)
+  model = torch_euar.make_model(cfg.dim_of, cfg.modalities, cfg.width, cfg.num_experts, cfg.k, cfg.dropout, dispatch)
   torch_euar.load_jax_params(model, jax_params)
   model.train()
   opt = torch_euar.make_optimizer(model, c.optim.lr, c.optim.weight_decay)
@@ -250,12 +261,14 @@ def torch_row(cfg: BenchConfig, dispatch: str, batches, jax_params, torch_mod, t
   def run(n):
     torch_mod.set_num_threads(threads)
     for _ in range(n):
-      holder["loss"] = torch_euar.train_step(model, opt, torch_euar.to_torch_batch(batches[cyc.next()]), loss_cfg,
-                                             clip)
+      holder["loss"] = torch_euar.train_step(model, opt, torch_euar.to_torch_batch(batches[cyc.next()]), loss_cfg, clip)
 
-  return Row(name or f"torch/{dispatch}", run, lambda: float(holder["loss"]),
-             {"framework": "torch", "dispatch": dispatch, "num_params": torch_euar.num_params(model),
-              "torch_threads": threads})
+  return Row(
+    name or f"torch/{dispatch}",
+    run,
+    lambda: float(holder["loss"]),
+    {"framework": "torch", "dispatch": dispatch, "num_params": torch_euar.num_params(model), "torch_threads": threads},
+  )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -305,8 +318,13 @@ def time_rows(rows: list[Row], steps: int, rounds: int, warmup: int) -> None:
 
 def _stats(times: Sequence[float]) -> dict[str, float]:
   a = np.asarray(times)
-  return {"median_step_s": float(np.median(a)), "p10_step_s": float(np.percentile(a, 10)),
-          "p90_step_s": float(np.percentile(a, 90)), "min_step_s": float(a.min()), "mean_step_s": float(a.mean())}
+  return {
+    "median_step_s": float(np.median(a)),
+    "p10_step_s": float(np.percentile(a, 10)),
+    "p90_step_s": float(np.percentile(a, 90)),
+    "min_step_s": float(a.min()),
+    "mean_step_s": float(a.mean()),
+  }
 
 
 def run_config(cfg: BenchConfig, args, torch_mod) -> dict[str, Any]:
@@ -336,12 +354,21 @@ def run_config(cfg: BenchConfig, args, torch_mod) -> dict[str, Any]:
   out_rows = []
   for row in rows:
     st = _stats(row.times)
-    out_rows.append({"name": row.name, **row.extra, **st, "first_call_s": row.first_call_s, "warmup_s": row.warmup_s,
-                     "timed_steps": row.steps_done - args.warmup, "chunks": len(row.times),
-                     "steps_done": row.steps_done,
-                     "samples_per_s": cfg.batch_size / st["median_step_s"],
-                     "samples_per_s_mean": cfg.batch_size / st["mean_step_s"],
-                     "final_loss": row.last_loss()})
+    out_rows.append(
+      {
+        "name": row.name,
+        **row.extra,
+        **st,
+        "first_call_s": row.first_call_s,
+        "warmup_s": row.warmup_s,
+        "timed_steps": row.steps_done - args.warmup,
+        "chunks": len(row.times),
+        "steps_done": row.steps_done,
+        "samples_per_s": cfg.batch_size / st["median_step_s"],
+        "samples_per_s_mean": cfg.batch_size / st["mean_step_s"],
+        "final_loss": row.last_loss(),
+      }
+    )
   by_name = {r["name"]: r for r in out_rows}
   ref = by_name.get("torch/loop")
   torch_rows = [r for r in out_rows if r["framework"] == "torch"]
@@ -350,45 +377,86 @@ def run_config(cfg: BenchConfig, args, torch_mod) -> dict[str, Any]:
   for r in out_rows:
     r["x_torch_loop"] = r["samples_per_s"] / ref["samples_per_s"] if ref else None
     r["x_best_torch"] = r["samples_per_s"] / best_torch["samples_per_s"] if best_torch else None
-  app_name = f"jmoe/pmap/{args.dispatch_list[0]}" if "pmap" in variants else f"jmoe/{variants[0]}/{args.dispatch_list[0]}"
+  app_name = (
+    f"jmoe/pmap/{args.dispatch_list[0]}" if "pmap" in variants else f"jmoe/{variants[0]}/{args.dispatch_list[0]}"
+  )
   app = by_name.get(app_name)
   best_jax = max(jax_rows, key=lambda r: r["samples_per_s"]) if jax_rows else None
   ratios = {
-      "app_row": app_name, "app_vs_torch_loop": app["samples_per_s"] / ref["samples_per_s"] if app and ref else None,
-      "app_vs_best_torch": app["samples_per_s"] / best_torch["samples_per_s"] if app and best_torch else None,
-      "best_jmoe": best_jax["name"] if best_jax else None, "best_torch": best_torch["name"] if best_torch else None,
-      "best_jmoe_vs_best_torch": (best_jax["samples_per_s"] / best_torch["samples_per_s"]
-                                  if best_jax and best_torch else None),
+    "app_row": app_name,
+    "app_vs_torch_loop": app["samples_per_s"] / ref["samples_per_s"] if app and ref else None,
+    "app_vs_best_torch": app["samples_per_s"] / best_torch["samples_per_s"] if app and best_torch else None,
+    "best_jmoe": best_jax["name"] if best_jax else None,
+    "best_torch": best_torch["name"] if best_torch else None,
+    "best_jmoe_vs_best_torch": (
+      best_jax["samples_per_s"] / best_torch["samples_per_s"] if best_jax and best_torch else None
+    ),
   }
-  return {"config": dataclasses.asdict(cfg), "label": cfg.label(), "rows": out_rows, "ratios": ratios,
-          "load": {"loadavg_before": load_before, "loadavg_after": load_after, "foreign_cpu_fraction": foreign_frac,
-                   "loaded": loaded, "timing_s": timing_s},
-          "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds}
+  return {
+    "config": dataclasses.asdict(cfg),
+    "label": cfg.label(),
+    "rows": out_rows,
+    "ratios": ratios,
+    "load": {
+      "loadavg_before": load_before,
+      "loadavg_after": load_after,
+      "foreign_cpu_fraction": foreign_frac,
+      "loaded": loaded,
+      "timing_s": timing_s,
+    },
+    "steps": args.steps,
+    "warmup": args.warmup,
+    "rounds": args.rounds,
+  }
 
 
 def format_table(res: dict[str, Any]) -> str:
-  head = ["row", "ms/step", "p10-p90 ms", "best ms", "samples/s", "x torch/loop", "x best torch", "first call s",
-          "final loss"]
+  head = [
+    "row",
+    "ms/step",
+    "p10-p90 ms",
+    "best ms",
+    "samples/s",
+    "x torch/loop",
+    "x best torch",
+    "first call s",
+    "final loss",
+  ]
   lines = []
   for r in res["rows"]:
-    lines.append([r["name"], f"{r['median_step_s'] * 1e3:.2f}",
-                  f"{r['p10_step_s'] * 1e3:.2f}-{r['p90_step_s'] * 1e3:.2f}", f"{r['min_step_s'] * 1e3:.2f}",
-                  f"{r['samples_per_s']:,.0f}", "-" if r["x_torch_loop"] is None else f"{r['x_torch_loop']:.2f}",
-                  "-" if r["x_best_torch"] is None else f"{r['x_best_torch']:.2f}", f"{r['first_call_s']:.2f}",
-                  f"{r['final_loss']:.4f}"])
+    lines.append(
+      [
+        r["name"],
+        f"{r['median_step_s'] * 1e3:.2f}",
+        f"{r['p10_step_s'] * 1e3:.2f}-{r['p90_step_s'] * 1e3:.2f}",
+        f"{r['min_step_s'] * 1e3:.2f}",
+        f"{r['samples_per_s']:,.0f}",
+        "-" if r["x_torch_loop"] is None else f"{r['x_torch_loop']:.2f}",
+        "-" if r["x_best_torch"] is None else f"{r['x_best_torch']:.2f}",
+        f"{r['first_call_s']:.2f}",
+        f"{r['final_loss']:.4f}",
+      ]
+    )
   widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
   fmt = lambda cells: " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
   ld = res["load"]
   lb = "?" if ld["loadavg_before"] is None else f"{ld['loadavg_before']:.2f}"
   la = "?" if ld["loadavg_after"] is None else f"{ld['loadavg_after']:.2f}"
   fr = "?" if ld["foreign_cpu_fraction"] is None else f"{100 * ld['foreign_cpu_fraction']:.0f}%"
-  out = [f"## EUAR train step: {res['label']}",
-         f"   {res['steps']} timed steps per row in {res['rows'][0]['chunks']} interleaved chunks after "
-         f"{res['warmup']} warm-up steps; ms/step = median over chunks; samples/s = batch / median.",
-         f"   load average {lb} before, {la} after; other processes used {fr} of the CPU while timing"
-         + ("  -- LOADED: the machine was shared, absolute numbers are inflated and noisy (rows interleaved, so "
-            "ratios suffer less)" if ld["loaded"] else "  (idle)"),
-         fmt(head), "-+-".join("-" * w for w in widths)]
+  out = [
+    f"## EUAR train step: {res['label']}",
+    f"   {res['steps']} timed steps per row in {res['rows'][0]['chunks']} interleaved chunks after "
+    f"{res['warmup']} warm-up steps; ms/step = median over chunks; samples/s = batch / median.",
+    f"   load average {lb} before, {la} after; other processes used {fr} of the CPU while timing"
+    + (
+      "  -- LOADED: the machine was shared, absolute numbers are inflated and noisy (rows interleaved, so "
+      "ratios suffer less)"
+      if ld["loaded"]
+      else "  (idle)"
+    ),
+    fmt(head),
+    "-+-".join("-" * w for w in widths),
+  ]
   out += [fmt(l) for l in lines]
   rt = res["ratios"]
   if rt["app_vs_torch_loop"] is not None:
@@ -396,8 +464,9 @@ def format_table(res: dict[str, Any]) -> str:
   if rt.get("app_vs_best_torch") is not None:
     out.append(f"   app step {rt['app_row']} vs fastest torch ({rt['best_torch']}): {rt['app_vs_best_torch']:.2f}x")
   if rt["best_jmoe_vs_best_torch"] is not None:
-    out.append(f"   fastest jmoe ({rt['best_jmoe']}) vs fastest torch ({rt['best_torch']}): "
-               f"{rt['best_jmoe_vs_best_torch']:.2f}x")
+    out.append(
+      f"   fastest jmoe ({rt['best_jmoe']}) vs fastest torch ({rt['best_torch']}): {rt['best_jmoe_vs_best_torch']:.2f}x"
+    )
   return "\n".join(out)
 
 
@@ -407,12 +476,16 @@ def check_targets(configs: list[dict[str, Any]]) -> list[str]:
     rt = res["ratios"]
     seq = res["config"]["seq_len"]
     tag = f"seq_len={seq or 0}" + (" [LOADED]" if res["load"]["loaded"] else "")
-    for key, what in (("app_vs_torch_loop", f"{rt['app_row']} / torch/loop"),
-                      ("app_vs_best_torch", f"{rt['app_row']} / {rt['best_torch']}"),
-                      ("best_jmoe_vs_best_torch", f"{rt['best_jmoe']} / {rt['best_torch']}")):
+    for key, what in (
+      ("app_vs_torch_loop", f"{rt['app_row']} / torch/loop"),
+      ("app_vs_best_torch", f"{rt['app_row']} / {rt['best_torch']}"),
+      ("best_jmoe_vs_best_torch", f"{rt['best_jmoe']} / {rt['best_torch']}"),
+    ):
       if rt[key] is not None and not any(what in m_ for m_ in msgs[-2:] if tag in m_):
-        msgs.append(f"target jmoe >= {TARGET_RATIO:g}x torch samples/s, {tag}: {what} = {rt[key]:.2f}x -> "
-                    f"{'MET' if rt[key] >= TARGET_RATIO else 'MISSED'}")
+        msgs.append(
+          f"target jmoe >= {TARGET_RATIO:g}x torch samples/s, {tag}: {what} = {rt[key]:.2f}x -> "
+          f"{'MET' if rt[key] >= TARGET_RATIO else 'MISSED'}"
+        )
   return msgs
 
 
@@ -445,15 +518,28 @@ def hlo_op_counts(compiled_text: str) -> dict[str, int]:
     if in_entry:
       if line.startswith("}"):
         in_entry = False
-      elif "=" in line and not line.strip().startswith(("ROOT %tuple", "%param", "%constant")) \
-          and " parameter(" not in line and " constant(" not in line and " get-tuple-element(" not in line \
-          and " tuple(" not in line and " bitcast(" not in line:
+      elif (
+        "=" in line
+        and not line.strip().startswith(("ROOT %tuple", "%param", "%constant"))
+        and " parameter(" not in line
+        and " constant(" not in line
+        and " get-tuple-element(" not in line
+        and " tuple(" not in line
+        and " bitcast(" not in line
+      ):
         entry += 1
   count = lambda pat: len(re.findall(pat, compiled_text))
-  return {"entry_ops": entry, "fusion_computations": count(r"\n%?fused_computation\S* |\nfused_computation"),
-          "sort": count(r" sort\("), "scatter": count(r" scatter\("), "gather": count(r" gather\("),
-          "dot": count(r" dot\("), "while": count(r" while\("), "custom_call": count(r" custom-call\("),
-          "hlo_lines": compiled_text.count("\n")}
+  return {
+    "entry_ops": entry,
+    "fusion_computations": count(r"\n%?fused_computation\S* |\nfused_computation"),
+    "sort": count(r" sort\("),
+    "scatter": count(r" scatter\("),
+    "gather": count(r" gather\("),
+    "dot": count(r" dot\("),
+    "while": count(r" while\("),
+    "custom_call": count(r" custom-call\("),
+    "hlo_lines": compiled_text.count("\n"),
+  }
 
 
 _HLO_OP = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = .*?metadata=\{[^}]*op_name=\"([^\"]*)\"")
@@ -506,6 +592,7 @@ def trace_attribution(run_step: Callable[[], Any], compiled_text: str, steps: in
   import glob  # pylint: disable=import-outside-toplevel
   import shutil  # pylint: disable=import-outside-toplevel
   import tempfile  # pylint: disable=import-outside-toplevel
+
   names = hlo_op_names(compiled_text)
   d = tempfile.mkdtemp(prefix="bench_euar_trace_")
   try:
@@ -528,12 +615,14 @@ def trace_attribution(run_step: Callable[[], Any], compiled_text: str, steps: in
       for line in plane.lines:
         evs = sorted((ev for ev in line.events if ev.name in names), key=lambda e: (e.start_ns, -e.duration_ns))
         stack: list[list] = []  # [end_ns, name, child_ns]
+
         def close(until):
           while stack and stack[-1][0] <= until:
             end_ns, nm, child, dur = stack.pop()
             excl[nm] = excl.get(nm, 0.0) + max(0.0, dur - child)
             if stack:
               stack[-1][2] += dur
+
         for ev in evs:
           close(ev.start_ns)
           stack.append([ev.start_ns + ev.duration_ns, ev.name, 0.0, ev.duration_ns])
@@ -547,12 +636,23 @@ def trace_attribution(run_step: Callable[[], Any], compiled_text: str, steps: in
     c = categorize(names.get(nm, ""))
     cats[c] = cats.get(c, 0.0) + v
   top = sorted(excl.items(), key=lambda kv: -kv[1])[:12]
-  return {"traced_ms_per_step": traced_wall * 1e3, "thunk_ms_per_step": total / steps / 1e6,
-          "thunks_per_step": sum(count.values()) / steps,
-          "categories": {k: {"share": v / total, "traced_ms_per_step": v / steps / 1e6}
-                         for k, v in sorted(cats.items(), key=lambda kv: -kv[1])} if total else {},
-          "top_ops": [{"name": nm, "op_name": names.get(nm, ""), "share": v / total, "calls_per_step": count[nm] / steps}
-                      for nm, v in top] if total else []}
+  return {
+    "traced_ms_per_step": traced_wall * 1e3,
+    "thunk_ms_per_step": total / steps / 1e6,
+    "thunks_per_step": sum(count.values()) / steps,
+    "categories": {
+      k: {"share": v / total, "traced_ms_per_step": v / steps / 1e6}
+      for k, v in sorted(cats.items(), key=lambda kv: -kv[1])
+    }
+    if total
+    else {},
+    "top_ops": [
+      {"name": nm, "op_name": names.get(nm, ""), "share": v / total, "calls_per_step": count[nm] / steps}
+      for nm, v in top
+    ]
+    if total
+    else [],
+  }
 
 
 def profile_config(cfg: BenchConfig, args, torch_mod) -> dict[str, Any]:
@@ -579,62 +679,73 @@ def profile_config(cfg: BenchConfig, args, torch_mod) -> dict[str, Any]:
   grads = jax.tree.map(lambda g: g[0], grad(params, batch, rng))
   opt = jax.jit(lambda s, g: s.apply_gradients(grads=g))
   donated = lambda f: jax.jit(jax.vmap(f, in_axes=(0, 0, None), axis_name=ax), donate_argnums=(0,))
-  holders = {"jit": stack1(state), "jit_empty": stack1(state),
-             "pmap": steps_lib.replicate(state, devices), "pmap_empty": steps_lib.replicate(state, devices)}
+  holders = {
+    "jit": stack1(state),
+    "jit_empty": stack1(state),
+    "pmap": steps_lib.replicate(state, devices),
+    "pmap_empty": steps_lib.replicate(state, devices),
+  }
   jit_step = donated(per_device_train_step(model, loss_cfg))
   jit_empty = donated(lambda s, b, r: (s, jnp.zeros(())))
   p_train, _ = steps_lib.make_steps(model, loss_cfg, tx, devices)
-  p_empty = jax.pmap(lambda s, b, r: (s, jnp.zeros(())), axis_name=ax, in_axes=(0, 0, None), devices=devices,
-                     donate_argnums=(0,))
+  p_empty = jax.pmap(
+    lambda s, b, r: (s, jnp.zeros(())), axis_name=ax, in_axes=(0, 0, None), devices=devices, donate_argnums=(0,)
+  )
 
   def stepper(key, fn, b=batch):
     def call():
       holders[key], m = fn(holders[key], b, rng)
       return m
+
     return call
 
-  late = sentiment.build_model(app_config(cfg, args.dispatch_list[0], fusion="late").model,
-                                cfg.modalities)
+  late = sentiment.build_model(app_config(cfg, args.dispatch_list[0], fusion="late").model, cfg.modalities)
   late_params = init_params(late, batch, args.seed)
   holders["late"] = stack1(create_state(late, tx, late_params))
   late_step = donated(per_device_train_step(late, loss_cfg))
   batch_dev = jax.device_put(batch)
   r = args.profile_repeats
   pieces = [
-      ("jit forward (train mode, loss eq. 12)", _median_time(lambda: fwd(params, batch, rng), r)),
-      ("jit forward+backward (grads)", _median_time(lambda: grad(params, batch, rng), r)),
-      ("jit optimizer (clip + adamw + apply)", _median_time(lambda: opt(state, grads), r)),
-      ("jit full step", _median_time(stepper("jit", jit_step), r)),
-      ("jit full step, batch already on device", _median_time(stepper("jit", jit_step, batch_dev), r)),
-      ("pmap full step (the app)", _median_time(stepper("pmap", p_train), r)),
-      ("jit empty step (same args, state donated)", _median_time(stepper("jit_empty", jit_empty), r)),
-      ("pmap empty step (same args, state donated)", _median_time(stepper("pmap_empty", p_empty), r)),
-      ("jit full step, fusion='late' (no MoE layers)", _median_time(stepper("late", late_step), r)),
+    ("jit forward (train mode, loss eq. 12)", _median_time(lambda: fwd(params, batch, rng), r)),
+    ("jit forward+backward (grads)", _median_time(lambda: grad(params, batch, rng), r)),
+    ("jit optimizer (clip + adamw + apply)", _median_time(lambda: opt(state, grads), r)),
+    ("jit full step", _median_time(stepper("jit", jit_step), r)),
+    ("jit full step, batch already on device", _median_time(stepper("jit", jit_step, batch_dev), r)),
+    ("pmap full step (the app)", _median_time(stepper("pmap", p_train), r)),
+    ("jit empty step (same args, state donated)", _median_time(stepper("jit_empty", jit_empty), r)),
+    ("pmap empty step (same args, state donated)", _median_time(stepper("pmap_empty", p_empty), r)),
+    ("jit full step, fusion='late' (no MoE layers)", _median_time(stepper("late", late_step), r)),
   ]
   # One MoE layer alone (router + dispatch + Gaussian experts + combine), forward+backward, x [B, W].
   from jmoe.models.euar import GaussianExpert  # pylint: disable=import-outside-toplevel
   from jmoe.moe.layer import MoELayer  # pylint: disable=import-outside-toplevel
   from jmoe.moe.routing import TopKRouter  # pylint: disable=import-outside-toplevel
-  layer = MoELayer(TopKRouter(cfg.num_experts, k=cfg.k), GaussianExpert(cfg.width), cfg.num_experts,
-                   strategy=args.dispatch_list[0])
+
+  layer = MoELayer(
+    TopKRouter(cfg.num_experts, k=cfg.k), GaussianExpert(cfg.width), cfg.num_experts, strategy=args.dispatch_list[0]
+  )
   x = jax.random.normal(jax.random.key(2), (cfg.batch_size, cfg.width))
   lp = jax.jit(layer.init)(jax.random.key(0), x)
-  layer_loss = lambda p, x, r: sum(jnp.sum(v) for v in jax.tree.leaves(
-      layer.apply(p, x, deterministic=False, rngs={"noise": r})[0]))
+  layer_loss = lambda p, x, r: sum(
+    jnp.sum(v) for v in jax.tree.leaves(layer.apply(p, x, deterministic=False, rngs={"noise": r})[0])
+  )
   layer_grad = jax.jit(jax.grad(layer_loss, argnums=(0, 1)))
-  pieces.append((f"one MoELayer ({args.dispatch_list[0]}) fwd+bwd, x [{cfg.batch_size}, {cfg.width}]",
-                 _median_time(lambda: layer_grad(lp, x, rng), r)))
+  pieces.append(
+    (
+      f"one MoELayer ({args.dispatch_list[0]}) fwd+bwd, x [{cfg.batch_size}, {cfg.width}]",
+      _median_time(lambda: layer_grad(lp, x, rng), r),
+    )
+  )
   pmap_text = p_train.lower(holders["pmap"], batch, rng).compile().as_text()
   ops = {
-      "pmap full step (the app)": hlo_op_counts(pmap_text),
-      "jit full step, fusion='late'": hlo_op_counts(late_step.lower(holders["late"], batch, rng).compile().as_text()),
-      "one MoELayer fwd+bwd": hlo_op_counts(layer_grad.lower(lp, x, rng).compile().as_text()),
+    "pmap full step (the app)": hlo_op_counts(pmap_text),
+    "jit full step, fusion='late'": hlo_op_counts(late_step.lower(holders["late"], batch, rng).compile().as_text()),
+    "one MoELayer fwd+bwd": hlo_op_counts(layer_grad.lower(lp, x, rng).compile().as_text()),
   }
   trace = trace_attribution(stepper("pmap", p_train), pmap_text, args.profile_trace_steps)
   torch_pieces = []
   if torch_mod is not None:
-    tm = torch_euar.make_model(cfg.dim_of, cfg.modalities, cfg.width, cfg.num_experts, cfg.k,
-                               cfg.dropout, "loop")
+    tm = torch_euar.make_model(cfg.dim_of, cfg.modalities, cfg.width, cfg.num_experts, cfg.k, cfg.dropout, "loop")
     torch_euar.load_jax_params(tm, params)
     topt = torch_euar.make_optimizer(tm, c.optim.lr, c.optim.weight_decay)
     tb = torch_euar.to_torch_batch(batch)
@@ -658,35 +769,50 @@ def profile_config(cfg: BenchConfig, args, torch_mod) -> dict[str, Any]:
       torch_mod.set_num_threads(threads)
       tag = f"torch/loop@{threads}thr"
       torch_pieces += [
-          (f"{tag} forward (no_grad)", _median_time(t_fwd, r)),
-          (f"{tag} forward (autograd on) + backward", _median_time(t_fwd_bwd, r)),
-          (f"{tag} clip_grad_norm_ + AdamW step", _median_time(t_opt, r)),
-          (f"{tag} full step", _median_time(lambda: torch_euar.train_step(
-              tm, topt, torch_euar.to_torch_batch(batch), loss_cfg, c.optim.grad_clip), r)),
+        (f"{tag} forward (no_grad)", _median_time(t_fwd, r)),
+        (f"{tag} forward (autograd on) + backward", _median_time(t_fwd_bwd, r)),
+        (f"{tag} clip_grad_norm_ + AdamW step", _median_time(t_opt, r)),
+        (
+          f"{tag} full step",
+          _median_time(
+            lambda: torch_euar.train_step(tm, topt, torch_euar.to_torch_batch(batch), loss_cfg, c.optim.grad_clip), r
+          ),
+        ),
       ]
-  return {"config": dataclasses.asdict(cfg), "dispatch": args.dispatch_list[0],
-          "pieces_ms": {k: v * 1e3 for k, v in pieces + torch_pieces}, "hlo_ops": ops, "trace": trace,
-          "loadavg": _loadavg()}
+  return {
+    "config": dataclasses.asdict(cfg),
+    "dispatch": args.dispatch_list[0],
+    "pieces_ms": {k: v * 1e3 for k, v in pieces + torch_pieces},
+    "hlo_ops": ops,
+    "trace": trace,
+    "loadavg": _loadavg(),
+  }
 
 
 def format_profile(prof: dict[str, Any]) -> str:
   width = max(len(k) for k in prof["pieces_ms"])
-  out = [f"## profile (seq_len={prof['config']['seq_len'] or 0}, dispatch={prof['dispatch']}): median ms per call"
-         + (f"; load average {prof['loadavg']:.2f}" if prof.get("loadavg") is not None else "")]
+  out = [
+    f"## profile (seq_len={prof['config']['seq_len'] or 0}, dispatch={prof['dispatch']}): median ms per call"
+    + (f"; load average {prof['loadavg']:.2f}" if prof.get("loadavg") is not None else "")
+  ]
   out += [f"   {k.ljust(width)}  {v:8.3f}" for k, v in prof["pieces_ms"].items()]
   out.append("   compiled HLO op counts (entry_ops ~ thunks XLA:CPU runs one after another):")
   for k, v in prof["hlo_ops"].items():
     out.append(f"   {k}: " + ", ".join(f"{a}={b}" for a, b in v.items()))
   tr = prof.get("trace") or {}
   if tr.get("categories"):
-    out.append(f"   XLA:CPU thunk time of the pmap step under jax.profiler ({tr['traced_ms_per_step']:.2f} ms/step traced, "
-               f"{tr['thunk_ms_per_step']:.2f} ms of thunks, {tr['thunks_per_step']:.0f} thunks/step incl. loop "
-               f"bodies), exclusive time by owner:")
+    out.append(
+      f"   XLA:CPU thunk time of the pmap step under jax.profiler ({tr['traced_ms_per_step']:.2f} ms/step traced, "
+      f"{tr['thunk_ms_per_step']:.2f} ms of thunks, {tr['thunks_per_step']:.0f} thunks/step incl. loop "
+      f"bodies), exclusive time by owner:"
+    )
     cw = max(len(k) for k in tr["categories"])
     out += [f"     {k.ljust(cw)}  {100 * v['share']:5.1f}%" for k, v in tr["categories"].items()]
     out.append("   top ops:")
-    out += [f"     {o['name']:28s} {100 * o['share']:5.1f}%  x{o['calls_per_step']:.0f}/step  {o['op_name'][-90:]}"
-            for o in tr["top_ops"]]
+    out += [
+      f"     {o['name']:28s} {100 * o['share']:5.1f}%  x{o['calls_per_step']:.0f}/step  {o['op_name'][-90:]}"
+      for o in tr["top_ops"]
+    ]
   return "\n".join(out)
 
 
@@ -698,8 +824,9 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--batch-size", type=int, default=16)
   p.add_argument("--steps", type=int, default=200, help="timed training steps per row")
-  p.add_argument("--seq-len", default="0,50",
-                 help="comma list of configs: 0 = utterance vectors, T = sequences [B, T, D] with masks")
+  p.add_argument(
+    "--seq-len", default="0,50", help="comma list of configs: 0 = utterance vectors, T = sequences [B, T, D] with masks"
+  )
   p.add_argument("--dispatch", default="dense,sorted", help="jmoe dispatch strategies (first = the headline row)")
   p.add_argument("--torch-dispatch", default="loop,dense", help="torch reference variants (loop, dense)")
   p.add_argument("--jax-variants", default="pmap,jit", help="pmap (make_steps, as the app) and/or jit")
@@ -711,13 +838,20 @@ def parse_args(argv=None):
   p.add_argument("--num-batches", type=int, default=8, help="distinct batches cycled through")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--no-torch", action="store_true")
-  p.add_argument("--torch-threads", default="",
-                 help="comma list of torch.set_num_threads values, one set of torch rows each; the first is the "
-                      "reference (torch/loop, torch/dense). Default: the cores JAX may use, then 1 (rows "
-                      "torch/<dispatch>@1thr): with other processes on the CPU, 2 OpenMP threads on 2 cores stall at "
-                      "every op's barrier and torch gets 5-20x slower, 1 thread avoids that")
-  p.add_argument("--wait-idle", type=float, default=0.0,
-                 help=f"wait up to this many seconds for the load average to drop below {IDLE_LOAD} before timing")
+  p.add_argument(
+    "--torch-threads",
+    default="",
+    help="comma list of torch.set_num_threads values, one set of torch rows each; the first is the "
+    "reference (torch/loop, torch/dense). Default: the cores JAX may use, then 1 (rows "
+    "torch/<dispatch>@1thr): with other processes on the CPU, 2 OpenMP threads on 2 cores stall at "
+    "every op's barrier and torch gets 5-20x slower, 1 thread avoids that",
+  )
+  p.add_argument(
+    "--wait-idle",
+    type=float,
+    default=0.0,
+    help=f"wait up to this many seconds for the load average to drop below {IDLE_LOAD} before timing",
+  )
   p.add_argument("--profile", action="store_true", help="also break the jmoe and torch steps down (see docstring)")
   p.add_argument("--profile-repeats", type=int, default=15)
   p.add_argument("--profile-trace-steps", type=int, default=20, help="steps traced with jax.profiler in --profile")
@@ -728,8 +862,9 @@ def parse_args(argv=None):
   args.torch_dispatch_list = [s.strip() for s in args.torch_dispatch.split(",") if s.strip()]
   args.dims_tuple = tuple(int(s) for s in args.dims.split(","))
   cores = num_threads()
-  args.torch_threads_list = ([int(s) for s in args.torch_threads.split(",") if s.strip()]
-                             or ([cores, 1] if cores > 1 else [1]))
+  args.torch_threads_list = [int(s) for s in args.torch_threads.split(",") if s.strip()] or (
+    [cores, 1] if cores > 1 else [1]
+  )
   if len(args.dims_tuple) != len(MODALITIES):
     p.error(f"--dims needs {len(MODALITIES)} sizes (text,audio,vision)")
   args.modalities_tuple = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
@@ -757,20 +892,27 @@ def main(argv=None) -> dict[str, Any]:
   if torch_mod is not None:
     torch_mod.set_num_threads(args.torch_threads_list[0])
   machine = machine_info(torch_mod)
-  print(f"machine: {machine['cpu_model']} ({', '.join(machine['cpu_simd_flags'])}), {machine['cores']} cores "
-        f"(os.cpu_count {machine['os_cpu_count']}); python {machine['python']}; jax {machine['jax']} / jaxlib "
-        f"{machine['jaxlib']}, backend {machine['backend']} {machine['devices']}; XLA_FLAGS='{machine['xla_flags']}'; "
-        + (f"torch {machine['torch']}, rows with set_num_threads in {args.torch_threads_list} (the first = reference)"
-           if torch_mod is not None else
-           ("torch rows skipped (--no-torch)" if args.no_torch else "torch not importable: torch rows skipped")),
-        flush=True)
-  print(f"load average at start: {load_start if load_start is None else f'{load_start:.2f}'} "
-        f"({'idle' if load_start is not None and load_start < IDLE_LOAD else 'LOADED'} by the < {IDLE_LOAD} rule)",
-        flush=True)
+  print(
+    f"machine: {machine['cpu_model']} ({', '.join(machine['cpu_simd_flags'])}), {machine['cores']} cores "
+    f"(os.cpu_count {machine['os_cpu_count']}); python {machine['python']}; jax {machine['jax']} / jaxlib "
+    f"{machine['jaxlib']}, backend {machine['backend']} {machine['devices']}; XLA_FLAGS='{machine['xla_flags']}'; "
+    + (
+      f"torch {machine['torch']}, rows with set_num_threads in {args.torch_threads_list} (the first = reference)"
+      if torch_mod is not None
+      else ("torch rows skipped (--no-torch)" if args.no_torch else "torch not importable: torch rows skipped")
+    ),
+    flush=True,
+  )
+  print(
+    f"load average at start: {load_start if load_start is None else f'{load_start:.2f}'} "
+    f"({'idle' if load_start is not None and load_start < IDLE_LOAD else 'LOADED'} by the < {IDLE_LOAD} rule)",
+    flush=True,
+  )
   configs, profiles = [], []
   for seq in args.seq_lens:
-    cfg = BenchConfig(batch_size=args.batch_size, seq_len=seq, dims=args.dims_tuple, width=args.width,
-                      modalities=args.modalities_tuple)
+    cfg = BenchConfig(
+      batch_size=args.batch_size, seq_len=seq, dims=args.dims_tuple, width=args.width, modalities=args.modalities_tuple
+    )
     res = run_config(cfg, args, torch_mod)
     configs.append(res)
     print(format_table(res), flush=True)
@@ -780,8 +922,13 @@ def main(argv=None) -> dict[str, Any]:
       profiles.append(prof)
       print(format_profile(prof), flush=True)
       print(flush=True)
-  out = {"machine": machine, "loadavg_start": load_start, "args": dict(vars(args)), "configs": configs,
-         "targets": check_targets(configs)}
+  out = {
+    "machine": machine,
+    "loadavg_start": load_start,
+    "args": dict(vars(args)),
+    "configs": configs,
+    "targets": check_targets(configs),
+  }
   if profiles:
     out["profiles"] = profiles
   for m in out["targets"]:

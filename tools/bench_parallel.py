@@ -66,9 +66,16 @@ def child(args) -> dict:
   m = cfg.model
   kind, ep = args.path.split("+")[0], args.path.endswith("+ep")
   experts = args.ep_experts if ep else m.num_experts
-  model = EUAR(modalities=("text", "audio", "vision"), width=m.width, num_experts=experts, k=min(m.k, experts),
-               expert=m.expert, fusion=m.fusion, dispatch="expert_parallel" if ep else m.dispatch,
-               dropout=m.dropout)
+  model = EUAR(
+    modalities=("text", "audio", "vision"),
+    width=m.width,
+    num_experts=experts,
+    k=min(m.k, experts),
+    expert=m.expert,
+    fusion=m.fusion,
+    dispatch="expert_parallel" if ep else m.dispatch,
+    dropout=m.dropout,
+  )
   tx = steps_lib.make_optimizer(cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.grad_clip)
   par = parallel.DataParallel.create(kind, args.n)
   ds = synthetic_mosi(seed=0, sizes=(args.batch * args.num_batches, 8, 8))
@@ -103,11 +110,22 @@ def child(args) -> dict:
     chunks.append((time.perf_counter() - t0) / args.chunk_steps)
   loss = float(np.asarray(metrics["loss"])[0])
   step_s = float(np.median(chunks))
-  return {"devices": par.num_shards, "path": args.path, "batch": args.batch, "rows_per_device":
-          batches[0]["weight"].shape[1], "step_ms": 1e3 * step_s, "p10_ms": 1e3 * float(np.percentile(chunks, 10)),
-          "p90_ms": 1e3 * float(np.percentile(chunks, 90)), "samples_per_s": args.batch / step_s,
-          "first_step_s": first, "loss": loss, "finite": bool(np.isfinite(loss)), "experts": experts,
-          "platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind}
+  return {
+    "devices": par.num_shards,
+    "path": args.path,
+    "batch": args.batch,
+    "rows_per_device": batches[0]["weight"].shape[1],
+    "step_ms": 1e3 * step_s,
+    "p10_ms": 1e3 * float(np.percentile(chunks, 10)),
+    "p90_ms": 1e3 * float(np.percentile(chunks, 90)),
+    "samples_per_s": args.batch / step_s,
+    "first_step_s": first,
+    "loss": loss,
+    "finite": bool(np.isfinite(loss)),
+    "experts": experts,
+    "platform": jax.devices()[0].platform,
+    "device_kind": jax.devices()[0].device_kind,
+  }
 
 
 # ---------------------------------------------------------------------------------------------------------- parent
@@ -132,9 +150,21 @@ def run_row(n: int, path: str, batch: int, args) -> dict:
   if args.platform == "cpu":
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n}"
     env["JAX_PLATFORMS"] = "cpu"
-  cmd = [sys.executable, "-m", "tools.bench_parallel", "--child", "--n", str(n), "--path", path, "--batch",
-         str(batch)] + [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
-                        ("warmup", "chunks", "chunk_steps", "num_batches", "ep_experts")]
+  cmd = [
+    sys.executable,
+    "-m",
+    "tools.bench_parallel",
+    "--child",
+    "--n",
+    str(n),
+    "--path",
+    path,
+    "--batch",
+    str(batch),
+  ] + [
+    f"--{k.replace('_', '-')}={getattr(args, k)}"
+    for k in ("warmup", "chunks", "chunk_steps", "num_batches", "ep_experts")
+  ]
   t0, busy0, own0 = time.perf_counter(), _busy_s(), _own_and_children_s()
   proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=args.timeout)
   wall, busy = time.perf_counter() - t0, _busy_s()
@@ -155,11 +185,18 @@ def machine() -> dict:
   except OSError:
     pass
   import jax
-  info = {"cpu_model": cpu, "cores": len(os.sched_getaffinity(0)), "jax": jax.__version__,
-          "python": sys.version.split()[0], "loadavg_start": os.getloadavg()[0]}
+
+  info = {
+    "cpu_model": cpu,
+    "cores": len(os.sched_getaffinity(0)),
+    "jax": jax.__version__,
+    "python": sys.version.split()[0],
+    "loadavg_start": os.getloadavg()[0],
+  }
   try:
-    out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                         text=True, timeout=20)
+    out = subprocess.run(
+      ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+    )
     info["gpus"] = [l.strip() for l in out.stdout.splitlines() if l.strip()]
   except (OSError, subprocess.SubprocessError):
     info["gpus"] = []
@@ -199,12 +236,16 @@ def main(argv=None):
   rows_cfg = [(n, p, int(b)) for b in args.batch.split(",") for n in counts for p in paths]
   results: dict[tuple, list] = {c: [] for c in rows_cfg}
   for r in range(args.rounds):
-    order = rows_cfg[r % len(rows_cfg):] + rows_cfg[:r % len(rows_cfg)]
+    order = rows_cfg[r % len(rows_cfg) :] + rows_cfg[: r % len(rows_cfg)]
     for cfg in order:
       row = run_row(*cfg, args)
       results[cfg].append(row)
-      print(f"  round {r}: {cfg} -> " + (f"{row['samples_per_s']:.0f} samples/s" if "error" not in row
-                                          else f"error {row['error']}"), file=sys.stderr, flush=True)
+      print(
+        f"  round {r}: {cfg} -> "
+        + (f"{row['samples_per_s']:.0f} samples/s" if "error" not in row else f"error {row['error']}"),
+        file=sys.stderr,
+        flush=True,
+      )
   table = []
   for cfg, rows in results.items():
     ok = [x for x in rows if "error" not in x]
@@ -212,17 +253,24 @@ def main(argv=None):
       table.append(rows[-1])
       continue
     import numpy as np
+
     best = dict(ok[int(np.argsort([x["samples_per_s"] for x in ok])[len(ok) // 2])])  # median round
     best["rounds"] = len(ok)
     table.append(best)
   info["loadavg_end"] = os.getloadavg()[0]
-  print(f"\nmachine: {info['cpu_model']}, {info['cores']} cores, jax {info['jax']}, platform {args.platform}"
-        f"{', GPUs: ' + ', '.join(info['gpus']) if info['gpus'] else ''}; load avg {info['loadavg_start']:.1f}"
-        f" -> {info['loadavg_end']:.1f}")
+  print(
+    f"\nmachine: {info['cpu_model']}, {info['cores']} cores, jax {info['jax']}, platform {args.platform}"
+    f"{', GPUs: ' + ', '.join(info['gpus']) if info['gpus'] else ''}; load avg {info['loadavg_start']:.1f}"
+    f" -> {info['loadavg_end']:.1f}"
+  )
   if args.platform == "cpu":
-    print("CPU rows: N forced host devices share the same cores (a correctness/overhead simulation, no extra "
-          "compute); read them as the cost of the parallel program, not as scaling.")
-  head = "| devices | path | batch (rows/device) | step ms (p10-p90) | samples/s | vs 1 device | first step s | foreign% |"
+    print(
+      "CPU rows: N forced host devices share the same cores (a correctness/overhead simulation, no extra "
+      "compute); read them as the cost of the parallel program, not as scaling."
+    )
+  head = (
+    "| devices | path | batch (rows/device) | step ms (p10-p90) | samples/s | vs 1 device | first step s | foreign% |"
+  )
   print(head)
   print("|" + "---|" * (head.count("|") - 1))
   base = {}
@@ -235,9 +283,11 @@ def main(argv=None):
       base[key] = row["samples_per_s"]
     rel = f"{row['samples_per_s'] / base[key]:.2f}x" if key in base else "-"
     fc = f"{100 * row['foreign_cpu']:.0f}" if row.get("foreign_cpu") is not None else "?"
-    print(f"| {row['devices']} | {row['path']} | {row['batch']} ({row['rows_per_device']}) | {row['step_ms']:.1f} "
-          f"({row['p10_ms']:.1f}-{row['p90_ms']:.1f}) | {row['samples_per_s']:.0f} | {rel} | "
-          f"{row['first_step_s']:.1f} | {fc} |")
+    print(
+      f"| {row['devices']} | {row['path']} | {row['batch']} ({row['rows_per_device']}) | {row['step_ms']:.1f} "
+      f"({row['p10_ms']:.1f}-{row['p90_ms']:.1f}) | {row['samples_per_s']:.0f} | {rel} | "
+      f"{row['first_step_s']:.1f} | {fc} |"
+    )
   if args.json:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"machine": info, "args": vars(args), "rows": table}, indent=1))

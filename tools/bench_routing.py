@@ -90,9 +90,9 @@ HEADLINE = dict(tokens=4096, dim=256, hidden=512, experts=8, top_k=2)
 # rows that run every expert on every token (jmoe/dense, torch/dense: E/K = 16x the routed work, ~1-2 s fwd and
 # ~3-6 s fwd+bwd each here) to keep the grid near 3 minutes; ask for them with --experts 32.
 DEFAULT_GRID = (
-    (dict(HEADLINE), ()),
-    (dict(HEADLINE, experts=32), ("jmoe/dense", "torch/dense")),
-    (dict(HEADLINE, top_k=1), ()),
+  (dict(HEADLINE), ()),
+  (dict(HEADLINE, experts=32), ("jmoe/dense", "torch/dense")),
+  (dict(HEADLINE, top_k=1), ()),
 )
 
 
@@ -109,8 +109,10 @@ class Config:
 
   def label(self) -> str:
     gs = "default" if self.group_size is None else self.group_size
-    return (f"tokens={self.tokens} dim={self.dim} hidden={self.hidden} experts={self.experts} top-k={self.top_k} "
-            f"capacity_factor={self.capacity_factor} dtype={self.dtype} group_size={gs}")
+    return (
+      f"tokens={self.tokens} dim={self.dim} hidden={self.hidden} experts={self.experts} top-k={self.top_k} "
+      f"capacity_factor={self.capacity_factor} dtype={self.dtype} group_size={gs}"
+    )
 
 
 def routed_flops(cfg: Config) -> float:
@@ -129,6 +131,7 @@ def num_threads() -> int:
 def _import_torch():
   try:
     import torch  # pylint: disable=import-outside-toplevel
+
     return torch
   except ImportError:
     return None
@@ -148,19 +151,19 @@ def machine_info(torch_mod=None) -> dict[str, Any]:
     pass
   devices = jax.devices()
   info = {
-      "cpu_model": cpu,
-      "cpu_simd_flags": sorted(set(flags)),
-      "cores": num_threads(),
-      "os_cpu_count": os.cpu_count(),
-      "platform": platform.platform(),
-      "python": sys.version.split()[0],
-      "jax": jax.__version__,
-      "jaxlib": getattr(jax.lib, "__version__", None) or _jaxlib_version(),
-      "backend": jax.default_backend(),
-      "devices": [f"{d.platform}:{d.device_kind}" for d in devices],
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "torch": None,
-      "torch_threads": None,
+    "cpu_model": cpu,
+    "cpu_simd_flags": sorted(set(flags)),
+    "cores": num_threads(),
+    "os_cpu_count": os.cpu_count(),
+    "platform": platform.platform(),
+    "python": sys.version.split()[0],
+    "jax": jax.__version__,
+    "jaxlib": getattr(jax.lib, "__version__", None) or _jaxlib_version(),
+    "backend": jax.default_backend(),
+    "devices": [f"{d.platform}:{d.device_kind}" for d in devices],
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "torch": None,
+    "torch_threads": None,
   }
   if torch_mod is not None:
     info["torch"] = torch_mod.__version__
@@ -170,6 +173,7 @@ def machine_info(torch_mod=None) -> dict[str, Any]:
 
 def _jaxlib_version() -> str:
   import jaxlib  # pylint: disable=import-outside-toplevel
+
   return jaxlib.__version__
 
 
@@ -181,8 +185,14 @@ def _block(out):
   return jax.block_until_ready(out)
 
 
-def time_fn(fn: Callable[[], Any], repeats: int, warmup: int, max_seconds: float, min_repeats: int,
-            block: Callable[[Any], Any] = _block) -> dict[str, Any]:
+def time_fn(
+  fn: Callable[[], Any],
+  repeats: int,
+  warmup: int,
+  max_seconds: float,
+  min_repeats: int,
+  block: Callable[[Any], Any] = _block,
+) -> dict[str, Any]:
   """Warm up, then time ``repeats`` calls of fn() (each blocked until ready). Returns stats in seconds."""
   t0 = time.perf_counter()
   block(fn())
@@ -200,9 +210,14 @@ def time_fn(fn: Callable[[], Any], repeats: int, warmup: int, max_seconds: float
     if spent > max_seconds and i + 1 >= min_repeats:
       break
   arr = np.asarray(times)
-  return {"median_s": float(np.median(arr)), "p10_s": float(np.percentile(arr, 10)),
-          "p90_s": float(np.percentile(arr, 90)), "min_s": float(arr.min()), "n": len(times),
-          "first_call_s": first}
+  return {
+    "median_s": float(np.median(arr)),
+    "p10_s": float(np.percentile(arr, 10)),
+    "p90_s": float(np.percentile(arr, 90)),
+    "min_s": float(arr.min()),
+    "n": len(times),
+    "first_call_s": first,
+  }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -214,15 +229,18 @@ def _jax_dtype(name: str):
 
 
 def make_layer(cfg: Config, strategy: str) -> MoELayer:
-  return MoELayer(router=TopKRouter(cfg.experts, k=cfg.top_k),
-                  expert=MLPExpert(hidden=cfg.hidden, out=cfg.dim, dtype=_jax_dtype(cfg.dtype)),
-                  num_experts=cfg.experts, strategy=strategy, capacity_factor=cfg.capacity_factor,
-                  group_size=cfg.group_size)
+  return MoELayer(
+    router=TopKRouter(cfg.experts, k=cfg.top_k),
+    expert=MLPExpert(hidden=cfg.hidden, out=cfg.dim, dtype=_jax_dtype(cfg.dtype)),
+    num_experts=cfg.experts,
+    strategy=strategy,
+    capacity_factor=cfg.capacity_factor,
+    group_size=cfg.group_size,
+  )
 
 
 def make_inputs(cfg: Config, seed: int = 0) -> jax.Array:
-  return jax.random.normal(jax.random.PRNGKey(seed), (cfg.tokens, cfg.dim), jnp.float32).astype(
-      _jax_dtype(cfg.dtype))
+  return jax.random.normal(jax.random.PRNGKey(seed), (cfg.tokens, cfg.dim), jnp.float32).astype(_jax_dtype(cfg.dtype))
 
 
 def _sq_loss(y):
@@ -262,8 +280,9 @@ def jmoe_fns(cfg: Config, strategy: str, seed: int = 0):
   extra = {"dropped_fraction": float(dropped), "compile_fwd_s": time.perf_counter() - t0}
   n, k, e = cfg.tokens, cfg.top_k, cfg.experts
   if strategy in ("einsum", "sorted"):
-    gs = dispatch_lib.group_size_for(n, (512 if cfg.group_size is None else cfg.group_size)
-                                     if strategy == "einsum" else cfg.group_size)
+    gs = dispatch_lib.group_size_for(
+      n, (512 if cfg.group_size is None else cfg.group_size) if strategy == "einsum" else cfg.group_size
+    )
     c = dispatch_lib.capacity_for(gs, k, e, cfg.capacity_factor)
     extra.update(group_size=gs, capacity=c, executed_rows=e * (n // gs) * c)
   elif strategy == "dense":
@@ -303,7 +322,8 @@ def torch_fns(cfg: Config, kind: str, torch, seed: int = 0):
       super().__init__()
       self.gate = nnt.Linear(d, e)
       self.experts = nnt.ModuleList(
-          [nnt.Sequential(nnt.Linear(d, h), nnt.GELU(approximate="tanh"), nnt.Linear(h, d)) for _ in range(e)])
+        [nnt.Sequential(nnt.Linear(d, h), nnt.GELU(approximate="tanh"), nnt.Linear(h, d)) for _ in range(e)]
+      )
 
     def forward(self, x):
       probs = torch.softmax(self.gate(x).float(), dim=-1)
@@ -359,8 +379,13 @@ def torch_fns(cfg: Config, kind: str, torch, seed: int = 0):
 
 def _stats(times: list[float]) -> dict[str, Any]:
   arr = np.asarray(times)
-  return {"median_s": float(np.median(arr)), "p10_s": float(np.percentile(arr, 10)),
-          "p90_s": float(np.percentile(arr, 90)), "min_s": float(arr.min()), "n": len(times)}
+  return {
+    "median_s": float(np.median(arr)),
+    "p10_s": float(np.percentile(arr, 10)),
+    "p90_s": float(np.percentile(arr, 90)),
+    "min_s": float(arr.min()),
+    "n": len(times),
+  }
 
 
 def time_interleaved(entries: list[dict[str, Any]], key: str, args) -> None:
@@ -385,16 +410,18 @@ def time_interleaved(entries: list[dict[str, Any]], key: str, args) -> None:
       t0 = time.perf_counter()
       block(fn())
       ent["times"][key].append(time.perf_counter() - t0)
-    active = [e for e in active
-              if not (sum(e["times"][key]) > args.max_seconds and len(e["times"][key]) >= args.min_repeats)]
+    active = [
+      e for e in active if not (sum(e["times"][key]) > args.max_seconds and len(e["times"][key]) >= args.min_repeats)
+    ]
     if not active:
       break
   for ent in entries:
     ent.setdefault("stats", {})[key] = _stats(ent["times"][key])
 
 
-def run_config(cfg: Config, strategies: Sequence[str], args, torch_mod, skip: Sequence[str] = ()
-               ) -> list[dict[str, Any]]:
+def run_config(
+  cfg: Config, strategies: Sequence[str], args, torch_mod, skip: Sequence[str] = ()
+) -> list[dict[str, Any]]:
   flops = routed_flops(cfg)
   builders: list[tuple[str, Callable[[], Any], Callable[[Any], Any]]] = []
   for s in strategies:
@@ -421,20 +448,30 @@ def run_config(cfg: Config, strategies: Sequence[str], args, torch_mod, skip: Se
   for ent in entries:
     tf, tb = ent["stats"]["fwd"], ent["stats"]["fwd_bwd"]
     row = {
-        "name": ent["name"],
-        "config": dataclasses.asdict(cfg),
-        "median_s": tf["median_s"], "p10_s": tf["p10_s"], "p90_s": tf["p90_s"], "min_s": tf["min_s"],
-        "n_repeats": tf["n"], "first_call_s": ent["first_call_s"]["fwd"],
-        "fwd_bwd_median_s": tb["median_s"], "fwd_bwd_p10_s": tb["p10_s"], "fwd_bwd_p90_s": tb["p90_s"],
-        "fwd_bwd_min_s": tb["min_s"], "fwd_bwd_n_repeats": tb["n"],
-        "fwd_bwd_first_call_s": ent["first_call_s"]["fwd_bwd"],
-        "flops_fwd": flops, "flops_fwd_bwd": 3 * flops,
-        "tokens_per_s": cfg.tokens / tf["median_s"],
-        "fwd_bwd_tokens_per_s": cfg.tokens / tb["median_s"],
-        "gflops": flops / tf["median_s"] / 1e9,
-        "fwd_bwd_gflops": 3 * flops / tb["median_s"] / 1e9,
-        "loadavg_before": load_before, "loadavg_after": load_after, "foreign_cpu_fraction": foreign_frac,
-        "config_timing_s": timing_s,
+      "name": ent["name"],
+      "config": dataclasses.asdict(cfg),
+      "median_s": tf["median_s"],
+      "p10_s": tf["p10_s"],
+      "p90_s": tf["p90_s"],
+      "min_s": tf["min_s"],
+      "n_repeats": tf["n"],
+      "first_call_s": ent["first_call_s"]["fwd"],
+      "fwd_bwd_median_s": tb["median_s"],
+      "fwd_bwd_p10_s": tb["p10_s"],
+      "fwd_bwd_p90_s": tb["p90_s"],
+      "fwd_bwd_min_s": tb["min_s"],
+      "fwd_bwd_n_repeats": tb["n"],
+      "fwd_bwd_first_call_s": ent["first_call_s"]["fwd_bwd"],
+      "flops_fwd": flops,
+      "flops_fwd_bwd": 3 * flops,
+      "tokens_per_s": cfg.tokens / tf["median_s"],
+      "fwd_bwd_tokens_per_s": cfg.tokens / tb["median_s"],
+      "gflops": flops / tf["median_s"] / 1e9,
+      "fwd_bwd_gflops": 3 * flops / tb["median_s"] / 1e9,
+      "loadavg_before": load_before,
+      "loadavg_after": load_after,
+      "foreign_cpu_fraction": foreign_frac,
+      "config_timing_s": timing_s,
     }
     row.update(ent["extra"])
     rows.append(row)
@@ -509,8 +546,9 @@ _combine_rows = dispatch_lib._combine_rows  # pylint: disable=protected-access
 RAGGED_BLOCK = 128
 
 
-def proto_ragged_blocked(experts, x, routing, capacity_factor=None, group_size=None, blocked=None,
-                         block: int = RAGGED_BLOCK):
+def proto_ragged_blocked(
+  experts, x, routing, capacity_factor=None, group_size=None, blocked=None, block: int = RAGGED_BLOCK
+):
   """Dropless like ``ragged``, without ``lax.ragged_dot`` (which XLA:CPU runs as E dense masked matmuls).
 
   Token-slots sorted by expert are laid out in blocks of ``block`` rows, each expert's run padded to a whole
@@ -522,7 +560,8 @@ def proto_ragged_blocked(experts, x, routing, capacity_factor=None, group_size=N
   n, d = x.shape
   k, e = routing.k, routing.num_experts
   expert, order, counts, starts, position = dispatch_lib._slot_positions(  # pylint: disable=protected-access
-      routing.index.reshape(1, n, k), e)
+    routing.index.reshape(1, n, k), e
+  )
   expert, order, counts, starts, position = expert[0], order[0], counts[0], starts[0], position[0]
   nb = (n * k) // block + e
   blocks_of = (counts + block - 1) // block  # [E]
@@ -565,6 +604,7 @@ PROTO_REFERENCE = {"proto/ragged-blocked": "jmoe/ragged"}
 
 class ProtoMoELayer(nn.Module):
   """MoELayer.__call__ with the dispatch function swapped for a prototype (same parameter tree)."""
+
   router: nn.Module
   expert: nn.Module
   num_experts: int
@@ -575,35 +615,43 @@ class ProtoMoELayer(nn.Module):
   @nn.compact
   def __call__(self, x, deterministic: bool = True):
     from jmoe.moe.experts import ExpertBank  # pylint: disable=import-outside-toplevel
+
     routing = self.router(x, deterministic=deterministic)
     bank = ExpertBank(self.expert, self.num_experts, name="experts")
     fns = dispatch_lib.ExpertFns(batched=lambda xs: bank(xs, deterministic))
     kw = {}
     if self.dispatch_fn is proto_ragged_blocked:  # MLPExpert only; params read from the bank's stacked tree
       kw["blocked"] = lambda xb, eob: _blocked_mlp(self.variables["params"]["experts"]["stack"], xb, eob)
-    y, dm = self.dispatch_fn(fns, x, routing, capacity_factor=self.capacity_factor, group_size=self.group_size,
-                             **kw)
+    y, dm = self.dispatch_fn(fns, x, routing, capacity_factor=self.capacity_factor, group_size=self.group_size, **kw)
     return y, dict(routing.metrics, dropped_fraction=dm["dropped_fraction"])
 
 
 def proto_fns(cfg: Config, name: str, seed: int = 0):
-  layer = ProtoMoELayer(router=TopKRouter(cfg.experts, k=cfg.top_k),
-                        expert=MLPExpert(hidden=cfg.hidden, out=cfg.dim, dtype=_jax_dtype(cfg.dtype)),
-                        num_experts=cfg.experts, dispatch_fn=PROTOS[name], capacity_factor=cfg.capacity_factor,
-                        group_size=cfg.group_size)
+  layer = ProtoMoELayer(
+    router=TopKRouter(cfg.experts, k=cfg.top_k),
+    expert=MLPExpert(hidden=cfg.hidden, out=cfg.dim, dtype=_jax_dtype(cfg.dtype)),
+    num_experts=cfg.experts,
+    dispatch_fn=PROTOS[name],
+    capacity_factor=cfg.capacity_factor,
+    group_size=cfg.group_size,
+  )
   x = make_inputs(cfg, seed)
   params = init_params(make_layer(cfg, "sorted"), x, seed)  # the same params as jmoe/sorted
   fwd = jax.jit(lambda p, x: layer.apply(p, x)[0])
   fwd_bwd = jax.jit(jax.value_and_grad(lambda p, x: _sq_loss(layer.apply(p, x)[0]), argnums=(0, 1)))
   _, metrics = jax.jit(layer.apply)(params, x)
-  return (lambda: fwd(params, x)), (lambda: fwd_bwd(params, x)), {
-      "dropped_fraction": float(metrics["dropped_fraction"]), "params": params, "x": x, "layer": layer}
+  return (
+    (lambda: fwd(params, x)),
+    (lambda: fwd_bwd(params, x)),
+    {"dropped_fraction": float(metrics["dropped_fraction"]), "params": params, "x": x, "layer": layer},
+  )
 
 
 def profile_pieces(cfg: Config, args) -> list[tuple[str, float, float]]:
   """Time each stage of jmoe/sorted separately: each piece its own jit with precomputed inputs, all pieces timed
   interleaved. Returns [(name, median_s, min_s)]."""
   from jmoe.moe.experts import ExpertBank  # pylint: disable=import-outside-toplevel
+
   n, d, e, k = cfg.tokens, cfg.dim, cfg.experts, cfg.top_k
   layer = make_layer(cfg, "sorted")
   x = make_inputs(cfg)
@@ -623,8 +671,10 @@ def profile_pieces(cfg: Config, args) -> list[tuple[str, float, float]]:
   routing = t("fwd  router (Dense, softmax, top_k, metrics)", route, p["router"], x)
   c = dispatch_lib.capacity_for(dispatch_lib.group_size_for(n, cfg.group_size), k, e, cfg.capacity_factor)
   token, valid, kslot, row, keep = t(
-      "fwd  slot bookkeeping (argsort, bincount, positions)",
-      lambda index: dispatch_lib.sorted_plan(index, e, c, cfg.group_size)[:5], routing.index)
+    "fwd  slot bookkeeping (argsort, bincount, positions)",
+    lambda index: dispatch_lib.sorted_plan(index, e, c, cfg.group_size)[:5],
+    routing.index,
+  )
   r = token.shape[0]  # E*G*C buffer rows
   wk = jnp.swapaxes(routing.weights, 0, 1) * keep  # [K, N]
 
@@ -651,24 +701,59 @@ def profile_pieces(cfg: Config, args) -> list[tuple[str, float, float]]:
   t("fwd  FULL MoELayer.apply (sorted)", lambda pp, x: layer.apply(pp, x)[0], params, x)
   ones = lambda a: jnp.ones(a.shape, a.dtype)
   dy = jnp.ones((n, d), ys.dtype)
-  t("bwd  router vjp (w.r.t. params, x)",
-    lambda pr, x, ct: jax.vjp(lambda pr, x: route(pr, x).weights, pr, x)[1](ct), p["router"], x,
-    jnp.ones((n, k), jnp.float32))
-  t("bwd  dispatch vjp, plain autodiff: scatter-add into x (before)",
-    lambda x, ct: jax.vjp(gather, x)[1](ct), x, ones(xs))
-  t("bwd  dispatch vjp: inverse gathers (dispatch.py custom VJP)",
-    lambda x, ct: jax.vjp(lambda x: _dispatch_rows(x, token, valid, row, keep), x)[1](ct), x,
-    ones(xs).reshape(-1, d))
-  t("bwd  expert bank vjp (w.r.t. params, buffers)",
-    lambda pb, xs, ct: jax.vjp(lambda pb, xs: bank.apply(pb, xs), pb, xs)[1](ct), pb, xs, ones(ys))
-  t("bwd  combine vjp, plain autodiff: pad + scatter-add (before)",
-    lambda ys, wk, ct: jax.vjp(combine_ksum, ys, wk)[1](ct), ys, wk, dy)
-  t("bwd    ... jnp.sum over K: scatter-add (before 9ea9081)",
-    lambda ys, wk, ct: jax.vjp(combine_reduce, ys, wk)[1](ct), ys, wk, dy)
-  t("bwd  combine vjp: gathers (dispatch.py custom VJP)",
-    lambda ys, wk, ct: jax.vjp(combine_gathers, ys, wk)[1](ct), ys, wk, dy)
-  t("f+b  FULL MoELayer value_and_grad (sorted)",
-    jax.value_and_grad(lambda pp, x: _sq_loss(layer.apply(pp, x)[0]), argnums=(0, 1)), params, x)
+  t(
+    "bwd  router vjp (w.r.t. params, x)",
+    lambda pr, x, ct: jax.vjp(lambda pr, x: route(pr, x).weights, pr, x)[1](ct),
+    p["router"],
+    x,
+    jnp.ones((n, k), jnp.float32),
+  )
+  t(
+    "bwd  dispatch vjp, plain autodiff: scatter-add into x (before)",
+    lambda x, ct: jax.vjp(gather, x)[1](ct),
+    x,
+    ones(xs),
+  )
+  t(
+    "bwd  dispatch vjp: inverse gathers (dispatch.py custom VJP)",
+    lambda x, ct: jax.vjp(lambda x: _dispatch_rows(x, token, valid, row, keep), x)[1](ct),
+    x,
+    ones(xs).reshape(-1, d),
+  )
+  t(
+    "bwd  expert bank vjp (w.r.t. params, buffers)",
+    lambda pb, xs, ct: jax.vjp(lambda pb, xs: bank.apply(pb, xs), pb, xs)[1](ct),
+    pb,
+    xs,
+    ones(ys),
+  )
+  t(
+    "bwd  combine vjp, plain autodiff: pad + scatter-add (before)",
+    lambda ys, wk, ct: jax.vjp(combine_ksum, ys, wk)[1](ct),
+    ys,
+    wk,
+    dy,
+  )
+  t(
+    "bwd    ... jnp.sum over K: scatter-add (before 9ea9081)",
+    lambda ys, wk, ct: jax.vjp(combine_reduce, ys, wk)[1](ct),
+    ys,
+    wk,
+    dy,
+  )
+  t(
+    "bwd  combine vjp: gathers (dispatch.py custom VJP)",
+    lambda ys, wk, ct: jax.vjp(combine_gathers, ys, wk)[1](ct),
+    ys,
+    wk,
+    dy,
+  )
+  t(
+    "f+b  FULL MoELayer value_and_grad (sorted)",
+    jax.value_and_grad(lambda pp, x: _sq_loss(layer.apply(pp, x)[0]), argnums=(0, 1)),
+    params,
+    x,
+  )
   time_interleaved(entries, "run", args)
   return [(ent["name"], ent["stats"]["run"]["median_s"], ent["stats"]["run"]["min_s"]) for ent in entries]
 
@@ -680,13 +765,17 @@ def profile_config(cfg: Config, args) -> list[dict[str, Any]]:
   print(f"  {'piece'.ljust(w)} {'median':>9s}    {'best':>9s}")
   for nm, med, best in pieces:
     print(f"  {nm.ljust(w)} {med * 1e3:9.2f} ms {best * 1e3:9.2f} ms")
-  print("  (each piece is its own jit with precomputed inputs, timed interleaved; fusion across pieces is lost, so "
-        "the pieces of a pass add up to roughly, not exactly, its FULL line)")
+  print(
+    "  (each piece is its own jit with precomputed inputs, timed interleaved; fusion across pieces is lost, so "
+    "the pieces of a pass add up to roughly, not exactly, its FULL line)"
+  )
   # Variants, interleaved with the library rows they replace and the floor.
   entries = []
-  for name, build in [("jmoe/sorted", lambda: jmoe_fns(cfg, "sorted")), ("floor/matmul", lambda: floor_fns(cfg)),
-                      ("jmoe/ragged", lambda: jmoe_fns(cfg, "ragged"))] + [
-                          (nm, lambda nm=nm: proto_fns(cfg, nm)) for nm in PROTOS]:
+  for name, build in [
+    ("jmoe/sorted", lambda: jmoe_fns(cfg, "sorted")),
+    ("floor/matmul", lambda: floor_fns(cfg)),
+    ("jmoe/ragged", lambda: jmoe_fns(cfg, "ragged")),
+  ] + [(nm, lambda nm=nm: proto_fns(cfg, nm)) for nm in PROTOS]:
     fwd, fwd_bwd, extra = build()
     entries.append({"name": name, "fwd": fwd, "fwd_bwd": fwd_bwd, "block": _block, "extra": extra})
   # Check each prototype against the library row it replaces (same params and routing) before timing it.
@@ -696,64 +785,116 @@ def profile_config(cfg: Config, args) -> list[dict[str, Any]]:
       continue
     ref = by_name[PROTO_REFERENCE[ent["name"]]]
     err = float(jnp.max(jnp.abs(ent["fwd"]() - ref["fwd"]()[0])))
-    gerr = max(float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30))
-               for a, b in zip(jax.tree.leaves(ent["fwd_bwd"]()), jax.tree.leaves(ref["fwd_bwd"]())))
+    gerr = max(
+      float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30))
+      for a, b in zip(jax.tree.leaves(ent["fwd_bwd"]()), jax.tree.leaves(ref["fwd_bwd"]()))
+    )
     ent["extra"]["max_abs_err"] = (err, gerr)
-    print(f"  {ent['name']} vs {ref['name']}: max |y - y_ref| = {err:.2e}, "
-          f"max |grad - grad_ref| / max |grad_ref| = {gerr:.2e} (worst leaf; loss value included)")
+    print(
+      f"  {ent['name']} vs {ref['name']}: max |y - y_ref| = {err:.2e}, "
+      f"max |grad - grad_ref| / max |grad_ref| = {gerr:.2e} (worst leaf; loss value included)"
+    )
   time_interleaved(entries, "fwd", args)
   time_interleaved(entries, "fwd_bwd", args)
   floor = entries[1]["stats"]
   rows = []
-  print(f"  {'variant':22s} {'fwd ms':>8s} {'x floor':>8s} {'(min)':>6s} {'f+b ms':>8s} {'x floor':>8s} {'(min)':>6s}"
-        f"   (x floor = ratio of medians; (min) = ratio of fastest runs, less sensitive to other load)")
+  print(
+    f"  {'variant':22s} {'fwd ms':>8s} {'x floor':>8s} {'(min)':>6s} {'f+b ms':>8s} {'x floor':>8s} {'(min)':>6s}"
+    f"   (x floor = ratio of medians; (min) = ratio of fastest runs, less sensitive to other load)"
+  )
   for ent in entries:
     st = ent["stats"]
     f, b = st["fwd"], st["fwd_bwd"]
-    print(f"  {ent['name']:22s} {f['median_s'] * 1e3:8.1f} {f['median_s'] / floor['fwd']['median_s']:8.2f} "
-          f"{f['min_s'] / floor['fwd']['min_s']:6.2f} {b['median_s'] * 1e3:8.1f} "
-          f"{b['median_s'] / floor['fwd_bwd']['median_s']:8.2f} {b['min_s'] / floor['fwd_bwd']['min_s']:6.2f}")
-    rows.append({"name": ent["name"], "config": dataclasses.asdict(cfg), "median_s": f["median_s"],
-                 "min_s": f["min_s"], "p10_s": f["p10_s"], "p90_s": f["p90_s"],
-                 "fwd_bwd_median_s": b["median_s"], "fwd_bwd_min_s": b["min_s"],
-                 "ratio_vs_floor": f["median_s"] / floor["fwd"]["median_s"],
-                 "fwd_bwd_ratio_vs_floor": b["median_s"] / floor["fwd_bwd"]["median_s"],
-                 "reference": PROTO_REFERENCE.get(ent["name"]), "max_abs_err": ent["extra"].get("max_abs_err"),
-                 "dropped_fraction": ent["extra"].get("dropped_fraction")})
+    print(
+      f"  {ent['name']:22s} {f['median_s'] * 1e3:8.1f} {f['median_s'] / floor['fwd']['median_s']:8.2f} "
+      f"{f['min_s'] / floor['fwd']['min_s']:6.2f} {b['median_s'] * 1e3:8.1f} "
+      f"{b['median_s'] / floor['fwd_bwd']['median_s']:8.2f} {b['min_s'] / floor['fwd_bwd']['min_s']:6.2f}"
+    )
+    rows.append(
+      {
+        "name": ent["name"],
+        "config": dataclasses.asdict(cfg),
+        "median_s": f["median_s"],
+        "min_s": f["min_s"],
+        "p10_s": f["p10_s"],
+        "p90_s": f["p90_s"],
+        "fwd_bwd_median_s": b["median_s"],
+        "fwd_bwd_min_s": b["min_s"],
+        "ratio_vs_floor": f["median_s"] / floor["fwd"]["median_s"],
+        "fwd_bwd_ratio_vs_floor": b["median_s"] / floor["fwd_bwd"]["median_s"],
+        "reference": PROTO_REFERENCE.get(ent["name"]),
+        "max_abs_err": ent["extra"].get("max_abs_err"),
+        "dropped_fraction": ent["extra"].get("dropped_fraction"),
+      }
+    )
   print(flush=True)
   return {"pieces": [{"name": nm, "median_s": med, "min_s": best} for nm, med, best in pieces], "variants": rows}
 
 
 def format_table(cfg: Config, rows: list[dict[str, Any]]) -> str:
-  head = ["name", "fwd ms", "p10-p90 ms", "best", "fwd+bwd ms", "p10-p90 ms", "tokens/s fwd", "GFLOP/s fwd",
-          "GFLOP/s f+b", "x floor fwd", "x floor f+b", "x torch fwd", "x torch f+b", "drop%"]
+  head = [
+    "name",
+    "fwd ms",
+    "p10-p90 ms",
+    "best",
+    "fwd+bwd ms",
+    "p10-p90 ms",
+    "tokens/s fwd",
+    "GFLOP/s fwd",
+    "GFLOP/s f+b",
+    "x floor fwd",
+    "x floor f+b",
+    "x torch fwd",
+    "x torch f+b",
+    "drop%",
+  ]
   lines = []
   for r in rows:
     rt = r.get("ratio_vs_best_torch")
     rtb = r.get("fwd_bwd_ratio_vs_best_torch")
     drop = r.get("dropped_fraction")
-    lines.append([
-        r["name"], f"{r['median_s'] * 1e3:.1f}", f"{r['p10_s'] * 1e3:.1f}-{r['p90_s'] * 1e3:.1f}",
+    lines.append(
+      [
+        r["name"],
+        f"{r['median_s'] * 1e3:.1f}",
+        f"{r['p10_s'] * 1e3:.1f}-{r['p90_s'] * 1e3:.1f}",
         f"{r['min_s'] * 1e3:.1f}",
-        f"{r['fwd_bwd_median_s'] * 1e3:.1f}", f"{r['fwd_bwd_p10_s'] * 1e3:.1f}-{r['fwd_bwd_p90_s'] * 1e3:.1f}",
-        f"{r['tokens_per_s']:,.0f}", f"{r['gflops']:.1f}", f"{r['fwd_bwd_gflops']:.1f}",
-        f"{r['ratio_vs_floor']:.2f}", f"{r['fwd_bwd_ratio_vs_floor']:.2f}",
-        "-" if rt is None else f"{rt:.2f}", "-" if rtb is None else f"{rtb:.2f}",
-        "-" if drop is None else f"{100 * drop:.1f}"])
+        f"{r['fwd_bwd_median_s'] * 1e3:.1f}",
+        f"{r['fwd_bwd_p10_s'] * 1e3:.1f}-{r['fwd_bwd_p90_s'] * 1e3:.1f}",
+        f"{r['tokens_per_s']:,.0f}",
+        f"{r['gflops']:.1f}",
+        f"{r['fwd_bwd_gflops']:.1f}",
+        f"{r['ratio_vs_floor']:.2f}",
+        f"{r['fwd_bwd_ratio_vs_floor']:.2f}",
+        "-" if rt is None else f"{rt:.2f}",
+        "-" if rtb is None else f"{rtb:.2f}",
+        "-" if drop is None else f"{100 * drop:.1f}",
+      ]
+    )
   widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
   fmt = lambda cells: " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
   n_f = [r["n_repeats"] for r in rows]
   n_b = [r["fwd_bwd_n_repeats"] for r in rows]
   foreign = rows[0].get("foreign_cpu_fraction") if rows else None
-  out = [f"## {cfg.label()}",
-         f"   routed FLOPs: fwd {routed_flops(cfg) / 1e9:.3f} GFLOP (2*N*K*(D*H+H*D); router, gelu, bias, padding "
-         f"not counted), fwd+bwd 3x. Medians of {min(n_f)}-{max(n_f)} fwd / {min(n_b)}-{max(n_b)} fwd+bwd runs, "
-         f"rows interleaved; best = fastest fwd run; ratios are of medians; x torch = vs the fastest torch row.",
-         ("" if foreign is None else
-          f"   other processes used {100 * foreign:.0f}% of the CPU while this table was timed"
-          + ("  -- WARNING: shared machine; absolute times are inflated and noisy (rows are interleaved, so "
-             "the ratios suffer less; torch's OpenMP barriers suffer most)" if foreign > 0.1 else "")),
-         fmt(head), "-+-".join("-" * w for w in widths)]
+  out = [
+    f"## {cfg.label()}",
+    f"   routed FLOPs: fwd {routed_flops(cfg) / 1e9:.3f} GFLOP (2*N*K*(D*H+H*D); router, gelu, bias, padding "
+    f"not counted), fwd+bwd 3x. Medians of {min(n_f)}-{max(n_f)} fwd / {min(n_b)}-{max(n_b)} fwd+bwd runs, "
+    f"rows interleaved; best = fastest fwd run; ratios are of medians; x torch = vs the fastest torch row.",
+    (
+      ""
+      if foreign is None
+      else f"   other processes used {100 * foreign:.0f}% of the CPU while this table was timed"
+      + (
+        "  -- WARNING: shared machine; absolute times are inflated and noisy (rows are interleaved, so "
+        "the ratios suffer less; torch's OpenMP barriers suffer most)"
+        if foreign > 0.1
+        else ""
+      )
+    ),
+    fmt(head),
+    "-+-".join("-" * w for w in widths),
+  ]
   out += [fmt(l) for l in lines]
   return "\n".join(out)
 
@@ -765,38 +906,49 @@ def check_targets(results: list[dict[str, Any]]) -> list[str]:
   for r in results:
     c = r["config"]
     by_cfg.setdefault(tuple(sorted(c.items())), {})[r["name"]] = r
+
   def find(**kw):
     for key, rows in by_cfg.items():
       c = dict(key)
       if all(c[k] == v for k, v in kw.items()):
         return rows
     return None
+
   head = find(**HEADLINE, dtype="float32")
-  passes = (("fwd", "median_s", "ratio_vs_floor", "ratio_vs_best_torch", "best_torch"),
-            ("fwd+bwd", "fwd_bwd_median_s", "fwd_bwd_ratio_vs_floor", "fwd_bwd_ratio_vs_best_torch",
-             "fwd_bwd_best_torch"))
+  passes = (
+    ("fwd", "median_s", "ratio_vs_floor", "ratio_vs_best_torch", "best_torch"),
+    ("fwd+bwd", "fwd_bwd_median_s", "fwd_bwd_ratio_vs_floor", "fwd_bwd_ratio_vs_best_torch", "fwd_bwd_best_torch"),
+  )
   jrows = {n: r for n, r in (head or {}).items() if n.startswith("jmoe/")}
   for label, t_key, floor_key, torch_key, torch_name in passes if jrows else ():
     best = min(jrows.values(), key=lambda r: r[t_key])
     ok = best[floor_key] <= 1.15
-    msgs.append(f"target fastest jmoe <= 1.15x floor/matmul ({label}): {best['name']} {best[floor_key]:.2f}x "
-                f"-> {'MET' if ok else 'MISSED'}")
+    msgs.append(
+      f"target fastest jmoe <= 1.15x floor/matmul ({label}): {best['name']} {best[floor_key]:.2f}x "
+      f"-> {'MET' if ok else 'MISSED'}"
+    )
     if best.get(torch_key) is not None:
       ok = best[torch_key] <= 0.9
       foreign = best.get("foreign_cpu_fraction")
-      caveat = (f" (UNRELIABLE: other processes used {100 * foreign:.0f}% of the CPU and torch's OpenMP threads "
-                f"stall under contention; rerun on a quiet machine)" if foreign is not None and foreign > 0.1
-                else "")
-      msgs.append(f"target fastest jmoe <= 0.9x best torch ({label}): {best['name']} {best[torch_key]:.2f}x "
-                  f"of {best[torch_name]} -> {'MET' if ok else 'MISSED'}{caveat}")
+      caveat = (
+        f" (UNRELIABLE: other processes used {100 * foreign:.0f}% of the CPU and torch's OpenMP threads "
+        f"stall under contention; rerun on a quiet machine)"
+        if foreign is not None and foreign > 0.1
+        else ""
+      )
+      msgs.append(
+        f"target fastest jmoe <= 0.9x best torch ({label}): {best['name']} {best[torch_key]:.2f}x "
+        f"of {best[torch_name]} -> {'MET' if ok else 'MISSED'}{caveat}"
+      )
   e32 = find(**dict(HEADLINE, experts=32), dtype="float32")
   if head and e32:
     for s in ("jmoe/sorted", "jmoe/ragged"):
       if s in head and s in e32:
         for label, t_key, *_ in passes:
           ratio = e32[s][t_key] / head[s][t_key]
-          msgs.append(f"target {s} E=32 within 1.5x of E=8 ({label}): {ratio:.2f}x -> "
-                      f"{'MET' if ratio <= 1.5 else 'MISSED'}")
+          msgs.append(
+            f"target {s} E=32 within 1.5x of E=8 ({label}): {ratio:.2f}x -> {'MET' if ratio <= 1.5 else 'MISSED'}"
+          )
   return msgs
 
 
@@ -807,23 +959,37 @@ def parse_args(argv=None):
   p.add_argument("--hidden", type=int)
   p.add_argument("--experts", type=int)
   p.add_argument("--top-k", type=int)
-  p.add_argument("--capacity-factor", type=float, default=1.0,
-                 help="einsum/sorted capacity factor (default 1.0: buffers = exactly the routed rows); 0 = no drop")
+  p.add_argument(
+    "--capacity-factor",
+    type=float,
+    default=1.0,
+    help="einsum/sorted capacity factor (default 1.0: buffers = exactly the routed rows); 0 = no drop",
+  )
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   p.add_argument("--strategies", default=",".join(dispatch_lib.STRATEGIES))
   p.add_argument("--repeats", type=int, default=20)
   p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (the first compiles)")
-  p.add_argument("--max-seconds", type=float, default=3.0,
-                 help="stop timing a row (fwd or fwd+bwd) once this much was spent, after --min-repeats runs")
+  p.add_argument(
+    "--max-seconds",
+    type=float,
+    default=3.0,
+    help="stop timing a row (fwd or fwd+bwd) once this much was spent, after --min-repeats runs",
+  )
   p.add_argument("--min-repeats", type=int, default=3)
   p.add_argument("--json", help="write the results here (e.g. runs/bench/routing.json)")
   p.add_argument("--no-torch", action="store_true")
-  p.add_argument("--torch-threads", type=int,
-                 help="torch.set_num_threads (default: the cores JAX uses). With other processes on the CPU, 2 OpenMP "
-                      "threads on 2 cores stall at every op's barrier and torch/loop gets 10-20x slower; 1 avoids that")
+  p.add_argument(
+    "--torch-threads",
+    type=int,
+    help="torch.set_num_threads (default: the cores JAX uses). With other processes on the CPU, 2 OpenMP "
+    "threads on 2 cores stall at every op's barrier and torch/loop gets 10-20x slower; 1 avoids that",
+  )
   p.add_argument("--group-size", type=int)
-  p.add_argument("--profile", action="store_true",
-                 help="time the pieces of the sorted dispatch and prototype variants instead (see profile_sorted)")
+  p.add_argument(
+    "--profile",
+    action="store_true",
+    help="time the pieces of the sorted dispatch and prototype variants instead (see profile_sorted)",
+  )
   p.add_argument("--verbose", action="store_true")
   return p.parse_args(argv)
 
@@ -833,8 +999,9 @@ def configs_from_args(args) -> list[tuple[Config, tuple[str, ...]]]:
   given = {k: getattr(args, k) for k in HEADLINE if getattr(args, k) is not None}
   grid = DEFAULT_GRID if not given else ((dict(HEADLINE, **given), ()),)
   cf = None if args.capacity_factor is not None and args.capacity_factor <= 0 else args.capacity_factor
-  return [(Config(**g, capacity_factor=cf, dtype=args.dtype, group_size=args.group_size), tuple(skip))
-          for g, skip in grid]
+  return [
+    (Config(**g, capacity_factor=cf, dtype=args.dtype, group_size=args.group_size), tuple(skip)) for g, skip in grid
+  ]
 
 
 def main(argv=None) -> dict[str, Any]:
@@ -847,13 +1014,17 @@ def main(argv=None) -> dict[str, Any]:
   if torch_mod is not None:
     torch_mod.set_num_threads(args.torch_threads or num_threads())
   machine = machine_info(torch_mod)
-  print(f"machine: {machine['cpu_model']} ({', '.join(machine['cpu_simd_flags'])}), {machine['cores']} cores; "
-        f"jax {machine['jax']} / jaxlib {machine['jaxlib']}, backend {machine['backend']} {machine['devices']}; "
-        + (f"torch {machine['torch']} with set_num_threads({machine['torch_threads']})"
-           + (f" to match JAX's {machine['cores']}-core thread pool" if not args.torch_threads else "")
-           if torch_mod is not None else
-           ("torch rows skipped (--no-torch)" if args.no_torch else "torch not importable: torch rows skipped")),
-        flush=True)
+  print(
+    f"machine: {machine['cpu_model']} ({', '.join(machine['cpu_simd_flags'])}), {machine['cores']} cores; "
+    f"jax {machine['jax']} / jaxlib {machine['jaxlib']}, backend {machine['backend']} {machine['devices']}; "
+    + (
+      f"torch {machine['torch']} with set_num_threads({machine['torch_threads']})"
+      + (f" to match JAX's {machine['cores']}-core thread pool" if not args.torch_threads else "")
+      if torch_mod is not None
+      else ("torch rows skipped (--no-torch)" if args.no_torch else "torch not importable: torch rows skipped")
+    ),
+    flush=True,
+  )
   results, profiles = [], []
   for cfg, skip in configs_from_args(args):
     if args.profile:

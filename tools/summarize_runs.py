@@ -1,6 +1,6 @@
 """Compare finished runs: one row per run dir (test split, mean ± std over its seeds, best epoch on validation).
 
-  python -m tools.summarize_runs runs/syn_euar runs/syn_mlp runs/syn_late [--metrics Non0_acc_2,Non0_F1,MAE]
+python -m tools.summarize_runs runs/syn_euar runs/syn_mlp runs/syn_late [--metrics Non0_acc_2,Non0_F1,MAE]
 """
 
 from __future__ import annotations
@@ -34,8 +34,14 @@ def main(argv=None) -> int:
     if unknown:
       print(f"error: {path}: no metric(s) {unknown}; has {sorted(summary)}", file=sys.stderr)
       return 2
-    rows.append({"run": run.name, "data": res["dataset"] + (" (synthetic)" if res["synthetic"] else ""),
-                 "seeds": len(res["seeds"]), **{m: tuple(summary[m]) for m in metrics}})
+    rows.append(
+      {
+        "run": run.name,
+        "data": res["dataset"] + (" (synthetic)" if res["synthetic"] else ""),
+        "seeds": len(res["seeds"]),
+        **{m: tuple(summary[m]) for m in metrics},
+      }
+    )
   print(format_table(rows, ["run", "data", "seeds", *metrics], title=f"{args.split} split, mean ± std over seeds"))
   return 0
 

@@ -129,8 +129,16 @@ def _classes():
   class EUAR(nn.Module):
     """batch dict (``m``, optional ``m_mask``) -> (pred [B], {'kl': [B], 'uloss': [B], 'aux': scalar})."""
 
-    def __init__(self, dims: Mapping[str, int], modalities: Sequence[str] = ("text", "audio", "vision"),
-                 width: int = 72, num_experts: int = 4, k: int = 3, dropout: float = 0.1, dispatch: str = "loop"):
+    def __init__(
+      self,
+      dims: Mapping[str, int],
+      modalities: Sequence[str] = ("text", "audio", "vision"),
+      width: int = 72,
+      num_experts: int = 4,
+      k: int = 3,
+      dropout: float = 0.1,
+      dispatch: str = "loop",
+    ):
       super().__init__()
       self.modalities = tuple(modalities)
       self.num_experts = num_experts
@@ -148,18 +156,30 @@ def _classes():
         feats.append(z)
         kl = kl + klm
         u = u + s2 / self.num_experts
-        aux = aux + auxm / self.num_experts ** 2
+        aux = aux + auxm / self.num_experts**2
       h = self.dropout(torch.cat(feats, dim=-1))
       h = F.gelu(self.fuse(h), approximate="tanh")
       pred = self.head(h)[:, 0]
       return pred, {"kl": kl, "uloss": u, "aux": aux}
 
-  return {"GaussianExpert": GaussianExpert, "ModalityEncoder": ModalityEncoder, "GaussianMoE": GaussianMoE,
-          "EUAR": EUAR}
+  return {
+    "GaussianExpert": GaussianExpert,
+    "ModalityEncoder": ModalityEncoder,
+    "GaussianMoE": GaussianMoE,
+    "EUAR": EUAR,
+  }
 
 
-def make_model(dims: Mapping[str, int], modalities: Sequence[str] = ("text", "audio", "vision"), width: int = 72,
-               num_experts: int = 4, k: int = 3, dropout: float = 0.1, dispatch: str = "loop", seed: int = 0):
+def make_model(
+  dims: Mapping[str, int],
+  modalities: Sequence[str] = ("text", "audio", "vision"),
+  width: int = 72,
+  num_experts: int = 4,
+  k: int = 3,
+  dropout: float = 0.1,
+  dispatch: str = "loop",
+  seed: int = 0,
+):
   """The torch EUAR (train mode). ``dims[m]`` is the feature size of modality m."""
   torch = import_torch()
   torch.manual_seed(seed)
@@ -171,12 +191,18 @@ def loss_terms(model, batch, loss_cfg: Mapping[str, Any]):
   pred, aux = model(batch)
   w = batch["weight"]
   total = w.sum()
-  terms = {"task": (w * (pred - batch["label"]).square()).sum() / total,
-           "kl": (w * aux["kl"]).sum() / total,
-           "uloss": (w * aux["uloss"]).sum() / total,
-           "aux": aux["aux"]}
-  loss = (terms["task"] + loss_cfg["alpha"] * terms["kl"] * float(loss_cfg["use_kl"])
-          + loss_cfg["beta"] * terms["aux"] + loss_cfg["lam"] * terms["uloss"] * float(loss_cfg["use_uloss"]))
+  terms = {
+    "task": (w * (pred - batch["label"]).square()).sum() / total,
+    "kl": (w * aux["kl"]).sum() / total,
+    "uloss": (w * aux["uloss"]).sum() / total,
+    "aux": aux["aux"],
+  }
+  loss = (
+    terms["task"]
+    + loss_cfg["alpha"] * terms["kl"] * float(loss_cfg["use_kl"])
+    + loss_cfg["beta"] * terms["aux"]
+    + loss_cfg["lam"] * terms["uloss"] * float(loss_cfg["use_uloss"])
+  )
   return loss, terms
 
 
@@ -241,8 +267,10 @@ def load_jax_params(model, params: Mapping[str, Any]) -> None:
     stack = moe["experts"]["stack"]
     for j, expert in enumerate(model.moe[m].experts):
       for name in ("mu", "logvar"):
-        dense(getattr(expert, name), {"kernel": np.asarray(stack[name]["kernel"])[j],
-                                      "bias": np.asarray(stack[name]["bias"])[j]})
+        dense(
+          getattr(expert, name),
+          {"kernel": np.asarray(stack[name]["kernel"])[j], "bias": np.asarray(stack[name]["bias"])[j]},
+        )
   dense(model.fuse, p["fuse"])
   dense(model.head, p["head"])
 
@@ -250,16 +278,26 @@ def load_jax_params(model, params: Mapping[str, Any]) -> None:
 def to_jax_tree(model, like: Mapping[str, Any], grads: bool = False) -> dict[str, Any]:
   """The inverse of :func:`load_jax_params`: the torch parameters (or their ``.grad`` with ``grads=True``) as numpy
   arrays in the structure of the jmoe parameter tree ``like`` (used to compare gradients and optimizer steps)."""
-  val = lambda t: (np.zeros(tuple(t.shape), np.float32) if grads and t.grad is None
-                   else (t.grad if grads else t).detach().cpu().numpy().astype(np.float32))
+  val = lambda t: (
+    np.zeros(tuple(t.shape), np.float32)
+    if grads and t.grad is None
+    else (t.grad if grads else t).detach().cpu().numpy().astype(np.float32)
+  )
   dense = lambda lin: {"kernel": val(lin.weight).T.copy(), "bias": val(lin.bias)}
   out: dict[str, Any] = {}
   for i, m in enumerate(model.modalities):
-    out[f"enc_{m}"] = {"proj": dense(model.enc[m].proj),
-                       "norm": {"scale": val(model.enc[m].norm.weight), "bias": val(model.enc[m].norm.bias)}}
+    out[f"enc_{m}"] = {
+      "proj": dense(model.enc[m].proj),
+      "norm": {"scale": val(model.enc[m].norm.weight), "bias": val(model.enc[m].norm.bias)},
+    }
     experts = model.moe[m].experts
-    stack = {name: {"kernel": np.stack([val(getattr(e, name).weight).T for e in experts]),
-                    "bias": np.stack([val(getattr(e, name).bias) for e in experts])} for name in ("mu", "logvar")}
+    stack = {
+      name: {
+        "kernel": np.stack([val(getattr(e, name).weight).T for e in experts]),
+        "bias": np.stack([val(getattr(e, name).bias) for e in experts]),
+      }
+      for name in ("mu", "logvar")
+    }
     out[f"moe_{m}"] = {"experts": {"stack": stack}}
     gate = {"gate": dense(model.moe[m].gate)}
     if f"router_{m}" in like:

@@ -50,281 +50,336 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from jmoe.data.format import (LABEL_RANGE, MODALITIES, SPLITS, Dataset, Split, canonical_modalities,
-                              load_feature_npz, validate)
+from jmoe.data.format import (
+  LABEL_RANGE,
+  MODALITIES,
+  SPLITS,
+  Dataset,
+  Split,
+  canonical_modalities,
+  load_feature_npz,
+  validate,
+)
 
 
 class RefusedPickleError(pickle.UnpicklingError, ValueError):
-    """A pickle referenced a global outside the allow-list (also a ValueError)."""
+  """A pickle referenced a global outside the allow-list (also a ValueError)."""
 
 
-def _latin1_encode(obj, encoding='utf-8', errors='strict'):
-    # Python-2-compatible pickles (protocol <= 2) spell bytes as _codecs.encode(str, 'latin1').
-    if encoding not in ('latin1', 'latin-1'):
-        raise pickle.UnpicklingError(f'_codecs.encode with encoding {encoding!r} is not allowed')
-    return codecs.encode(obj, encoding, errors)
+def _latin1_encode(obj, encoding="utf-8", errors="strict"):
+  # Python-2-compatible pickles (protocol <= 2) spell bytes as _codecs.encode(str, 'latin1').
+  if encoding not in ("latin1", "latin-1"):
+    raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not allowed")
+  return codecs.encode(obj, encoding, errors)
 
 
 _NUMPY_GLOBALS = {
-    # (module spellings) -> (canonical modules to try, name)
-    ('numpy.core.multiarray', '_reconstruct'): (('numpy._core.multiarray', 'numpy.core.multiarray'), '_reconstruct'),
-    ('numpy._core.multiarray', '_reconstruct'): (('numpy._core.multiarray', 'numpy.core.multiarray'), '_reconstruct'),
-    ('numpy.core.multiarray', 'scalar'): (('numpy._core.multiarray', 'numpy.core.multiarray'), 'scalar'),
-    ('numpy._core.multiarray', 'scalar'): (('numpy._core.multiarray', 'numpy.core.multiarray'), 'scalar'),
-    ('numpy.core.numeric', '_frombuffer'): (('numpy._core.numeric', 'numpy.core.numeric'), '_frombuffer'),
-    ('numpy._core.numeric', '_frombuffer'): (('numpy._core.numeric', 'numpy.core.numeric'), '_frombuffer'),
-    ('numpy', 'ndarray'): (('numpy',), 'ndarray'),
-    ('numpy', 'dtype'): (('numpy',), 'dtype'),
+  # (module spellings) -> (canonical modules to try, name)
+  ("numpy.core.multiarray", "_reconstruct"): (("numpy._core.multiarray", "numpy.core.multiarray"), "_reconstruct"),
+  ("numpy._core.multiarray", "_reconstruct"): (("numpy._core.multiarray", "numpy.core.multiarray"), "_reconstruct"),
+  ("numpy.core.multiarray", "scalar"): (("numpy._core.multiarray", "numpy.core.multiarray"), "scalar"),
+  ("numpy._core.multiarray", "scalar"): (("numpy._core.multiarray", "numpy.core.multiarray"), "scalar"),
+  ("numpy.core.numeric", "_frombuffer"): (("numpy._core.numeric", "numpy.core.numeric"), "_frombuffer"),
+  ("numpy._core.numeric", "_frombuffer"): (("numpy._core.numeric", "numpy.core.numeric"), "_frombuffer"),
+  ("numpy", "ndarray"): (("numpy",), "ndarray"),
+  ("numpy", "dtype"): (("numpy",), "dtype"),
 }
-_BUILTINS = frozenset({'list', 'dict', 'tuple', 'set', 'frozenset', 'str', 'int', 'float', 'complex',
-                       'bytes', 'bytearray', 'slice', 'bool', 'range'})
+_BUILTINS = frozenset(
+  {
+    "list",
+    "dict",
+    "tuple",
+    "set",
+    "frozenset",
+    "str",
+    "int",
+    "float",
+    "complex",
+    "bytes",
+    "bytearray",
+    "slice",
+    "bool",
+    "range",
+  }
+)
 
 
 def _resolve_numpy(modules: tuple[str, ...], name: str):
-    for mod in modules:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore')
-                return getattr(importlib.import_module(mod), name)
-        except (ImportError, AttributeError):
-            continue
-    raise pickle.UnpicklingError(f'numpy has no {name}')
+  for mod in modules:
+    try:
+      with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return getattr(importlib.import_module(mod), name)
+    except (ImportError, AttributeError):
+      continue
+  raise pickle.UnpicklingError(f"numpy has no {name}")
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the globals a numeric feature pickle needs."""
+  """Unpickler that resolves only the globals a numeric feature pickle needs."""
 
-    def __init__(self, file, where: str):
-        super().__init__(file, encoding='latin1')
-        self._where = where
+  def __init__(self, file, where: str):
+    super().__init__(file, encoding="latin1")
+    self._where = where
 
-    def find_class(self, module: str, name: str):
-        if not all(part.isidentifier() for part in f'{module}.{name}'.split('.')):
-            raise pickle.UnpicklingError(f'global {module!r}.{name!r} is not a Python name (not a pickle file?)')
-        # protocol 0-2 pickles spell Python 3 names the Python 2 way (none of which exist in Python 3)
-        if (module, name) in _compat_pickle.NAME_MAPPING:
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        elif module in _compat_pickle.IMPORT_MAPPING:
-            module = _compat_pickle.IMPORT_MAPPING[module]
-        if (module, name) in _NUMPY_GLOBALS:
-            return _resolve_numpy(*_NUMPY_GLOBALS[(module, name)])
-        if module == 'builtins' and name in _BUILTINS:
-            return getattr(__import__('builtins'), name)
-        if module == 'collections' and name == 'OrderedDict':
-            import collections
-            return collections.OrderedDict
-        if module == '_codecs' and name == 'encode':
-            return _latin1_encode
-        raise RefusedPickleError(f'{self._where}: refused to load pickle: it references {module}.{name}, '
-                                 f'which a feature pickle never needs')
+  def find_class(self, module: str, name: str):
+    if not all(part.isidentifier() for part in f"{module}.{name}".split(".")):
+      raise pickle.UnpicklingError(f"global {module!r}.{name!r} is not a Python name (not a pickle file?)")
+    # protocol 0-2 pickles spell Python 3 names the Python 2 way (none of which exist in Python 3)
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+      module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+      module = _compat_pickle.IMPORT_MAPPING[module]
+    if (module, name) in _NUMPY_GLOBALS:
+      return _resolve_numpy(*_NUMPY_GLOBALS[(module, name)])
+    if module == "builtins" and name in _BUILTINS:
+      return getattr(__import__("builtins"), name)
+    if module == "collections" and name == "OrderedDict":
+      import collections
+
+      return collections.OrderedDict
+    if module == "_codecs" and name == "encode":
+      return _latin1_encode
+    raise RefusedPickleError(
+      f"{self._where}: refused to load pickle: it references {module}.{name}, which a feature pickle never needs"
+    )
 
 
 def safe_load_pickle(path) -> Any:
-    """Unpickle ``path`` with :class:`RestrictedUnpickler`; one-line errors for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'{path}: no such pickle file')
-    try:
-        with open(path, 'rb') as fh:        # streamed: MOSEI pickles are several GB
-            return RestrictedUnpickler(fh, str(path)).load()
-    except RefusedPickleError:
-        raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, UnicodeDecodeError, MemoryError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f'{path}: not a readable pickle ({type(e).__name__}: {msg})') from None
+  """Unpickle ``path`` with :class:`RestrictedUnpickler`; one-line errors for anything else."""
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: no such pickle file")
+  try:
+    with open(path, "rb") as fh:  # streamed: MOSEI pickles are several GB
+      return RestrictedUnpickler(fh, str(path)).load()
+  except RefusedPickleError:
+    raise
+  except (
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    KeyError,
+    UnicodeDecodeError,
+    MemoryError,
+  ) as e:
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise ValueError(f"{path}: not a readable pickle ({type(e).__name__}: {msg})") from None
 
 
 def _check_nonfinite(x: np.ndarray, path: Path, m: str, split: str, nonfinite: str) -> np.ndarray:
-    finite = np.isfinite(x)
-    bad = int(x.size - np.count_nonzero(finite))
-    if bad:
-        if nonfinite == 'error':
-            raise ValueError(f"{path}: {bad} NaN/Inf values in '{m}' of split '{split}' (MMSA's own loader "
-                             f"zeroes -inf audio; pass nonfinite='zero' to do the same)")
-        x = np.where(finite, x, 0.0).astype(np.float32)
-    return x
+  finite = np.isfinite(x)
+  bad = int(x.size - np.count_nonzero(finite))
+  if bad:
+    if nonfinite == "error":
+      raise ValueError(
+        f"{path}: {bad} NaN/Inf values in '{m}' of split '{split}' (MMSA's own loader "
+        f"zeroes -inf audio; pass nonfinite='zero' to do the same)"
+      )
+    x = np.where(finite, x, 0.0).astype(np.float32)
+  return x
 
 
 def _as_float(x, path: Path, what: str) -> np.ndarray:
-    try:
-        return np.asarray(x, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise ValueError(f'{path}: {what} is not numeric') from None
+  try:
+    return np.asarray(x, dtype=np.float32)
+  except (TypeError, ValueError):
+    raise ValueError(f"{path}: {what} is not numeric") from None
 
 
 def _length_mask(lengths, n: int, t: int, path: Path, what: str) -> np.ndarray:
-    lengths = np.asarray(lengths).reshape(-1)
-    if lengths.shape != (n,):
-        raise ValueError(f'{path}: {what} has shape {lengths.shape}, expected ({n},)')
-    return np.arange(t)[None, :] < np.minimum(lengths.astype(np.int64), t)[:, None]
+  lengths = np.asarray(lengths).reshape(-1)
+  if lengths.shape != (n,):
+    raise ValueError(f"{path}: {what} has shape {lengths.shape}, expected ({n},)")
+  return np.arange(t)[None, :] < np.minimum(lengths.astype(np.int64), t)[:, None]
 
 
 def _mmsa_split(d: Mapping, path: Path, split: str, mods: tuple[str, ...], nonfinite: str) -> Split:
-    where = f"split '{split}'"
-    for k in ('regression_labels', 'id'):
-        if k not in d:
-            raise ValueError(f"{path}: not an MMSA pickle ({where} lacks '{k}')")
-    labels = _as_float(d['regression_labels'], path, f"{where} 'regression_labels'").reshape(-1)
-    n = labels.shape[0]
-    ids = np.asarray([str(i).replace('$_$', '_') for i in np.asarray(d['id']).reshape(-1).tolist()], dtype=str)
-    if ids.shape != (n,):
-        raise ValueError(f"{path}: {where} has {ids.shape[0]} ids but {n} labels")
-    tb = np.asarray(d['text_bert']) if 'text_bert' in d else None
-    text_lengths = None                         # (lengths [N], T) from the BERT attention mask
-    if tb is not None and tb.ndim == 3 and tb.shape[0] == n and tb.shape[1] == 3:
-        text_lengths = ((tb[:, 1, :] > 0).sum(axis=1), tb.shape[2])
-    feats, masks = {}, {}
-    for m in mods:
-        if m == 'text' and 'text' not in d:
-            if 'text_bert' in d:
-                raise ValueError(f"{path}: {where} has only 'text_bert' (BERT token ids/mask/segment ids), not text "
-                                 f"features; encode them with a BERT model first (tools/extract_features) or load "
-                                 f"modalities=('audio', 'vision')")
-            raise ValueError(f"{path}: not an MMSA pickle ({where} lacks 'text' and 'text_bert')")
-        if m not in d:
-            raise ValueError(f"{path}: not an MMSA pickle ({where} lacks '{m}')")
-        x = _as_float(d[m], path, f"{where} '{m}'")
-        if x.ndim != 3 or x.shape[0] != n:
-            raise ValueError(f"{path}: {where} '{m}' has shape {x.shape}, expected [N={n}, T, D]")
-        feats[m] = _check_nonfinite(x, path, m, split, nonfinite)
-        t = x.shape[1]
-        if m == 'text':
-            if text_lengths is not None and text_lengths[1] == t:
-                masks[m] = tb[:, 1, :] > 0
-            else:
-                masks[m] = np.ones((n, t), bool)
-        elif f'{m}_lengths' in d:
-            masks[m] = _length_mask(d[f'{m}_lengths'], n, t, path, f"{where} '{m}_lengths'")
-        elif text_lengths is not None and text_lengths[1] == t:
-            # aligned pickle: MMSA takes the text (attention-mask) length for audio and vision
-            masks[m] = _length_mask(text_lengths[0], n, t, path, f"{where} text_bert lengths")
-        else:
-            masks[m] = np.ones((n, t), bool)
-    return Split(features=feats, masks=masks, labels=labels, ids=ids)
+  where = f"split '{split}'"
+  for k in ("regression_labels", "id"):
+    if k not in d:
+      raise ValueError(f"{path}: not an MMSA pickle ({where} lacks '{k}')")
+  labels = _as_float(d["regression_labels"], path, f"{where} 'regression_labels'").reshape(-1)
+  n = labels.shape[0]
+  ids = np.asarray([str(i).replace("$_$", "_") for i in np.asarray(d["id"]).reshape(-1).tolist()], dtype=str)
+  if ids.shape != (n,):
+    raise ValueError(f"{path}: {where} has {ids.shape[0]} ids but {n} labels")
+  tb = np.asarray(d["text_bert"]) if "text_bert" in d else None
+  text_lengths = None  # (lengths [N], T) from the BERT attention mask
+  if tb is not None and tb.ndim == 3 and tb.shape[0] == n and tb.shape[1] == 3:
+    text_lengths = ((tb[:, 1, :] > 0).sum(axis=1), tb.shape[2])
+  feats, masks = {}, {}
+  for m in mods:
+    if m == "text" and "text" not in d:
+      if "text_bert" in d:
+        raise ValueError(
+          f"{path}: {where} has only 'text_bert' (BERT token ids/mask/segment ids), not text "
+          f"features; encode them with a BERT model first (tools/extract_features) or load "
+          f"modalities=('audio', 'vision')"
+        )
+      raise ValueError(f"{path}: not an MMSA pickle ({where} lacks 'text' and 'text_bert')")
+    if m not in d:
+      raise ValueError(f"{path}: not an MMSA pickle ({where} lacks '{m}')")
+    x = _as_float(d[m], path, f"{where} '{m}'")
+    if x.ndim != 3 or x.shape[0] != n:
+      raise ValueError(f"{path}: {where} '{m}' has shape {x.shape}, expected [N={n}, T, D]")
+    feats[m] = _check_nonfinite(x, path, m, split, nonfinite)
+    t = x.shape[1]
+    if m == "text":
+      if text_lengths is not None and text_lengths[1] == t:
+        masks[m] = tb[:, 1, :] > 0
+      else:
+        masks[m] = np.ones((n, t), bool)
+    elif f"{m}_lengths" in d:
+      masks[m] = _length_mask(d[f"{m}_lengths"], n, t, path, f"{where} '{m}_lengths'")
+    elif text_lengths is not None and text_lengths[1] == t:
+      # aligned pickle: MMSA takes the text (attention-mask) length for audio and vision
+      masks[m] = _length_mask(text_lengths[0], n, t, path, f"{where} text_bert lengths")
+    else:
+      masks[m] = np.ones((n, t), bool)
+  return Split(features=feats, masks=masks, labels=labels, ids=ids)
 
 
 def _pad(seqs: list[np.ndarray], t: int, d: int) -> tuple[np.ndarray, np.ndarray]:
-    out = np.zeros((len(seqs), t, d), np.float32)
-    lens = np.zeros(len(seqs), np.int64)
-    for i, s in enumerate(seqs):
-        s = s[:t]
-        out[i, :len(s)] = s
-        lens[i] = len(s)
-    return out, np.arange(t)[None, :] < lens[:, None]
+  out = np.zeros((len(seqs), t, d), np.float32)
+  lens = np.zeros(len(seqs), np.int64)
+  for i, s in enumerate(seqs):
+    s = s[:t]
+    out[i, : len(s)] = s
+    lens[i] = len(s)
+  return out, np.arange(t)[None, :] < lens[:, None]
 
 
-def _mag_splits(raw: Mapping, path: Path, mods: tuple[str, ...], seq_len: int | None, nonfinite: str,
-                text_features) -> dict[str, Split]:
-    names = {'train': 'train', 'dev': 'valid', 'test': 'test'}
-    seqs: dict[str, dict[str, list]] = {}
-    labels: dict[str, list] = {}
-    ids: dict[str, list] = {}
-    for src, dst in names.items():
-        items = raw[src]
-        if not isinstance(items, (list, tuple)):
-            raise ValueError(f"{path}: not a MAG/MIB pickle (split '{src}' is a {type(items).__name__}, not a list)")
-        seqs[dst] = {'audio': [], 'vision': []}
-        labels[dst], ids[dst] = [], []
-        for j, item in enumerate(items):
-            try:
-                (words, visual, acoustic), label, segment = item
-            except (TypeError, ValueError):
-                raise ValueError(f"{path}: not a MAG/MIB pickle (split '{src}' item {j} is not "
-                                 f"((words, visual, acoustic), label, segment))") from None
-            v = _as_float(visual, path, f"split '{src}' item {j} visual")
-            a = _as_float(acoustic, path, f"split '{src}' item {j} acoustic")
-            if v.ndim != 2 or a.ndim != 2:
-                raise ValueError(f"{path}: split '{src}' item {j}: visual {v.shape} / acoustic {a.shape} must be [T, D]")
-            lab = np.asarray(label, dtype=np.float64).reshape(-1)
-            if lab.size != 1:
-                raise ValueError(f"{path}: split '{src}' item {j}: label has {lab.size} values, expected 1")
-            seqs[dst]['vision'].append(v)
-            seqs[dst]['audio'].append(a)
-            labels[dst].append(lab[0])
-            ids[dst].append(str(segment))
-    widths = {}
-    for m in ('audio', 'vision'):
-        ws = {s.shape[1] for sp in seqs.values() for s in sp[m]}
-        if len(ws) > 1:
-            raise ValueError(f"{path}: '{m}' features have different widths {sorted(ws)} across samples")
-        widths[m] = ws.pop() if ws else 0
-    table = load_feature_npz(text_features) if text_features is not None else None
-    splits = {}
-    for s in SPLITS:
-        feats, masks = {}, {}
-        for m in mods:
-            if m == 'text':
-                missing = [i for i in ids[s] if i not in table]
-                if missing:
-                    raise ValueError(f"{text_features}: no text features for {len(missing)} segments of split "
-                                     f"'{s}', e.g. {missing[0]!r}")
-                feats[m] = np.stack([table[i] for i in ids[s]]) if ids[s] else np.zeros((0, 1), np.float32)
-                continue
-            t = seq_len or max((len(x) for sp in seqs.values() for x in sp[m]), default=1)
-            x, mask = _pad(seqs[s][m], max(t, 1), widths[m])
-            feats[m] = _check_nonfinite(x, path, m, s, nonfinite)
-            masks[m] = mask
-        splits[s] = Split(features=feats, masks=masks, labels=np.asarray(labels[s], np.float32),
-                          ids=np.asarray(ids[s], dtype=str))
-    return splits
+def _mag_splits(
+  raw: Mapping, path: Path, mods: tuple[str, ...], seq_len: int | None, nonfinite: str, text_features
+) -> dict[str, Split]:
+  names = {"train": "train", "dev": "valid", "test": "test"}
+  seqs: dict[str, dict[str, list]] = {}
+  labels: dict[str, list] = {}
+  ids: dict[str, list] = {}
+  for src, dst in names.items():
+    items = raw[src]
+    if not isinstance(items, (list, tuple)):
+      raise ValueError(f"{path}: not a MAG/MIB pickle (split '{src}' is a {type(items).__name__}, not a list)")
+    seqs[dst] = {"audio": [], "vision": []}
+    labels[dst], ids[dst] = [], []
+    for j, item in enumerate(items):
+      try:
+        (words, visual, acoustic), label, segment = item
+      except (TypeError, ValueError):
+        raise ValueError(
+          f"{path}: not a MAG/MIB pickle (split '{src}' item {j} is not ((words, visual, acoustic), label, segment))"
+        ) from None
+      v = _as_float(visual, path, f"split '{src}' item {j} visual")
+      a = _as_float(acoustic, path, f"split '{src}' item {j} acoustic")
+      if v.ndim != 2 or a.ndim != 2:
+        raise ValueError(f"{path}: split '{src}' item {j}: visual {v.shape} / acoustic {a.shape} must be [T, D]")
+      lab = np.asarray(label, dtype=np.float64).reshape(-1)
+      if lab.size != 1:
+        raise ValueError(f"{path}: split '{src}' item {j}: label has {lab.size} values, expected 1")
+      seqs[dst]["vision"].append(v)
+      seqs[dst]["audio"].append(a)
+      labels[dst].append(lab[0])
+      ids[dst].append(str(segment))
+  widths = {}
+  for m in ("audio", "vision"):
+    ws = {s.shape[1] for sp in seqs.values() for s in sp[m]}
+    if len(ws) > 1:
+      raise ValueError(f"{path}: '{m}' features have different widths {sorted(ws)} across samples")
+    widths[m] = ws.pop() if ws else 0
+  table = load_feature_npz(text_features) if text_features is not None else None
+  splits = {}
+  for s in SPLITS:
+    feats, masks = {}, {}
+    for m in mods:
+      if m == "text":
+        missing = [i for i in ids[s] if i not in table]
+        if missing:
+          raise ValueError(
+            f"{text_features}: no text features for {len(missing)} segments of split '{s}', e.g. {missing[0]!r}"
+          )
+        feats[m] = np.stack([table[i] for i in ids[s]]) if ids[s] else np.zeros((0, 1), np.float32)
+        continue
+      t = seq_len or max((len(x) for sp in seqs.values() for x in sp[m]), default=1)
+      x, mask = _pad(seqs[s][m], max(t, 1), widths[m])
+      feats[m] = _check_nonfinite(x, path, m, s, nonfinite)
+      masks[m] = mask
+    splits[s] = Split(
+      features=feats, masks=masks, labels=np.asarray(labels[s], np.float32), ids=np.asarray(ids[s], dtype=str)
+    )
+  return splits
 
 
-def load_mmsa_pickle(path, *, modalities=None, name: str | None = None, nonfinite: str = 'error',
-                     seq_len: int | None = None, text_features=None,
-                     label_range: tuple[float, float] = LABEL_RANGE) -> Dataset:
-    """Load an MMSA or a MAG/MIB feature pickle (see the module docstring) as a Dataset.
+def load_mmsa_pickle(
+  path,
+  *,
+  modalities=None,
+  name: str | None = None,
+  nonfinite: str = "error",
+  seq_len: int | None = None,
+  text_features=None,
+  label_range: tuple[float, float] = LABEL_RANGE,
+) -> Dataset:
+  """Load an MMSA or a MAG/MIB feature pickle (see the module docstring) as a Dataset.
 
-    Args:
-      modalities: which modalities to keep; default all the pickle offers
-        (MMSA: text, audio, vision; MAG: audio, vision, plus text if ``text_features``).
-      name: dataset name; default ``'mmsa-<file stem>'`` or ``'mag-<file stem>'``.
-      nonfinite: ``'error'`` (default) or ``'zero'`` (replace NaN/Inf features by 0,
-        as MMSA does for -inf audio; ``source`` then says so).
-      seq_len: MAG only: pad/cut sequences to this many steps (default: longest sample).
-      text_features: MAG only: ``.npz`` with ``'ids'`` and ``'pooled'`` ``[N, D]`` text vectors.
+  Args:
+    modalities: which modalities to keep; default all the pickle offers
+      (MMSA: text, audio, vision; MAG: audio, vision, plus text if ``text_features``).
+    name: dataset name; default ``'mmsa-<file stem>'`` or ``'mag-<file stem>'``.
+    nonfinite: ``'error'`` (default) or ``'zero'`` (replace NaN/Inf features by 0,
+      as MMSA does for -inf audio; ``source`` then says so).
+    seq_len: MAG only: pad/cut sequences to this many steps (default: longest sample).
+    text_features: MAG only: ``.npz`` with ``'ids'`` and ``'pooled'`` ``[N, D]`` text vectors.
 
-    All modalities are float32 ``[N, T, D]`` sequences with masks, except MAG text
-    (``[N, D]``). Labels are float32 ``[N]``.
-    """
-    path = Path(path)
-    if nonfinite not in ('error', 'zero'):
-        raise ValueError(f"nonfinite must be 'error' or 'zero', got {nonfinite!r}")
-    raw = safe_load_pickle(path)
-    if not isinstance(raw, dict):
-        raise ValueError(f'{path}: not an MMSA or MAG/MIB pickle (top level is a {type(raw).__name__}, not a dict)')
-    keys = set(raw)
-    if {'train', 'valid', 'test'} <= keys and all(isinstance(raw[s], dict) for s in SPLITS):
-        kind = 'mmsa'
-        offered = tuple(m for m in MODALITIES if m in raw['train'] or (m == 'text' and 'text_bert' in raw['train']))
-        mods = canonical_modalities(modalities if modalities is not None else offered, where='modalities')
-        if not mods:
-            raise ValueError(f'{path}: MMSA pickle has none of the modalities {list(MODALITIES)}')
-        splits = {s: _mmsa_split(raw[s], path, s, mods, nonfinite) for s in SPLITS}
-    elif {'train', 'dev', 'test'} <= keys:
-        kind = 'mag'
-        if text_features is not None:
-            text_features = Path(text_features)
-        offered = ('text', 'audio', 'vision') if text_features is not None else ('audio', 'vision')
-        mods = canonical_modalities(modalities if modalities is not None else offered, where='modalities')
-        if 'text' in mods and text_features is None:
-            raise ValueError(f"{path}: MAG/MIB pickles hold words, not text features; pass text_features=<npz> "
-                             f"(from tools/extract_features) or modalities=('audio', 'vision')")
-        if not mods:
-            raise ValueError(f'{path}: no modalities requested')
-        splits = _mag_splits(raw, path, mods, seq_len, nonfinite, text_features)
-    else:
-        raise ValueError(f'{path}: not an MMSA or MAG/MIB pickle (top-level keys {sorted(map(str, keys))}; '
-                         f"expected train/valid/test dicts or train/dev/test lists)")
-    if kind == 'mmsa' and (seq_len is not None or text_features is not None):
-        raise ValueError(f'{path}: seq_len and text_features apply to MAG/MIB pickles only')
-    dims = {m: int(splits['train'].features[m].shape[-1]) for m in mods}
-    source = f'{path} ({"MMSA" if kind == "mmsa" else "MAG/MIB"} pickle'
-    if text_features is not None and 'text' in mods:
-        source += f'; text from {text_features}'
-    if nonfinite == 'zero':
-        source += '; NaN/Inf features replaced by 0'
-    source += ')'
-    ds = Dataset(name=name or f'{kind}-{path.stem}', splits=splits, modalities=mods, dims=dims,
-                 synthetic=False, source=source)
-    return validate(ds, path, label_range=label_range)
+  All modalities are float32 ``[N, T, D]`` sequences with masks, except MAG text
+  (``[N, D]``). Labels are float32 ``[N]``.
+  """
+  path = Path(path)
+  if nonfinite not in ("error", "zero"):
+    raise ValueError(f"nonfinite must be 'error' or 'zero', got {nonfinite!r}")
+  raw = safe_load_pickle(path)
+  if not isinstance(raw, dict):
+    raise ValueError(f"{path}: not an MMSA or MAG/MIB pickle (top level is a {type(raw).__name__}, not a dict)")
+  keys = set(raw)
+  if {"train", "valid", "test"} <= keys and all(isinstance(raw[s], dict) for s in SPLITS):
+    kind = "mmsa"
+    offered = tuple(m for m in MODALITIES if m in raw["train"] or (m == "text" and "text_bert" in raw["train"]))
+    mods = canonical_modalities(modalities if modalities is not None else offered, where="modalities")
+    if not mods:
+      raise ValueError(f"{path}: MMSA pickle has none of the modalities {list(MODALITIES)}")
+    splits = {s: _mmsa_split(raw[s], path, s, mods, nonfinite) for s in SPLITS}
+  elif {"train", "dev", "test"} <= keys:
+    kind = "mag"
+    if text_features is not None:
+      text_features = Path(text_features)
+    offered = ("text", "audio", "vision") if text_features is not None else ("audio", "vision")
+    mods = canonical_modalities(modalities if modalities is not None else offered, where="modalities")
+    if "text" in mods and text_features is None:
+      raise ValueError(
+        f"{path}: MAG/MIB pickles hold words, not text features; pass text_features=<npz> "
+        f"(from tools/extract_features) or modalities=('audio', 'vision')"
+      )
+    if not mods:
+      raise ValueError(f"{path}: no modalities requested")
+    splits = _mag_splits(raw, path, mods, seq_len, nonfinite, text_features)
+  else:
+    raise ValueError(
+      f"{path}: not an MMSA or MAG/MIB pickle (top-level keys {sorted(map(str, keys))}; "
+      f"expected train/valid/test dicts or train/dev/test lists)"
+    )
+  if kind == "mmsa" and (seq_len is not None or text_features is not None):
+    raise ValueError(f"{path}: seq_len and text_features apply to MAG/MIB pickles only")
+  dims = {m: int(splits["train"].features[m].shape[-1]) for m in mods}
+  source = f"{path} ({'MMSA' if kind == 'mmsa' else 'MAG/MIB'} pickle"
+  if text_features is not None and "text" in mods:
+    source += f"; text from {text_features}"
+  if nonfinite == "zero":
+    source += "; NaN/Inf features replaced by 0"
+  source += ")"
+  ds = Dataset(
+    name=name or f"{kind}-{path.stem}", splits=splits, modalities=mods, dims=dims, synthetic=False, source=source
+  )
+  return validate(ds, path, label_range=label_range)

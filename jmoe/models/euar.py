@@ -42,6 +42,7 @@ class GaussianExpert(nn.Module):
 
   ``sigma2`` and ``kl`` are means over the W features. Uses the ``'noise'`` RNG stream in training.
   """
+
   width: int
 
   def _outputs(self, mu, logvar, deterministic, noise=None):
@@ -56,8 +57,9 @@ class GaussianExpert(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool = True):
     mu = nn.Dense(self.width, name="mu")(x)
-    logvar = nn.Dense(self.width, name="logvar", kernel_init=nn.initializers.zeros,
-                      bias_init=nn.initializers.constant(-2.0))(x)
+    logvar = nn.Dense(
+      self.width, name="logvar", kernel_init=nn.initializers.zeros, bias_init=nn.initializers.constant(-2.0)
+    )(x)
     return self._outputs(mu, logvar, deterministic)
 
   def ragged_apply(self, params, x, group_sizes, rng=None):
@@ -71,6 +73,7 @@ class GaussianExpert(nn.Module):
 
 class DeterministicExpert(nn.Module):
   """Ablation expert: an MLP with the Gaussian expert's output structure (sigma2 = kl = 0)."""
+
   width: int
 
   @nn.compact
@@ -90,6 +93,7 @@ class LinearExpert(nn.Module):
 
   Its parameters are named like the Gaussian expert's ``mu`` so that the two differ by the uncertainty only.
   """
+
   width: int
 
   @nn.compact
@@ -109,6 +113,7 @@ EXPERTS = {"gaussian": GaussianExpert, "mlp": DeterministicExpert, "linear": Lin
 
 class ModalityEncoder(nn.Module):
   """[B, T, D] with mask [B, T] (masked mean over time) or [B, D] -> [B, W]."""
+
   width: int
   dropout: float = 0.0
 
@@ -132,12 +137,13 @@ class EUAR(nn.Module):
   aux: ``kl``, ``uloss``, ``aux`` (eq. 4, 10, 7; per modality summed, each a per-sample [B] array except
   ``aux`` which is a batch statistic), and ``load`` / ``entropy`` / ``dropped_fraction`` per modality.
   """
+
   modalities: Sequence[str] = ("text", "audio", "vision")
   width: int = 72
   num_experts: int = 4
   k: int = 3
-  expert: str = "gaussian"        # 'gaussian' | 'mlp' | 'linear'
-  fusion: str = "moe"             # 'moe' | 'late'
+  expert: str = "gaussian"  # 'gaussian' | 'mlp' | 'linear'
+  fusion: str = "moe"  # 'moe' | 'late'
   dispatch: str = "dense"
   capacity_factor: float | None = None
   dropout: float = 0.1
@@ -152,22 +158,28 @@ class EUAR(nn.Module):
     for m in self.modalities:
       if m not in batch:
         raise ValueError(f"EUAR: batch has no modality {m!r} (has {sorted(batch)})")
-      x = ModalityEncoder(self.width, self.dropout, name=f"enc_{m}")(batch[m], batch.get(f"{m}_mask"),
-                                                                       deterministic)
+      x = ModalityEncoder(self.width, self.dropout, name=f"enc_{m}")(batch[m], batch.get(f"{m}_mask"), deterministic)
       if self.fusion == "late":
         feats.append(nn.Dense(1, name=f"late_head_{m}")(nn.gelu(nn.Dense(self.width, name=f"late_{m}")(x)))[:, 0])
         continue
       template = EXPERTS[self.expert](self.width)
       router = TopKRouter(self.num_experts, k=self.k, renormalize=False, name=f"router_{m}")
-      moe = MoELayer(router, template, self.num_experts,
-                     strategy=self.dispatch, capacity_factor=self.capacity_factor, name=f"moe_{m}")
+      moe = MoELayer(
+        router,
+        template,
+        self.num_experts,
+        strategy=self.dispatch,
+        capacity_factor=self.capacity_factor,
+        name=f"moe_{m}",
+      )
       out, metrics = moe(x, deterministic=deterministic)
       feats.append(out["z"])
       per_sample_kl = per_sample_kl + out["kl"]
       per_sample_u = per_sample_u + out["sigma2"] / self.num_experts
-      aux_loss = aux_loss + metrics["aux_loss"] / self.num_experts ** 2
-      stats.update({f"load_{m}": metrics["load"], f"entropy_{m}": metrics["entropy"],
-                    f"dropped_{m}": metrics["dropped_fraction"]})
+      aux_loss = aux_loss + metrics["aux_loss"] / self.num_experts**2
+      stats.update(
+        {f"load_{m}": metrics["load"], f"entropy_{m}": metrics["entropy"], f"dropped_{m}": metrics["dropped_fraction"]}
+      )
     if self.fusion == "late":
       pred = jnp.mean(jnp.stack(feats, axis=-1), axis=-1)
       zeros = jnp.zeros(pred.shape, pred.dtype)
@@ -179,5 +191,3 @@ class EUAR(nn.Module):
     batch_size = pred.shape[0]
     as_b = lambda v: jnp.broadcast_to(jnp.asarray(v, pred.dtype), (batch_size,))
     return pred, {"kl": as_b(per_sample_kl), "uloss": as_b(per_sample_u), "aux": jnp.asarray(aux_loss), **stats}
-
-

@@ -41,6 +41,7 @@ class ExpertFns(NamedTuple):
   batched: xs [E, n, D] -> pytree of [E, n, ...] (expert e on xs[e]).
   ragged:  (x [S, D] sorted by expert, group_sizes [E]) -> pytree of [S, ...]; None if unsupported.
   """
+
   batched: Callable[[jax.Array], Any]
   ragged: Callable[[jax.Array, jax.Array], Any] | None = None
 
@@ -54,8 +55,9 @@ def group_size_for(num_tokens: int, group_size: int | None) -> int:
   return max(d for d in range(1, group_size + 1) if num_tokens % d == 0)
 
 
-def capacity_for(tokens_per_group: int, k: int, num_experts: int, capacity_factor: float | None = None,
-                 capacity: int | None = None) -> int:
+def capacity_for(
+  tokens_per_group: int, k: int, num_experts: int, capacity_factor: float | None = None, capacity: int | None = None
+) -> int:
   """Slots per expert and group (a Python int, static under jit). See the module docstring."""
   if capacity is not None:
     if capacity <= 0:
@@ -99,6 +101,7 @@ class SortedPlan(NamedTuple):
     at some valid row; callers give them weight 0).
   groups G and capacity C: Python ints.
   """
+
   token: jax.Array
   valid: jax.Array
   kslot: jax.Array
@@ -120,9 +123,15 @@ def sorted_plan(index: jax.Array, num_experts: int, capacity: int, group_size: i
   to_rows = lambda a: jnp.swapaxes(a, 0, 1).reshape(e * g * c)  # [G, E, C] -> [R] in [E, G, C] order
   to_kn = lambda a: jnp.swapaxes(a.reshape(g, k, s), 0, 1).reshape(k, n)  # [G, K*S] -> [K, N]
   row = expert * (g * c) + jnp.arange(g)[:, None] * c + jnp.minimum(position, c - 1)  # [G, K*S]
-  return SortedPlan(token=to_rows((slot % s) + (jnp.arange(g) * s)[:, None, None]),
-                    valid=to_rows(jnp.arange(c)[None, None, :] < counts[:, :, None]),
-                    kslot=to_rows(slot // s), row=to_kn(row), keep=to_kn(position < c), groups=g, capacity=c)
+  return SortedPlan(
+    token=to_rows((slot % s) + (jnp.arange(g) * s)[:, None, None]),
+    valid=to_rows(jnp.arange(c)[None, None, :] < counts[:, :, None]),
+    kslot=to_rows(slot // s),
+    row=to_kn(row),
+    keep=to_kn(position < c),
+    groups=g,
+    capacity=c,
+  )
 
 
 def kept_slots(index: jax.Array, num_experts: int, capacity: int, group_size: int | None) -> jax.Array:
@@ -162,8 +171,14 @@ def dense(experts: ExpertFns, x: jax.Array, routing: Routing):
   return y, {"dropped_fraction": jnp.zeros((), jnp.float32), "capacity": n}
 
 
-def einsum(experts: ExpertFns, x: jax.Array, routing: Routing, capacity_factor: float | None = None,
-           capacity: int | None = None, group_size: int | None = 512):
+def einsum(
+  experts: ExpertFns,
+  x: jax.Array,
+  routing: Routing,
+  capacity_factor: float | None = None,
+  capacity: int | None = None,
+  group_size: int | None = 512,
+):
   """GShard one-hot dispatch/combine in groups of S tokens; dispatch tensor [G, S, E, C]."""
   n, d = x.shape
   k, e = routing.k, routing.num_experts
@@ -182,8 +197,11 @@ def einsum(experts: ExpertFns, x: jax.Array, routing: Routing, capacity_factor: 
   xs = jnp.einsum("gsec,gsd->egcd", dispatch_t, x.reshape(g, s, d)).reshape(e, g * c, d)
   ys = experts.batched(xs)  # [E, G*C, ...]
   y = jax.tree.map(
-      lambda leaf: _leaf_combine("gsec,egco->gso", combine_t, leaf.reshape((e, g, c) + leaf.shape[2:]), 3)
-      .reshape((n,) + leaf.shape[2:]), ys)
+    lambda leaf: _leaf_combine("gsec,egco->gso", combine_t, leaf.reshape((e, g, c) + leaf.shape[2:]), 3).reshape(
+      (n,) + leaf.shape[2:]
+    ),
+    ys,
+  )
   return y, {"dropped_fraction": 1.0 - jnp.mean(keep.astype(jnp.float32)), "capacity": c}
 
 
@@ -236,16 +254,23 @@ def _combine_rows_bwd(res, dy):
   w_of_row = wk[kslot, token]  # [R]: the weight of the slot that owns buffer row r
   dys = jnp.where(valid[:, None], _take_rows(dy, token) * w_of_row[:, None].astype(dy.dtype), 0).astype(ys.dtype)
   # One [N, F] reduction per k: a reduction of the stacked [K, N, F] runs ~9x slower on XLA:CPU.
-  dwk = jnp.stack([jnp.sum(_take_rows(ys, row[j]).astype(jnp.float32) * dy.astype(jnp.float32), axis=-1)
-                   for j in range(row.shape[0])]).astype(wk.dtype)  # [K, N]
+  dwk = jnp.stack(
+    [jnp.sum(_take_rows(ys, row[j]).astype(jnp.float32) * dy.astype(jnp.float32), axis=-1) for j in range(row.shape[0])]
+  ).astype(wk.dtype)  # [K, N]
   return dys, dwk, None, None, None, None
 
 
 _combine_rows.defvjp(_combine_rows_fwd, _combine_rows_bwd)
 
 
-def sorted_buffers(experts: ExpertFns, x: jax.Array, routing: Routing, capacity_factor: float | None = None,
-                   capacity: int | None = None, group_size: int | None = None):
+def sorted_buffers(
+  experts: ExpertFns,
+  x: jax.Array,
+  routing: Routing,
+  capacity_factor: float | None = None,
+  capacity: int | None = None,
+  group_size: int | None = None,
+):
   """Sort token-slots by expert into fixed-capacity buffers [E, G*C, D], one batched expert call, gather back.
 
   Both data movements are gathers in the forward *and* the backward pass (custom VJPs above).
@@ -263,8 +288,7 @@ def sorted_buffers(experts: ExpertFns, x: jax.Array, routing: Routing, capacity_
     flat = leaf.reshape(e * g * c, -1)
     return _combine_rows(flat, wk, pl.row, pl.token, pl.kslot, pl.valid).reshape((n,) + leaf.shape[2:])
 
-  return jax.tree.map(combine, ys), {"dropped_fraction": 1.0 - jnp.mean(pl.keep.astype(jnp.float32)),
-                                     "capacity": c}
+  return jax.tree.map(combine, ys), {"dropped_fraction": 1.0 - jnp.mean(pl.keep.astype(jnp.float32)), "capacity": c}
 
 
 def ragged(experts: ExpertFns, x: jax.Array, routing: Routing):
@@ -286,8 +310,16 @@ def ragged(experts: ExpertFns, x: jax.Array, routing: Routing):
   return jax.tree.map(combine, ys), {"dropped_fraction": jnp.zeros((), jnp.float32), "capacity": n}
 
 
-def dispatch(strategy: str, experts: ExpertFns, x: jax.Array, routing: Routing, *,
-             capacity_factor: float | None = None, capacity: int | None = None, group_size: int | None = None):
+def dispatch(
+  strategy: str,
+  experts: ExpertFns,
+  x: jax.Array,
+  routing: Routing,
+  *,
+  capacity_factor: float | None = None,
+  capacity: int | None = None,
+  group_size: int | None = None,
+):
   """Run ``strategy`` on x [N, D] with ``routing`` (index/weights [N, K]); returns (y pytree [N, ...], metrics).
 
   Shapes and arguments are checked at trace time. ``group_size`` defaults to 512 for ``einsum`` (the one-hot
@@ -298,8 +330,9 @@ def dispatch(strategy: str, experts: ExpertFns, x: jax.Array, routing: Routing, 
   if x.ndim != 2:
     raise ValueError(f"dispatch expects tokens [N, D], got shape {x.shape}")
   if routing.index.ndim != 2 or routing.index.shape[0] != x.shape[0] or routing.weights.shape != routing.index.shape:
-    raise ValueError(f"routing index/weights must be [N={x.shape[0]}, K], got {routing.index.shape} / "
-                     f"{routing.weights.shape}")
+    raise ValueError(
+      f"routing index/weights must be [N={x.shape[0]}, K], got {routing.index.shape} / {routing.weights.shape}"
+    )
   if routing.k > routing.num_experts:
     raise ValueError(f"k={routing.k} exceeds num_experts={routing.num_experts}")
   if capacity is not None and capacity <= 0:

@@ -57,9 +57,11 @@ def axis_is_bound(axis: str) -> bool:
 def check_divisible(num_experts: int, axis_size: int, axis: str) -> int:
   """Experts per device E/P, or a ValueError naming the fix."""
   if num_experts % axis_size:
-    raise ValueError(f"expert parallelism: num_experts={num_experts} is not divisible by the size {axis_size} of "
-                     f"axis {axis!r}; use a multiple of {axis_size} experts or an expert axis whose size divides "
-                     f"{num_experts}")
+    raise ValueError(
+      f"expert parallelism: num_experts={num_experts} is not divisible by the size {axis_size} of "
+      f"axis {axis!r}; use a multiple of {axis_size} experts or an expert axis whose size divides "
+      f"{num_experts}"
+    )
   return num_experts // axis_size
 
 
@@ -96,17 +98,41 @@ def exchange(apply_local: Callable[[jax.Array], Any], num_experts: int, axis: st
   return batched
 
 
-def _local(template, params_local, x, routing: Routing, axis: str, offset, deterministic, rng, capacity_factor,
-           capacity, group_size):
-  fns = dispatch_lib.ExpertFns(batched=exchange(
-      lambda xs: apply_local_experts(template, params_local, xs, deterministic, rng, offset),
-      routing.num_experts, axis))
+def _local(
+  template,
+  params_local,
+  x,
+  routing: Routing,
+  axis: str,
+  offset,
+  deterministic,
+  rng,
+  capacity_factor,
+  capacity,
+  group_size,
+):
+  fns = dispatch_lib.ExpertFns(
+    batched=exchange(
+      lambda xs: apply_local_experts(template, params_local, xs, deterministic, rng, offset), routing.num_experts, axis
+    )
+  )
   return dispatch_lib.sorted_buffers(fns, x, routing, capacity_factor, capacity, group_size)
 
 
-def expert_parallel_dispatch(template, params, x: jax.Array, routing: Routing, *, axis: str = DEFAULT_AXIS,
-                             mesh=None, deterministic: bool = True, rng=None, capacity_factor: float | None = None,
-                             capacity: int | None = None, group_size: int | None = None):
+def expert_parallel_dispatch(
+  template,
+  params,
+  x: jax.Array,
+  routing: Routing,
+  *,
+  axis: str = DEFAULT_AXIS,
+  mesh=None,
+  deterministic: bool = True,
+  rng=None,
+  capacity_factor: float | None = None,
+  capacity: int | None = None,
+  group_size: int | None = None,
+):
   """Expert-parallel dispatch of tokens x [N, D] with ``routing`` (index/weights [N, K]) -> (y pytree [N, ...], metrics).
 
   Args:
@@ -121,35 +147,41 @@ def expert_parallel_dispatch(template, params, x: jax.Array, routing: Routing, *
   """
   e = routing.num_experts
   if x.ndim != 2 or routing.index.shape[0] != x.shape[0]:
-    raise ValueError(f"expert_parallel_dispatch expects tokens [N, D] and routing [N, K], got {x.shape} / "
-                     f"{routing.index.shape}")
+    raise ValueError(
+      f"expert_parallel_dispatch expects tokens [N, D] and routing [N, K], got {x.shape} / {routing.index.shape}"
+    )
   if axis_is_bound(axis):
     el = check_divisible(e, jax.lax.axis_size(axis), axis)
     offset = jax.lax.axis_index(axis) * el
     local = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, offset, el, 0), params)
-    return _local(template, local, x, routing, axis, offset, deterministic, rng, capacity_factor, capacity,
-                  group_size)
+    return _local(template, local, x, routing, axis, offset, deterministic, rng, capacity_factor, capacity, group_size)
 
   mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
   if axis not in mesh.axis_names:
-    raise ValueError(f"expert parallelism over axis {axis!r}: the axis is not bound (not inside pmap/shard_map "
-                     f"over it) and the mesh {dict(mesh.shape) or '(none)'} has no such axis; call under "
-                     f"`with jax.set_mesh(mesh):` or pass MoELayer(mesh=...)")
+    raise ValueError(
+      f"expert parallelism over axis {axis!r}: the axis is not bound (not inside pmap/shard_map "
+      f"over it) and the mesh {dict(mesh.shape) or '(none)'} has no such axis; call under "
+      f"`with jax.set_mesh(mesh):` or pass MoELayer(mesh=...)"
+    )
   p = mesh.shape[axis]
   el = check_divisible(e, p, axis)
   n = x.shape[0]
   if n % p:
-    raise ValueError(f"expert parallelism over axis {axis!r} of size {p}: the token count N={n} must be divisible "
-                     f"by {p} (pad the batch; jmoe.train.batches pads to a multiple of the device count)")
-  cap = dispatch_lib.capacity_for(dispatch_lib.group_size_for(n // p, group_size), routing.k, e, capacity_factor,
-                                  capacity)
+    raise ValueError(
+      f"expert parallelism over axis {axis!r} of size {p}: the token count N={n} must be divisible "
+      f"by {p} (pad the batch; jmoe.train.batches pads to a multiple of the device count)"
+    )
+  cap = dispatch_lib.capacity_for(
+    dispatch_lib.group_size_for(n // p, group_size), routing.k, e, capacity_factor, capacity
+  )
 
   def body(params_l, x_l, w_l, idx_l, rng_l):
     probs = jnp.zeros((x_l.shape[0], e), w_l.dtype)  # only its shape is read (num_experts)
     routing_l = Routing(weights=w_l, index=idx_l, probs=probs, logits=probs, metrics={})
     offset = jax.lax.axis_index(axis) * el
-    y, m = _local(template, params_l, x_l, routing_l, axis, offset, deterministic, rng_l, capacity_factor,
-                  capacity, group_size)
+    y, m = _local(
+      template, params_l, x_l, routing_l, axis, offset, deterministic, rng_l, capacity_factor, capacity, group_size
+    )
     return y, jax.lax.pmean(m["dropped_fraction"], axis)
 
   param_specs = jax.tree.map(lambda _: P(axis), params)

@@ -23,8 +23,9 @@ import jax.numpy as jnp
 
 
 def _template_fields(module: nn.Module) -> dict[str, Any]:
-  return {f.name: getattr(module, f.name) for f in dataclasses.fields(module)
-          if f.init and f.name not in ("parent", "name")}
+  return {
+    f.name: getattr(module, f.name) for f in dataclasses.fields(module) if f.init and f.name not in ("parent", "name")
+  }
 
 
 def _ragged_dense(x, kernel, bias, group_sizes):
@@ -36,6 +37,7 @@ def _ragged_dense(x, kernel, bias, group_sizes):
 
 class MLPExpert(nn.Module):
   """Two-layer MLP expert: Dense(H) -> GELU -> Dense(O). x [n, D] -> [n, O]."""
+
   hidden: int
   out: int
   dtype: Any = jnp.float32
@@ -61,14 +63,21 @@ class ExpertBank(nn.Module):
     expert: template expert module (its fields are copied; the template itself holds no parameters).
     num_experts: E.
   """
+
   expert: nn.Module
   num_experts: int
 
   def setup(self):
     if self.num_experts < 1:
       raise ValueError(f"ExpertBank needs num_experts >= 1, got {self.num_experts}")
-    stacked = nn.vmap(type(self.expert), variable_axes={"params": 0}, split_rngs={"params": True, "noise": True},
-                      in_axes=(0, None), out_axes=0, axis_size=self.num_experts)
+    stacked = nn.vmap(
+      type(self.expert),
+      variable_axes={"params": 0},
+      split_rngs={"params": True, "noise": True},
+      in_axes=(0, None),
+      out_axes=0,
+      axis_size=self.num_experts,
+    )
     self.stack = stacked(**_template_fields(self.expert))
 
   def __call__(self, xs: jax.Array, deterministic: bool = True):

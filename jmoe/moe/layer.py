@@ -40,6 +40,7 @@ class MoELayer(nn.Module):
   Metrics: the router's (``aux_loss``, ``z_loss``, ``importance_loss``, ``entropy``, ``load``) plus
   ``dropped_fraction``; the :class:`Routing` itself is returned under ``metrics['routing']``.
   """
+
   router: nn.Module
   expert: nn.Module
   num_experts: int
@@ -64,18 +65,35 @@ class MoELayer(nn.Module):
       jax.debug.callback(_raise_if_nan, ~jnp.all(jnp.isfinite(routing.logits)))
     bank = ExpertBank(self.expert, self.num_experts, name="experts")
     fns = dispatch_lib.ExpertFns(
-        batched=lambda xs: bank(xs, deterministic),
-        ragged=(lambda xs, gs: bank.ragged(xs, gs, deterministic)) if bank.supports_ragged else None)
+      batched=lambda xs: bank(xs, deterministic),
+      ragged=(lambda xs, gs: bank.ragged(xs, gs, deterministic)) if bank.supports_ragged else None,
+    )
     if self.strategy == ep_lib.STRATEGY and not self.is_initializing():
       rng = self.make_rng("noise") if not deterministic and self.has_rng("noise") else None
       y, dmetrics = ep_lib.expert_parallel_dispatch(
-          self.expert, self.variables["params"]["experts"]["stack"], tokens, routing,
-          axis=self.expert_axis or ep_lib.DEFAULT_AXIS, mesh=self.mesh, deterministic=deterministic, rng=rng,
-          capacity_factor=self.capacity_factor, capacity=self.capacity, group_size=self.group_size)
+        self.expert,
+        self.variables["params"]["experts"]["stack"],
+        tokens,
+        routing,
+        axis=self.expert_axis or ep_lib.DEFAULT_AXIS,
+        mesh=self.mesh,
+        deterministic=deterministic,
+        rng=rng,
+        capacity_factor=self.capacity_factor,
+        capacity=self.capacity,
+        group_size=self.group_size,
+      )
     else:
       strategy = "sorted" if self.strategy == ep_lib.STRATEGY else self.strategy
-      y, dmetrics = dispatch_lib.dispatch(strategy, fns, tokens, routing, capacity_factor=self.capacity_factor,
-                                          capacity=self.capacity, group_size=self.group_size)
+      y, dmetrics = dispatch_lib.dispatch(
+        strategy,
+        fns,
+        tokens,
+        routing,
+        capacity_factor=self.capacity_factor,
+        capacity=self.capacity,
+        group_size=self.group_size,
+      )
     y = jax.tree.map(lambda leaf: leaf.reshape(lead + leaf.shape[1:]), y)
     metrics = dict(routing.metrics)
     metrics["dropped_fraction"] = dmetrics["dropped_fraction"]

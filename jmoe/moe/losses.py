@@ -29,8 +29,9 @@ def load_balancing_loss(router_probs: jax.Array, expert_mask: jax.Array) -> jax.
   """
   _check_last_axis("load_balancing_loss(router_probs)", router_probs)
   if expert_mask.shape != router_probs.shape:
-    raise ValueError(f"load_balancing_loss: expert_mask shape {expert_mask.shape} != router_probs shape "
-                     f"{router_probs.shape}")
+    raise ValueError(
+      f"load_balancing_loss: expert_mask shape {expert_mask.shape} != router_probs shape {router_probs.shape}"
+    )
   num_experts = router_probs.shape[-1]
   density = jnp.mean(jax.lax.stop_gradient(expert_mask).astype(jnp.float32), axis=-2)  # [..., E]
   density_proxy = jnp.mean(router_probs.astype(jnp.float32), axis=-2)  # [..., E]

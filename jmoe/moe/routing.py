@@ -31,6 +31,7 @@ class Routing:
     metrics: dict of scalars / [E] arrays: ``aux_loss`` (Switch load balancing, top-1 mask), ``z_loss``,
       ``importance_loss``, ``entropy``, ``load`` ([E] fraction of token-slots per expert).
   """
+
   weights: jax.Array
   index: jax.Array
   probs: jax.Array
@@ -52,11 +53,11 @@ def routing_metrics(probs: jax.Array, logits: jax.Array, index: jax.Array) -> di
   top1 = jax.nn.one_hot(index[:, 0], num_experts, dtype=jnp.float32)  # [N, E]
   slots = jnp.sum(jax.nn.one_hot(index, num_experts, dtype=jnp.float32), axis=1)  # [N, E] multi-hot
   return {
-      "aux_loss": losses.load_balancing_loss(probs, top1),
-      "z_loss": losses.router_z_loss(logits),
-      "importance_loss": losses.importance_loss(probs),
-      "entropy": losses.router_entropy(probs),
-      "load": jnp.mean(slots, axis=0) / index.shape[-1],
+    "aux_loss": losses.load_balancing_loss(probs, top1),
+    "z_loss": losses.router_z_loss(logits),
+    "importance_loss": losses.importance_loss(probs),
+    "entropy": losses.router_entropy(probs),
+    "load": jnp.mean(slots, axis=0) / index.shape[-1],
   }
 
 
@@ -86,8 +87,9 @@ def top_k_routing(logits: jax.Array, k: int, renormalize: bool = False) -> Routi
   if renormalize:
     weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
   index = index.astype(jnp.int32)
-  return Routing(weights=weights, index=index, probs=probs, logits=logits,
-                 metrics=routing_metrics(probs, logits, index))
+  return Routing(
+    weights=weights, index=index, probs=probs, logits=logits, metrics=routing_metrics(probs, logits, index)
+  )
 
 
 def soft_routing(logits: jax.Array) -> Routing:
@@ -96,12 +98,12 @@ def soft_routing(logits: jax.Array) -> Routing:
   n, e = logits.shape
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   index = jnp.broadcast_to(jnp.arange(e, dtype=jnp.int32), (n, e))
-  return Routing(weights=probs, index=index, probs=probs, logits=logits,
-                 metrics=routing_metrics(probs, logits, index))
+  return Routing(weights=probs, index=index, probs=probs, logits=logits, metrics=routing_metrics(probs, logits, index))
 
 
 class SoftmaxRouter(nn.Module):
   """Soft router: a linear gate and a softmax over all E experts (every expert sees every token)."""
+
   num_experts: int
 
   @nn.compact
@@ -121,6 +123,7 @@ class TopKRouter(nn.Module):
     noisy: add Shazeer-style learned Gaussian noise ``eps * softplus(W_noise x)`` to the logits in training
       (needs the ``'router'`` RNG stream when ``deterministic=False``).
   """
+
   num_experts: int
   k: int = 2
   renormalize: bool = False

@@ -26,8 +26,9 @@ def per_device_batch(batch_size: int, num_devices: int) -> int:
   return -(-batch_size // num_devices)
 
 
-def iterate_batches(split: Split, modalities, batch_size: int, num_devices: int = 1,
-                    shuffle_seed: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+def iterate_batches(
+  split: Split, modalities, batch_size: int, num_devices: int = 1, shuffle_seed: int | None = None
+) -> Iterator[dict[str, np.ndarray]]:
   """Yield every sample of ``split`` exactly once in batches of ``batch_size`` split over ``num_devices``.
 
   Each batch takes ``batch_size`` samples; it is padded with weight-0 rows to ``num_devices * ceil(batch_size /
@@ -46,7 +47,7 @@ def iterate_batches(split: Split, modalities, batch_size: int, num_devices: int 
   arrays.update({f"{m}_mask": split.masks[m] for m in modalities if m in split.masks})
   arrays["label"] = split.labels.astype(np.float32)
   for start in range(0, n, batch_size):
-    idx = order[start:start + batch_size]
+    idx = order[start : start + batch_size]
     pad = padded_size - len(idx)
     batch = {}
     for key in keys + ["label"]:

@@ -27,8 +27,9 @@ class Checkpoints:
   @staticmethod
   def _save(mngr, step: int, tree, meta: dict[str, Any]):
     tree = jax.tree.map(np.asarray, jax.device_get(tree))
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)),
-              force=True)
+    mngr.save(
+      step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)), force=True
+    )
     mngr.wait_until_finished()
 
   def save_latest(self, step: int, tree, meta: dict[str, Any]):
@@ -43,8 +44,9 @@ class Checkpoints:
     if step is None:
       return None
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), like)
-    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                     meta=ocp.args.JsonRestore()))
+    out = mngr.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+    )
     return out["state"], out["meta"]
 
   def restore_latest(self, like):

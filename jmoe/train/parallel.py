@@ -83,8 +83,10 @@ def shard_batch(batch, mesh: Mesh, axis: str = AXIS):
   size = mesh.shape[axis]
   for k, v in batch.items():
     if np.shape(v)[0] != size:
-      raise ValueError(f"batch[{k!r}] has leading axis {np.shape(v)[0]}, expected the mesh size {size} "
-                       f"(iterate_batches(..., num_devices={size}))")
+      raise ValueError(
+        f"batch[{k!r}] has leading axis {np.shape(v)[0]}, expected the mesh size {size} "
+        f"(iterate_batches(..., num_devices={size}))"
+      )
   return jax.tree.map(lambda x: _global_array(x, sharding), batch)
 
 
@@ -93,8 +95,7 @@ def to_host(tree):
   return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
-def make_jit_steps(model, loss_cfg: dict[str, Any], tx: optax.GradientTransformation, mesh: Mesh,
-                   axis: str = AXIS):
+def make_jit_steps(model, loss_cfg: dict[str, Any], tx: optax.GradientTransformation, mesh: Mesh, axis: str = AXIS):
   """Returns (train_step, eval_step) under ``jax.jit`` + ``jax.shard_map`` over ``mesh``.
 
   train_step(state, batch, rng_data) -> (state, metrics): state replicated on ``mesh``, batch [P, B/P, ...]
@@ -113,10 +114,14 @@ def make_jit_steps(model, loss_cfg: dict[str, Any], tx: optax.GradientTransforma
   def eval_shard(params, batch):
     return eval_step(params, squeeze(batch))[None]
 
-  train = jax.jit(jax.shard_map(train_shard, mesh=mesh, in_specs=(P(), P(axis), P()), out_specs=(P(), P()),
-                                check_vma=False), donate_argnums=(0,))
-  evaluate = jax.jit(jax.shard_map(eval_shard, mesh=mesh, in_specs=(P(), P(axis)), out_specs=P(axis),
-                                   check_vma=False), out_shardings=NamedSharding(mesh, P()))
+  train = jax.jit(
+    jax.shard_map(train_shard, mesh=mesh, in_specs=(P(), P(axis), P()), out_specs=(P(), P()), check_vma=False),
+    donate_argnums=(0,),
+  )
+  evaluate = jax.jit(
+    jax.shard_map(eval_shard, mesh=mesh, in_specs=(P(), P(axis)), out_specs=P(axis), check_vma=False),
+    out_shardings=NamedSharding(mesh, P()),
+  )
   return train, evaluate
 
 
@@ -129,6 +134,7 @@ class DataParallel:
     devices: the devices the batch is split over (pmap: local; jit: the mesh's, possibly on several processes).
     mesh: the 1-D mesh (``'jit'`` only).
   """
+
   kind: str
   devices: list
   mesh: Mesh | None = None
@@ -142,8 +148,10 @@ class DataParallel:
       raise ValueError(f"devices must be >= 0 (0 = all), got {num_devices}")
     if kind == "pmap":
       if jax.process_count() > 1:
-        raise ValueError(f"parallel='pmap' maps over one process's local devices, but this run has "
-                         f"{jax.process_count()} processes: use parallel='jit' for multi-host training")
+        raise ValueError(
+          f"parallel='pmap' maps over one process's local devices, but this run has "
+          f"{jax.process_count()} processes: use parallel='jit' for multi-host training"
+        )
       devices = jax.local_devices()
       if num_devices > len(devices):
         raise ValueError(f"devices={num_devices} but only {len(devices)} local devices")
@@ -151,8 +159,9 @@ class DataParallel:
     devices = jax.devices()
     if num_devices and num_devices != len(devices):
       if jax.process_count() > 1:
-        raise ValueError(f"devices={num_devices}: a multi-process jit run uses all {len(devices)} global devices "
-                         "(set devices=0)")
+        raise ValueError(
+          f"devices={num_devices}: a multi-process jit run uses all {len(devices)} global devices (set devices=0)"
+        )
       if num_devices > len(devices):
         raise ValueError(f"devices={num_devices} but only {len(devices)} devices")
       devices = devices[:num_devices]
@@ -178,8 +187,7 @@ class DataParallel:
   def __getitem__(self, i):
     return self.devices[i]
 
-  def make_steps(self, model, loss_cfg: dict[str, Any], tx: optax.GradientTransformation
-                 ) -> tuple[Callable, Callable]:
+  def make_steps(self, model, loss_cfg: dict[str, Any], tx: optax.GradientTransformation) -> tuple[Callable, Callable]:
     """(train_step(state_r, host batch, rng key) -> (state_r, metrics), eval_step(params_r, host batch) -> pred).
 
     ``metrics`` leaves have a leading device axis (pmap: P identical copies; jit: one replicated copy): read

@@ -44,6 +44,7 @@ def log(msg: str) -> None:
 def load_data(cfg: ml_collections.ConfigDict) -> fmt.Dataset:
   """Dataset named by ``cfg.source``: synthetic | bclstm | standard | dir | mmsa | tfds."""
   from jmoe import data as data_lib  # local: keeps TFDS out of import time unless asked for
+
   mods = tuple(m for m in cfg.modalities.split(",") if m)
   src = cfg.source
   if src == "synthetic":
@@ -65,6 +66,7 @@ def load_data(cfg: ml_collections.ConfigDict) -> fmt.Dataset:
     ds = data_lib.load_mmsa_pickle(cfg.path)
   elif src == "tfds":
     from jmoe.data.tfds_builders import dataset_from_tfds
+
     ds = dataset_from_tfds(cfg.path, cfg.tfds_name)
   else:
     raise ValueError(f"unknown data.source {src!r}: use synthetic, bclstm, standard, dir, mmsa or tfds")
@@ -75,9 +77,17 @@ def load_data(cfg: ml_collections.ConfigDict) -> fmt.Dataset:
 
 
 def build_model(cfg: ml_collections.ConfigDict, modalities) -> EUAR:
-  return EUAR(modalities=tuple(modalities), width=cfg.width, num_experts=cfg.num_experts, k=cfg.k,
-              expert=cfg.expert, fusion=cfg.fusion, dispatch=cfg.dispatch,
-              capacity_factor=cfg.capacity_factor or None, dropout=cfg.dropout)
+  return EUAR(
+    modalities=tuple(modalities),
+    width=cfg.width,
+    num_experts=cfg.num_experts,
+    k=cfg.k,
+    expert=cfg.expert,
+    fusion=cfg.fusion,
+    dispatch=cfg.dispatch,
+    capacity_factor=cfg.capacity_factor or None,
+    dropout=cfg.dropout,
+  )
 
 
 def predict(p_eval, params, split: fmt.Split, modalities, batch_size: int, devices) -> np.ndarray:
@@ -116,8 +126,12 @@ def train_seed(cfg, ds: fmt.Dataset, seed: int, run_dir: Path, devices, model, t
   state_r = devices.replicate(state)
   rng = jax.random.key(10_000 + seed)
   epochs_run = 0
-  bar = tqdm(range(book["epoch"] + 1, opt.epochs), desc=f"seed {seed}", leave=False,
-             disable=jax.process_index() != 0 or cfg.get("quiet", False))
+  bar = tqdm(
+    range(book["epoch"] + 1, opt.epochs),
+    desc=f"seed {seed}",
+    leave=False,
+    disable=jax.process_index() != 0 or cfg.get("quiet", False),
+  )
   for epoch in bar:
     if book["stopped"]:
       break
@@ -125,16 +139,18 @@ def train_seed(cfg, ds: fmt.Dataset, seed: int, run_dir: Path, devices, model, t
       ckpt.close()
       raise KeyboardInterrupt(f"stop_after_epochs={cfg.stop_after_epochs} (simulated interruption)")
     step_metrics = []
-    for batch in batches_lib.iterate_batches(train, mods, opt.batch_size, len(devices),
-                                             shuffle_seed=seed * 100_003 + epoch):
+    for batch in batches_lib.iterate_batches(
+      train, mods, opt.batch_size, len(devices), shuffle_seed=seed * 100_003 + epoch
+    ):
       state_r, m = p_train(state_r, batch, rng)
       step_metrics.append(m)
     step_metrics = jax.device_get(step_metrics)  # one transfer per epoch; means on the host
     train_m = {k: np.mean([np.asarray(m[k][0]) for m in step_metrics], axis=0).tolist() for k in step_metrics[0]}
     if not np.isfinite(train_m["loss"]):
       raise FloatingPointError(f"seed {seed} epoch {epoch}: non-finite training loss {train_m['loss']}")
-    val = metrics_lib.sentiment_metrics(predict(p_eval, state_r.params, valid, mods, opt.batch_size, devices),
-                                        valid.labels)
+    val = metrics_lib.sentiment_metrics(
+      predict(p_eval, state_r.params, valid, mods, opt.batch_size, devices), valid.labels
+    )
     value = _selection_value(val, cfg.select_metric)
     improved = book["best_value"] is None or value > book["best_value"]
     book.update(epoch=epoch, bad_epochs=0 if improved else book["bad_epochs"] + 1)
@@ -154,14 +170,17 @@ def train_seed(cfg, ds: fmt.Dataset, seed: int, run_dir: Path, devices, model, t
   best_state, best_meta = best
   params_r = devices.replicate(best_state.params)
   test = metrics_lib.sentiment_metrics(
-      predict(p_eval, params_r, ds.splits["test"], mods, opt.batch_size, devices), ds.splits["test"].labels)
+    predict(p_eval, params_r, ds.splits["test"], mods, opt.batch_size, devices), ds.splits["test"].labels
+  )
   return {"seed": seed, "best_epoch": best_meta["epoch"], "valid": best_meta["valid"], "test": test}
 
 
 def _plots(workdir: Path, seeds) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
   loads = None
   for s in seeds:
@@ -208,8 +227,10 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   parallel_lib.maybe_initialize_distributed(cfg.get("distributed", False))  # before anything touches a device
   ds = load_data(cfg.data)
   if ds.synthetic:
-    log(f"*** SYNTHETIC DATA: {ds.name} ({ds.source}) — numbers are not CMU-MOSI results. "
-        "Set --config.data.source=bclstm|standard|dir|mmsa|tfds for real data. ***")
+    log(
+      f"*** SYNTHETIC DATA: {ds.name} ({ds.source}) — numbers are not CMU-MOSI results. "
+      "Set --config.data.source=bclstm|standard|dir|mmsa|tfds for real data. ***"
+    )
   log(f"data: {fmt.describe(ds)}")
   devices = parallel_lib.DataParallel.from_config(cfg)  # cfg.parallel: pmap | jit; batches padded to P rows
   workdir = Path(cfg.workdir)
@@ -228,12 +249,20 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   results = []
   for s in tqdm(seeds, desc="seeds", disable=jax.process_index() != 0 or cfg.get("quiet", False)):
     results.append(train_seed(cfg, ds, s, workdir / f"seed_{s}", devices, model, tx, p_train, p_eval))
-  title = (f"{cfg.name}: {ds.name}{' (SYNTHETIC)' if ds.synthetic else ''}, {len(seeds)} seeds, mean ± std, "
-           f"best epoch on valid by {cfg.select_metric}")
+  title = (
+    f"{cfg.name}: {ds.name}{' (SYNTHETIC)' if ds.synthetic else ''}, {len(seeds)} seeds, mean ± std, "
+    f"best epoch on valid by {cfg.select_metric}"
+  )
   table, summary = results_table(results, title)
-  out = {"name": cfg.name, "dataset": ds.name, "synthetic": ds.synthetic, "source": ds.source, "seeds": results,
-         "summary": {sp: {k: list(v) for k, v in d.items()} for sp, d in summary.items()},
-         "seconds": time.time() - t0}
+  out = {
+    "name": cfg.name,
+    "dataset": ds.name,
+    "synthetic": ds.synthetic,
+    "source": ds.source,
+    "seeds": results,
+    "summary": {sp: {k: list(v) for k, v in d.items()} for sp, d in summary.items()},
+    "seconds": time.time() - t0,
+  }
   if jax.process_index() == 0:
     (workdir / "results.json").write_text(json.dumps(out, indent=2))
     (workdir / "results.md").write_text(table + "\n")

@@ -31,8 +31,12 @@ class TrainState(train_state.TrainState):
 
 def total_loss(terms, loss_cfg) -> jax.Array:
   """EUAR eq. 12: task + alpha*KL + beta*aux + lambda*U (KL / U switched off by ``use_kl`` / ``use_uloss``)."""
-  return (terms["task"] + loss_cfg["alpha"] * terms["kl"] * float(loss_cfg["use_kl"])
-          + loss_cfg["beta"] * terms["aux"] + loss_cfg["lam"] * terms["uloss"] * float(loss_cfg["use_uloss"]))
+  return (
+    terms["task"]
+    + loss_cfg["alpha"] * terms["kl"] * float(loss_cfg["use_kl"])
+    + loss_cfg["beta"] * terms["aux"]
+    + loss_cfg["lam"] * terms["uloss"] * float(loss_cfg["use_uloss"])
+  )
 
 
 def _loss_terms(model, params, batch, rng, train: bool, loss_cfg, axis_name: str = AXIS):
@@ -49,10 +53,10 @@ def _loss_terms(model, params, batch, rng, train: bool, loss_cfg, axis_name: str
   w = batch["weight"].astype(jnp.float32)
   mean_total = jax.lax.pmean(jnp.sum(w), axis_name)  # global weight total / P
   terms = {
-      "task": jnp.sum(w * jnp.square(pred - batch["label"])) / mean_total,
-      "kl": jnp.sum(w * aux["kl"]) / mean_total,
-      "uloss": jnp.sum(w * aux["uloss"]) / mean_total,
-      "aux": aux["aux"],
+    "task": jnp.sum(w * jnp.square(pred - batch["label"])) / mean_total,
+    "kl": jnp.sum(w * aux["kl"]) / mean_total,
+    "uloss": jnp.sum(w * aux["uloss"]) / mean_total,
+    "aux": aux["aux"],
   }
   loss = total_loss(terms, loss_cfg)
   stats = {k: v for k, v in aux.items() if k.startswith(("load_", "entropy_", "dropped_"))}
@@ -97,9 +101,12 @@ def make_steps(model, loss_cfg: dict[str, Any], tx: optax.GradientTransformation
   ``tx`` is carried by the state; the argument is kept for the signature shared with :mod:`jmoe.train.parallel`.
   """
   del tx
-  return (jax.pmap(train_step_fn(model, loss_cfg), axis_name=AXIS, in_axes=(0, 0, None), devices=devices,
-                   donate_argnums=(0,)),
-          jax.pmap(eval_step_fn(model), axis_name=AXIS, devices=devices))
+  return (
+    jax.pmap(
+      train_step_fn(model, loss_cfg), axis_name=AXIS, in_axes=(0, 0, None), devices=devices, donate_argnums=(0,)
+    ),
+    jax.pmap(eval_step_fn(model), axis_name=AXIS, devices=devices),
+  )
 
 
 def make_optimizer(lr: float, weight_decay: float, grad_clip: float) -> optax.GradientTransformation:
@@ -110,7 +117,8 @@ def replicate(tree, devices):
   """Copy a host pytree to every device: leaves [P, ...] sharded over a 1-D mesh of ``devices`` (pmap layout)."""
   sharding = NamedSharding(Mesh(np.array(devices), ("d",)), PartitionSpec("d"))
   return jax.tree.map(
-      lambda x: jax.device_put(np.broadcast_to(np.asarray(x)[None], (len(devices),) + np.shape(x)), sharding), tree)
+    lambda x: jax.device_put(np.broadcast_to(np.asarray(x)[None], (len(devices),) + np.shape(x)), sharding), tree
+  )
 
 
 def unreplicate(tree):
