@@ -35,7 +35,13 @@ zero-padded to the longest sample (or cut/padded to ``seq_len``) with masks.
 Pickles can run arbitrary code when loaded. :func:`safe_load_pickle` admits only the
 globals a numeric feature pickle needs (numpy array/dtype/scalar reconstruction and
 plain builtin containers); any other reference (``os.system``, ``builtins.eval``,
-``subprocess.Popen``, ...) is refused *before* anything is called.
+``subprocess.Popen``, ...) is refused *before* anything is called. It also bounds memory by
+the file's size: every array (or ``bytes(n)``, ``list(range(n))``...) the pickle asks for by
+*shape* rather than by its literal contents counts against a budget of 8 x the file's size
++ 1 MiB (a numeric array's bytes are spelled out in the file; an object array costs 8
+bytes per element and each element at least one pickle byte), so a tiny pickle cannot
+allocate unbounded memory. An object array whose element list does not match its shape
+is refused too (numpy would read past the list).
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ from __future__ import annotations
 import _compat_pickle
 import codecs
 import importlib
+import math
+import os
 import pickle
 import warnings
 from pathlib import Path
@@ -115,12 +123,122 @@ def _resolve_numpy(modules: tuple[str, ...], name: str):
   raise pickle.UnpicklingError(f"numpy has no {name}")
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-  """Unpickler that resolves only the globals a numeric feature pickle needs."""
+class _GuardedArray(np.ndarray):
+  """What ``_reconstruct`` builds while unpickling: its ``__setstate__`` checks the state against the budget.
 
-  def __init__(self, file, where: str):
+  Replaced by a plain ``ndarray`` view (:func:`_unguard`) before the unpickled object is returned.
+  """
+
+  _unpickler: "RestrictedUnpickler"
+
+  def __setstate__(self, state):
+    if not isinstance(state, tuple) or len(state) not in (4, 5):
+      raise pickle.UnpicklingError("malformed ndarray state")
+    shape, dtype, raw = state[-4], state[-3], state[-1]
+    n = self._unpickler._charge(shape, dtype)
+    if isinstance(dtype, np.dtype) and dtype.hasobject and (not isinstance(raw, list) or len(raw) != n):
+      got = len(raw) if isinstance(raw, list) else type(raw).__name__
+      raise pickle.UnpicklingError(f"object array of {n} elements has {got} values")
+    super().__setstate__(state)
+
+
+def _unguard(obj, depth: int = 0):
+  """``obj`` with every :class:`_GuardedArray` inside (dict, list, tuple, object array) as a plain ndarray."""
+  if depth > 200:
+    raise pickle.UnpicklingError("containers nested deeper than 200")
+  if isinstance(obj, _GuardedArray):
+    out = obj.view(np.ndarray)
+    if out.dtype.hasobject:
+      flat = out.reshape(-1)
+      for i, v in enumerate(flat):
+        flat[i] = _unguard(v, depth + 1)
+    return out
+  if isinstance(obj, dict):
+    for k in obj:
+      obj[k] = _unguard(obj[k], depth + 1)
+    return obj
+  if isinstance(obj, list):
+    for i, v in enumerate(obj):
+      obj[i] = _unguard(v, depth + 1)
+    return obj
+  if isinstance(obj, tuple):
+    return tuple(_unguard(v, depth + 1) for v in obj)
+  return obj
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+  """Unpickler that resolves only the globals a numeric feature pickle needs, within a memory budget.
+
+  ``max_bytes`` bounds the memory the pickle may request by shape (arrays built by ``_reconstruct`` or
+  ``ndarray(...)``, ``bytes(n)``, ``list(range(n))``...), in total; None = 8 x the file's size + 1 MiB (when the
+  file has a size; unbounded otherwise).
+  """
+
+  def __init__(self, file, where: str, max_bytes: int | None = None):
     super().__init__(file, encoding="latin1")
     self._where = where
+    if max_bytes is None:
+      try:
+        max_bytes = 8 * os.fstat(file.fileno()).st_size + (1 << 20)
+      except (AttributeError, OSError, ValueError):
+        max_bytes = None
+    self._budget = max_bytes
+    self._guards = self._make_guards()
+
+  def _charge(self, shape, dtype) -> int:
+    """Count an allocation of ``shape`` x ``dtype`` against the budget; return its number of elements."""
+    if isinstance(shape, (int, np.integer)):
+      shape = (shape,)
+    if not isinstance(shape, tuple) or not all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape):
+      raise pickle.UnpicklingError(f"malformed array shape {shape!r}")
+    n = math.prod(int(d) for d in shape)
+    itemsize = dtype.itemsize if isinstance(dtype, np.dtype) else 1
+    self._spend(n * max(itemsize, 1))
+    return n
+
+  def _spend(self, nbytes: int) -> None:
+    if self._budget is None:
+      return
+    if nbytes > self._budget:
+      raise pickle.UnpicklingError(
+        f"asks for {nbytes} bytes, more than the file's size allows (8 x size + 1 MiB; {self._budget} bytes left)"
+      )
+    self._budget -= nbytes
+
+  def _make_guards(self) -> dict:
+    """Budget-checking stand-ins for the admitted globals that allocate by size."""
+    reconstruct = _resolve_numpy(("numpy._core.multiarray", "numpy.core.multiarray"), "_reconstruct")
+    unpickler = self
+    guarded = type("_GuardedArray", (_GuardedArray,), {"_unpickler": unpickler})
+
+    class ndarray_guard:  # stands for numpy.ndarray: as a _reconstruct argument, or called to allocate
+      def __new__(cls, shape, dtype=float, *args, **kwargs):
+        unpickler._charge(shape, np.dtype(dtype))
+        return np.ndarray(shape, dtype, *args, **kwargs)
+
+    def _reconstruct(subtype, shape, dtype):
+      if subtype is not ndarray_guard and subtype is not np.ndarray:
+        raise pickle.UnpicklingError(f"_reconstruct of {subtype!r}, not a numpy.ndarray")
+      unpickler._charge(shape, np.dtype(dtype) if not isinstance(dtype, (bytes, str)) else np.dtype("b"))
+      return reconstruct(guarded, shape, dtype)
+
+    def sized(kind):
+      def make(*args):
+        if args and isinstance(args[0], range):
+          unpickler._spend(40 * len(args[0]))  # a list slot plus an int object per element
+        elif args and kind in (bytes, bytearray) and isinstance(args[0], int):
+          unpickler._spend(args[0])
+        return kind(*args)
+
+      return make
+
+    guards = {"ndarray": ndarray_guard, "_reconstruct": _reconstruct}
+    for kind in (bytes, bytearray, list, tuple, set, frozenset):
+      guards[kind.__name__] = sized(kind)
+    return guards
+
+  def load(self):
+    return _unguard(super().load())
 
   def find_class(self, module: str, name: str):
     if not all(part.isidentifier() for part in f"{module}.{name}".split(".")):
@@ -131,9 +249,9 @@ class RestrictedUnpickler(pickle.Unpickler):
     elif module in _compat_pickle.IMPORT_MAPPING:
       module = _compat_pickle.IMPORT_MAPPING[module]
     if (module, name) in _NUMPY_GLOBALS:
-      return _resolve_numpy(*_NUMPY_GLOBALS[(module, name)])
+      return self._guards.get(name) or _resolve_numpy(*_NUMPY_GLOBALS[(module, name)])
     if module == "builtins" and name in _BUILTINS:
-      return getattr(__import__("builtins"), name)
+      return self._guards.get(name) or getattr(__import__("builtins"), name)
     if module == "collections" and name == "OrderedDict":
       import collections
 
@@ -165,6 +283,8 @@ def safe_load_pickle(path) -> Any:
     KeyError,
     UnicodeDecodeError,
     MemoryError,
+    RecursionError,
+    OverflowError,
   ) as e:
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
     raise ValueError(f"{path}: not a readable pickle ({type(e).__name__}: {msg})") from None
