@@ -311,7 +311,7 @@ def evaluate(
   for cond in bar:
     bar.set_postfix_str(cond.name)
     split = apply_condition(cond, test, perturb_seed, scale)
-    per_seed = {s: metrics_lib.sentiment_metrics(run.predict(s, split), split.labels) for s in run.seeds}
+    per_seed = {s: metrics_lib.sentiment_metrics(run.predict(s, split), split.labels["sentiment"]) for s in run.seeds}
     row = {
       "group": cond.group,
       "kind": cond.kind,

@@ -58,7 +58,7 @@ def test_fake_bclstm_split(tmp_path):
   assert sorted(vids["train"] + vids["valid"]) == ["v1", "v2", "v3"]
   for sp in ds.splits.values():
     for j, u in enumerate(sp.ids.tolist()):
-      assert sp.labels[j] == pytest.approx(score[u])
+      assert sp.labels["sentiment"][j] == pytest.approx(score[u])
       np.testing.assert_allclose(sp.features["vision"][j], feats[u]["vision"], rtol=1e-6)
       np.testing.assert_allclose(sp.features["audio"][j], feats[u]["audio"], rtol=1e-6)
   assert ds.splits["test"].ids.tolist() == ["v5_3", "v5_2", "v5_1", "v4_3", "v4_2", "v4_1"]  # file order
@@ -149,14 +149,14 @@ def test_real_load_mosi_bclstm(mosi_dir):
   assert not (vids["train"] & vids["valid"]) and not (vids["test"] & (vids["train"] | vids["valid"]))
   assert sizes == {"train": 1231, "valid": 216, "test": 752}  # seed 0
   for sp in ds.splits.values():
-    assert np.abs(sp.labels).max() <= 3
+    assert np.abs(sp.labels["sentiment"]).max() <= 3
   again = load_mosi_bclstm(mosi_dir)
   assert again.splits["valid"].ids.tolist() == ds.splits["valid"].ids.tolist()
   other = load_mosi_bclstm(mosi_dir, seed=1)
   assert other.splits["valid"].ids.tolist() != ds.splits["valid"].ids.tolist()
   # spot values: first transcript row and the official label
   j = ds.splits["test"].ids.tolist().index("03bSnISJMiM_1")
-  assert ds.splits["test"].labels[j] == pytest.approx(2.4)
+  assert ds.splits["test"].labels["sentiment"][j] == pytest.approx(2.4)
   assert ds.splits["test"].features["text"][j, 0] == pytest.approx(-0.571784, abs=1e-6)
 
 

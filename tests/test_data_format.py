@@ -9,6 +9,7 @@ import pytest
 from jmoe.data.format import (
   MODALITIES,
   Dataset,
+  LabelSpec,
   Split,
   describe,
   load_dataset,
@@ -71,23 +72,20 @@ def test_valid_dataset_passes_and_len():
   assert "toy (SYNTHETIC) 6/3/4 text[8] audio[5x3]" in describe(ds)
 
 
-@pytest.mark.parametrize("seq", [True, False])
-def test_save_load_round_trip(tmp_path, seq):
-  ds = make_ds(seq=seq)
-  save_dataset(ds, tmp_path / "d")
-  meta = json.loads((tmp_path / "d" / "meta.json").read_text())
-  assert meta == {
-    "format_version": 1,
-    "name": "toy",
-    "modalities": ["text", "audio"],
-    "dims": {"text": 8, "audio": 3},
-    "synthetic": True,
-    "source": "make_ds()",
-    "splits": {"train": 6, "valid": 3, "test": 4},
-  }
-  with np.load(tmp_path / "d" / "train.npz") as z:
-    assert sorted(z.files) == sorted(["text", "audio", "labels", "ids"] + (["audio_mask"] if seq else []))
-  back = load_dataset(tmp_path / "d")
+def write_v1(ds, directory):
+  """The format-1 layout (meta.json + <split>.npz), as earlier jmoe versions wrote it."""
+  directory.mkdir(parents=True)
+  for s, sp in ds.splits.items():
+    arrays = {m: sp.features[m] for m in ds.modalities}
+    arrays.update({f"{m}_mask": v for m, v in sp.masks.items()})
+    np.savez(directory / f"{s}.npz", labels=sp.labels["sentiment"], ids=sp.ids, **arrays)
+  meta = {"format_version": 1, "name": ds.name, "modalities": list(ds.modalities), "dims": ds.dims}
+  meta.update(synthetic=ds.synthetic, source=ds.source, splits={s: len(sp) for s, sp in ds.splits.items()})
+  (directory / "meta.json").write_text(json.dumps(meta))
+  return directory
+
+
+def assert_same(ds, back):
   assert (back.name, back.modalities, back.dims, back.synthetic, back.source) == (
     ds.name,
     ds.modalities,
@@ -95,15 +93,122 @@ def test_save_load_round_trip(tmp_path, seq):
     ds.synthetic,
     ds.source,
   )
-  for s in ("train", "valid", "test"):
+  assert back.label_specs == ds.label_specs and set(back.splits) == set(ds.splits)
+  for s in ds.splits:
     a, b = ds.splits[s], back.splits[s]
     for m in ds.modalities:
       np.testing.assert_array_equal(a.features[m], b.features[m])
     assert set(a.masks) == set(b.masks)
     for m in a.masks:
       np.testing.assert_array_equal(a.masks[m], b.masks[m])
-    np.testing.assert_array_equal(a.labels, b.labels)
+    assert set(a.labels) == set(b.labels)
+    for h in a.labels:
+      np.testing.assert_array_equal(a.labels[h], b.labels[h])
+    for field in ("label_masks", "groups", "present"):
+      assert set(getattr(a, field)) == set(getattr(b, field))
+      for k in getattr(a, field):
+        np.testing.assert_array_equal(getattr(a, field)[k], getattr(b, field)[k])
     assert a.ids.tolist() == b.ids.tolist()
+
+
+@pytest.mark.parametrize("seq", [True, False])
+def test_save_load_round_trip(tmp_path, seq):
+  ds = make_ds(seq=seq)
+  save_dataset(ds, tmp_path / "d")
+  meta = json.loads((tmp_path / "d" / "meta.json").read_text())
+  assert meta["format_version"] == 2 and meta["splits"] == {"train": 6, "valid": 3, "test": 4}
+  assert meta["label_specs"] == {"sentiment": {"kind": "regression", "range": [-3.0, 3.0]}}
+  assert sorted(p.name for p in (tmp_path / "d" / "train").iterdir()) == sorted(
+    ["features.text.npy", "features.audio.npy", "label.sentiment.npy", "ids.npy"] + (["mask.audio.npy"] if seq else [])
+  )
+  assert not [p for p in tmp_path.iterdir() if p.name != "d"]  # no temporary folder left behind
+  assert_same(ds, load_dataset(tmp_path / "d"))
+  mm = load_dataset(tmp_path / "d", mmap=True)
+  assert isinstance(mm.splits["train"].features["audio"], np.memmap)
+  assert_same(ds, mm)
+
+
+@pytest.mark.parametrize("seq", [True, False])
+def test_reads_format_1_unchanged(tmp_path, seq):
+  ds = make_ds(seq=seq)
+  back = load_dataset(write_v1(ds, tmp_path / "v1"))
+  assert_same(ds, back)
+  assert back.label_specs["sentiment"].range == (-3.0, 3.0)
+
+
+def make_v2(seed=0):
+  """A cross-validation pool with free modality names, two views, several heads, masks, groups and presence."""
+  rng = np.random.default_rng(seed)
+  b = 7
+  sp = Split(
+    features={
+      "eeg": rng.normal(size=(b, 4, 6)).astype(np.float32),
+      "audio_local": rng.normal(size=(b, 5, 3)).astype(np.float32),
+      "audio_global": rng.normal(size=(b, 3)).astype(np.float32),
+    },
+    masks={"eeg": np.ones((b, 4), bool), "audio_local": np.arange(5)[None] < rng.integers(1, 6, (b, 1))},
+    labels={
+      "vad": rng.uniform(1, 9, (b, 3)).astype(np.float32),
+      "emotion": rng.integers(0, 4, b).astype(np.int32),
+    },
+    ids=np.asarray([f"s{i}" for i in range(b)]),
+    label_masks={"emotion": np.arange(b) % 3 != 0},
+    groups={"subject": np.arange(b) // 2, "session": np.asarray(["Ses01", "Ses02"] * 3 + ["Ses01"])},
+    present={"eeg": rng.random((b, 4)) > 0.3, "audio_global": np.arange(b) % 2 == 0},
+  )
+  return Dataset(
+    name="toy2",
+    splits={"pool": sp},
+    modalities=("eeg", "audio_local", "audio_global"),
+    dims={"eeg": 6, "audio_local": 3, "audio_global": 3},
+    synthetic=True,
+    source="make_v2()",
+    label_specs={
+      "vad": LabelSpec("regression", range=(1, 9), names=("valence", "arousal", "dominance")),
+      "emotion": LabelSpec("classification", classes=("neutral", "happy", "angry", "sad")),
+    },
+    modality_meta={"audio_local": {"view_of": "audio", "rate_hz": 50.0}, "audio_global": {"view_of": "audio"}},
+  )
+
+
+def test_format_2_round_trip_pool_heads_groups_presence(tmp_path):
+  ds = make_v2()
+  assert ds.is_pool and ds.view_of("audio_local") == "audio" and ds.view_of("eeg") == "eeg"
+  back = load_dataset(save_dataset(ds, tmp_path / "d"))
+  assert_same(ds, back)
+  assert back.modality_meta == ds.modality_meta
+  sub = back.splits["pool"].take([1, 3])
+  assert sub.groups["session"].tolist() == ["Ses02", "Ses02"] and sub.label_mask("emotion").tolist() == [True, False]
+
+
+def test_format_2_label_errors_one_line():
+  ds = make_v2()
+  sp = ds.splits["pool"]
+  bad = dataclasses.replace(sp, labels={**sp.labels, "emotion": np.full(7, 4, np.int32)})
+  msg = one_line_error(ValueError, validate, dataclasses.replace(ds, splits={"pool": bad}), "here")
+  assert "outside the 4 declared classes" in msg
+  # a masked-out label is not checked: samples that lack a head may hold any placeholder
+  ok = dataclasses.replace(sp, labels={**sp.labels, "emotion": np.where(sp.label_mask("emotion"), 1, -1)})
+  validate(dataclasses.replace(ds, splits={"pool": ok}), "here")
+  far = dataclasses.replace(sp, labels={**sp.labels, "vad": np.full((7, 3), 9.5, np.float32)})
+  assert "outside [1, 9]" in one_line_error(ValueError, validate, dataclasses.replace(ds, splits={"pool": far}), "x")
+  nohead = dataclasses.replace(sp, labels={"vad": sp.labels["vad"]})
+  assert "label heads" in one_line_error(ValueError, validate, dataclasses.replace(ds, splits={"pool": nohead}), "x")
+  both = dict(ds.splits, train=sp)
+  assert "or one 'pool'" in one_line_error(ValueError, validate, dataclasses.replace(ds, splits=both), "x")
+  badp = dataclasses.replace(sp, present={"eeg": np.ones((7, 2), bool)})
+  assert "present['eeg']" in one_line_error(ValueError, validate, dataclasses.replace(ds, splits={"pool": badp}), "x")
+
+
+def test_save_never_replaces_a_folder_of_user_files(tmp_path):
+  (tmp_path / "d").mkdir()
+  (tmp_path / "d" / "notes.txt").write_text("mine")
+  one_line_error(FileExistsError, save_dataset, make_v2(), tmp_path / "d")
+  assert (tmp_path / "d" / "notes.txt").read_text() == "mine"
+  save_dataset(make_v2(), tmp_path / "e")
+  save_dataset(make_v2(seed=1), tmp_path / "e")  # a dataset folder is replaced whole
+  assert_same(make_v2(seed=1), load_dataset(tmp_path / "e"))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "e"]
 
 
 def test_validate_empty_split():
@@ -137,7 +242,7 @@ def test_validate_nan_inf_features_counted():
 
 def test_validate_labels_out_of_range_and_nan():
   ds = make_ds()
-  y = ds.splits["test"].labels.copy()
+  y = ds.splits["test"].labels["sentiment"].copy()
   y[1] = 3.5
   msg = one_line_error(ValueError, validate, with_split(ds, "test", labels=y), "p")
   assert "split 'test': 1 labels outside [-3, 3]" in msg and "max 3.5" in msg
@@ -149,10 +254,10 @@ def test_validate_labels_out_of_range_and_nan():
 def test_validate_n_mismatch():
   ds = make_ds()
   msg = one_line_error(ValueError, validate, with_split(ds, "train", ids=ds.splits["train"].ids[:5]), "p")
-  assert "ids have shape (5,) but labels have N=6" in msg
+  assert "ids have B=5 but labels['sentiment'] have shape (6,)" in msg
   feats = {**ds.splits["train"].features, "text": ds.splits["train"].features["text"][:4]}
   msg = one_line_error(ValueError, validate, with_split(ds, "train", features=feats), "p")
-  assert "features['text'] have N=4 but labels have N=6" in msg
+  assert "features['text'] have B=4 but ids have B=6" in msg
 
 
 def test_validate_mask_shape_and_missing_mask():
@@ -187,14 +292,14 @@ def test_load_missing_dir(tmp_path):
 def test_load_missing_meta_and_npz(tmp_path):
   (tmp_path / "d").mkdir()
   assert "meta.json: no such file" in one_line_error(FileNotFoundError, load_dataset, tmp_path / "d")
-  save_dataset(make_ds(), tmp_path / "e")
+  write_v1(make_ds(), tmp_path / "e")
   (tmp_path / "e" / "valid.npz").unlink()
   msg = one_line_error(FileNotFoundError, load_dataset, tmp_path / "e")
   assert msg.startswith(str(tmp_path / "e" / "valid.npz"))
 
 
 def test_load_non_npz_file(tmp_path):
-  save_dataset(make_ds(), tmp_path / "d")
+  write_v1(make_ds(), tmp_path / "d")
   (tmp_path / "d" / "test.npz").write_text("hello, I am a CSV\n1,2,3\n")
   msg = one_line_error(ValueError, load_dataset, tmp_path / "d")
   assert msg.startswith(f"{tmp_path / 'd' / 'test.npz'}: not a jmoe dataset (not an .npz/zip archive")
@@ -231,7 +336,7 @@ def test_load_size_mismatch_and_dims_mismatch_on_disk(tmp_path):
 
 def test_save_refuses_invalid(tmp_path):
   ds = make_ds()
-  y = ds.splits["train"].labels.copy()
+  y = ds.splits["train"].labels["sentiment"].copy()
   y[0] = -7
   one_line_error(ValueError, save_dataset, with_split(ds, "train", labels=y), tmp_path / "d")
   assert not (tmp_path / "d").exists()

@@ -127,7 +127,7 @@ def test_mmsa_round_trip(tmp_path, protocol):
     assert len(sp) == n
     np.testing.assert_array_equal(sp.features["audio"], r["audio"])
     np.testing.assert_array_equal(sp.features["text"], r["text"])
-    np.testing.assert_allclose(sp.labels, r["regression_labels"].astype(np.float32))
+    np.testing.assert_allclose(sp.labels["sentiment"], r["regression_labels"].astype(np.float32))
     assert sp.ids[1] == f"vid{s}0_2"  # '$_$' -> '_'
     np.testing.assert_array_equal(sp.masks["text"], r["text_bert"][:, 1, :] > 0)
     np.testing.assert_array_equal(sp.masks["audio"].sum(1), r["audio_lengths"])
@@ -218,7 +218,7 @@ def test_mag_round_trip(tmp_path, protocol):
     assert len(sp) == len(raw[src]) and sp.features["audio"].shape[1] == tmax
     for i, ((words, visual, acoustic), label, seg) in enumerate(raw[src]):
       t = len(words)
-      assert sp.ids[i] == seg and sp.labels[i] == pytest.approx(float(label[0, 0]))
+      assert sp.ids[i] == seg and sp.labels["sentiment"][i] == pytest.approx(float(label[0, 0]))
       assert sp.masks["vision"][i].sum() == t and sp.masks["audio"][i, :t].all()
       np.testing.assert_allclose(sp.features["vision"][i, :t], visual.astype(np.float32))
       np.testing.assert_allclose(sp.features["audio"][i, :t], acoustic.astype(np.float32))

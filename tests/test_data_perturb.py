@@ -44,7 +44,7 @@ def test_drop_modalities(seq_split, available):
     else:
       assert not out.features[m].any()
     np.testing.assert_array_equal(out.masks[m], seq_split.masks[m])  # masks kept
-  np.testing.assert_array_equal(out.labels, seq_split.labels)
+  np.testing.assert_array_equal(out.labels["sentiment"], seq_split.labels["sentiment"])
   for m, x in before.items():  # input untouched
     np.testing.assert_array_equal(seq_split.features[m], x)
 

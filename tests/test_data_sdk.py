@@ -85,7 +85,7 @@ def test_load_sdk_dataset_vectors(sdk_files):
   assert not ds.synthetic and "covarep.csd" in ds.source
   tr = ds.splits["train"]
   assert tr.ids.tolist() == ["a_1", "a_2", "b_1", "b_2", "b_3"]
-  np.testing.assert_allclose(tr.labels, [1, -2, 0.5, 3, -1])
+  np.testing.assert_allclose(tr.labels["sentiment"], [1, -2, 0.5, 3, -1])
   # segment b_1 = [4, 6] s: audio frames starting at 4.0 .. 5.5 (4 frames) -> mean of column 0 = 4.75
   feats, ivals = audio["b"]
   inside = (ivals[:, 0] >= 4.0) & (ivals[:, 1] <= 6.0)
@@ -164,11 +164,11 @@ def test_mosei_style_label_columns(sdk_files, tmp_path):
   }
   write_csd(tmp_path / "mosei_labels.csd", "All Labels", seven)
   ds = load_sdk_dataset(tmp_path / "mosei_labels.csd", {"audio": d / "covarep.csd"}, d / "folds.json")
-  np.testing.assert_allclose(ds.splits["train"].labels, [1, -2, 0.5, 3, -1])
+  np.testing.assert_allclose(ds.splits["train"].labels["sentiment"], [1, -2, 0.5, 3, -1])
   happy = load_sdk_dataset(
     tmp_path / "mosei_labels.csd", {"audio": d / "covarep.csd"}, d / "folds.json", label_column=1
   )
-  assert (happy.splits["test"].labels == 0.5).all()
+  assert (happy.splits["test"].labels["sentiment"] == 0.5).all()
   with pytest.raises(ValueError, match="label_column=7 is out of range"):
     load_sdk_dataset(tmp_path / "mosei_labels.csd", {"audio": d / "covarep.csd"}, d / "folds.json", label_column=7)
 

@@ -33,13 +33,13 @@ def test_fast_and_deterministic():
   c = synthetic_mosi(seed=4)
   for m in a.modalities:
     np.testing.assert_array_equal(a.splits["train"].features[m], b.splits["train"].features[m])
-  np.testing.assert_array_equal(a.splits["test"].labels, b.splits["test"].labels)
-  assert not np.array_equal(a.splits["test"].labels, c.splits["test"].labels)
+  np.testing.assert_array_equal(a.splits["test"].labels["sentiment"], b.splits["test"].labels["sentiment"])
+  assert not np.array_equal(a.splits["test"].labels["sentiment"], c.splits["test"].labels["sentiment"])
 
 
 def test_labels_like_mosi(mosi):
   ds, _ = mosi
-  y = np.concatenate([sp.labels for sp in ds.splits.values()])
+  y = np.concatenate([sp.labels["sentiment"] for sp in ds.splits.values()])
   assert y.min() >= -3 and y.max() <= 3
   np.testing.assert_allclose(y * 3, np.round(y * 3), atol=1e-5)  # averages of 3 integer votes
   assert 0.04 < np.mean(y == 0) < 0.2  # some exact zeros
@@ -66,8 +66,8 @@ def test_modality_strength_is_uneven(mosi):
   corr = {}
   for m in ds.modalities:
     p = truth["projections"][m]
-    w = fit_ridge(tr.features[m] @ p.T, tr.labels)
-    corr[m] = np.corrcoef(predict(w, te.features[m] @ p.T), te.labels)[0, 1]
+    w = fit_ridge(tr.features[m] @ p.T, tr.labels["sentiment"])
+    corr[m] = np.corrcoef(predict(w, te.features[m] @ p.T), te.labels["sentiment"])[0, 1]
   assert corr["text"] > corr["vision"] > corr["audio"]
   assert corr["text"] > 0.6 and corr["audio"] < 0.2
 
@@ -76,12 +76,12 @@ def test_nonlinear_beats_linear(mosi):
   ds, truth = mosi
   tr, te = ds.splits["train"], ds.splits["test"]
   a, b = codes(tr, truth), codes(te, truth)
-  lin_mae = np.abs(predict(fit_ridge(a, tr.labels), b) - te.labels).mean()
+  lin_mae = np.abs(predict(fit_ridge(a, tr.labels["sentiment"]), b) - te.labels["sentiment"]).mean()
   mu, sd = a.mean(0), a.std(0)
   a, b = (a - mu) / sd, (b - mu) / sd
   d2 = (b**2).sum(1)[:, None] - 2 * b @ a.T + (a**2).sum(1)[None]
-  knn = tr.labels[np.argsort(d2, axis=1)[:, :25]].mean(1)
-  knn_mae = np.abs(knn - te.labels).mean()
+  knn = tr.labels["sentiment"][np.argsort(d2, axis=1)[:, :25]].mean(1)
+  knn_mae = np.abs(knn - te.labels["sentiment"]).mean()
   assert knn_mae < lin_mae - 0.1, (knn_mae, lin_mae)
 
 

@@ -19,7 +19,7 @@ def assert_same(a, b):
   for s in ("train", "valid", "test"):
     x, y = a.splits[s], b.splits[s]
     assert x.ids.tolist() == y.ids.tolist()
-    np.testing.assert_array_equal(x.labels, y.labels)
+    np.testing.assert_array_equal(x.labels["sentiment"], y.labels["sentiment"])
     for m in a.modalities:
       np.testing.assert_array_equal(x.features[m], y.features[m])
     assert set(x.masks) == set(y.masks)

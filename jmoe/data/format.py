@@ -1,101 +1,163 @@
-"""The jmoe dataset format: in-memory dataclasses and the on-disk layout.
+"""The jmoe dataset format (version 2; reads version 1 unchanged): in-memory dataclasses and the on-disk layout.
 
-Axis alphabet used in every docstring of ``jmoe.data``: **N** samples (utterances),
-**T** time steps, **D** feature width.
+Axis alphabet of ``jmoe.data`` (the package alphabet of :mod:`jmoe`): **B** samples (utterances, windows or trials
+of a split), **T** time steps, **D** feature width, **K** dimensions of a multi-target label.
 
 In memory
 ---------
-A :class:`Dataset` holds three :class:`Split` objects (``'train'``, ``'valid'``,
-``'test'``) plus metadata. A split stores, per modality ``m`` (a subset of
-:data:`MODALITIES`, always listed in canonical order ``text, audio, vision`` --
-letters L, A, V):
+A :class:`Dataset` holds named :class:`Split` objects -- exactly ``train``, ``valid``, ``test`` (a predefined split)
+or a single ``pool`` (a cross-validation dataset: :mod:`jmoe.data.folds` computes index folds over it) -- plus
+metadata. A split stores:
 
-* ``features[m]``: float32 ``[N, D]`` (one vector per utterance) or float32
-  ``[N, T, D]`` (a zero-padded sequence per utterance);
-* ``masks[m]``: bool ``[N, T]``, present for sequence modalities only
-  (``True`` = real time step, ``False`` = padding);
-* ``labels``: float32 ``[N]`` sentiment score in ``[-3, 3]``;
-* ``ids``: str ``[N]`` utterance ids such as ``'<video>_<n>'``.
+* ``features[m]``: float32 ``[B, D]`` (one vector per sample) or ``[B, T, D]`` (a zero-padded sequence) for every
+  modality ``m`` of ``Dataset.modalities``. Modality names are free identifiers (``text``, ``eeg``,
+  ``audio_local``...); several *views* of one modality (frames and an utterance vector) are separate modalities
+  whose ``modality_meta[m]['view_of']`` names the modality they view;
+* ``masks[m]``: bool ``[B, T]`` for sequence modalities only (True = real step);
+* ``labels[head]``: one array per label head, described by ``Dataset.label_specs[head]`` (:class:`LabelSpec`):
+  regression float32 ``[B]`` or ``[B, K]`` inside the spec's range, classification int32 ``[B]`` in ``[0, C)``;
+* ``label_masks[head]``: bool ``[B]``, False where a sample lacks that head (its label value is then ignored;
+  absent = every sample has it);
+* ``groups[name]``: ``[B]`` int or str ids (``subject``, ``session``, ``speaker``, ``trial``, ``video``...) from
+  which folds are built;
+* ``present[m]``: bool ``[B]`` or ``[B, T]`` modality presence (absent = always present; a missing modality's
+  features are zero);
+* ``ids``: str ``[B]`` sample ids.
 
-``D`` of a modality is the same in every split and equals ``Dataset.dims[m]``;
-``T`` may differ between splits. ``Dataset.synthetic`` is True for generated data,
-and ``Dataset.source`` says where the data came from (paths, or generator and seed).
+``Dataset.synthetic`` is True for generated data and ``Dataset.source`` says where the data came from.
+A version-1 split (``labels`` a float array in [-3, 3]) is read as the single regression head ``sentiment``.
 
 On disk (written by :func:`save_dataset`, read by :func:`load_dataset`)
 ----------------------------------------------------------------------
-::
+Version 2: ``<dir>/meta.json`` (``format_version`` 2, ``name``, ``modalities``, ``dims``, ``modality_meta``,
+``label_specs``, ``synthetic``, ``source``, ``splits`` {name: B}) and one folder per split holding plain ``.npy``
+files (``features.<m>``, ``mask.<m>``, ``label.<head>``, ``label_mask.<head>``, ``group.<name>``,
+``present.<m>``, ``ids``), which :func:`load_dataset` can memory-map (``mmap=True``) so that a DEAP-sized
+dataset is not held in RAM twice. :func:`save_dataset` writes into a temporary sibling folder and renames it into
+place: a crash never leaves a half-written dataset that looks complete.
+Version 1 (read only): ``meta.json`` plus ``<split>.npz`` with ``'<m>'``, ``'<m>_mask'``, ``'labels'``, ``'ids'``.
 
-    <dir>/meta.json     {"format_version": 1, "name": ..., "modalities": [...],
-                         "dims": {m: D}, "synthetic": bool, "source": str,
-                         "splits": {"train": N_train, "valid": N_valid, "test": N_test}}
-    <dir>/<split>.npz   one per split, keys:
-                         '<m>'       float32 [N, D] or [N, T, D] for each modality m
-                         '<m>_mask'  bool [N, T]  (sequence modalities only)
-                         'labels'    float32 [N]
-                         'ids'       unicode [N]
-
-The ``.npz`` files hold plain arrays only and are read with ``allow_pickle=False``.
-Every load goes through :func:`validate`, which raises a one-line ``ValueError``
-naming the file or directory and the problem.
+Files hold plain arrays only and are read with ``allow_pickle=False``. Every load goes through :func:`validate`,
+which raises a one-line ``ValueError`` naming the file or directory and the problem.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
+import shutil
+import tempfile
 import zipfile
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 MODALITIES: tuple[str, ...] = ("text", "audio", "vision")
-"""Canonical modality order; letters L (text), A (audio), V (vision)."""
+"""The format-1 modality set and its canonical order; letters L (text), A (audio), V (vision)."""
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
-FORMAT_VERSION = 1
+POOL = "pool"
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 LABEL_RANGE: tuple[float, float] = (-3.0, 3.0)
+SENTIMENT = "sentiment"
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelSpec:
+  """What a label head holds.
+
+  Attributes:
+    kind: ``'regression'`` (float32 ``[B]`` or ``[B, K]``) or ``'classification'`` (int32 ``[B]`` class ids).
+    range: (low, high) of regression labels (inclusive), or None (any finite value).
+    names: names of the K dimensions of a ``[B, K]`` regression head (e.g. valence, arousal, dominance).
+    classes: class names of a classification head; labels are ids into it.
+  """
+
+  kind: str
+  range: tuple[float, float] | None = None
+  names: tuple[str, ...] | None = None
+  classes: tuple[str, ...] | None = None
+
+  def __post_init__(self):
+    if self.kind not in ("regression", "classification"):
+      raise ValueError(f"LabelSpec kind must be 'regression' or 'classification', got {self.kind!r}")
+    if self.kind == "classification" and not self.classes:
+      raise ValueError("a classification LabelSpec needs its class names")
+    if self.range is not None:
+      object.__setattr__(self, "range", (float(self.range[0]), float(self.range[1])))
+    for f in ("names", "classes"):
+      if getattr(self, f) is not None:
+        object.__setattr__(self, f, tuple(str(x) for x in getattr(self, f)))
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.classes or ())
+
+  def to_json(self) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items() if v is not None}
+
+  @classmethod
+  def from_json(cls, d: Mapping[str, Any]) -> "LabelSpec":
+    return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+
+
+SENTIMENT_SPEC = LabelSpec("regression", range=LABEL_RANGE)
 
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split of a dataset.
+  """One split of a dataset (see the module docstring for every field's shape).
 
-  Attributes:
-    features: modality -> float32 ``[N, D]`` (utterance vectors) or ``[N, T, D]``
-      (zero-padded sequences).
-    masks: modality -> bool ``[N, T]`` for the sequence modalities only
-      (True = real step).
-    labels: float32 ``[N]`` sentiment in ``[-3, 3]``.
-    ids: str ``[N]`` utterance ids, e.g. ``'<video>_<n>'``.
+  ``labels`` may be given as a single float array: it is read as the format-1 head ``sentiment``.
   """
 
   features: dict[str, np.ndarray]
   masks: dict[str, np.ndarray]
-  labels: np.ndarray
+  labels: dict[str, np.ndarray]
   ids: np.ndarray
+  label_masks: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  groups: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  present: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    if not isinstance(self.labels, Mapping):
+      object.__setattr__(self, "labels", {SENTIMENT: self.labels})
 
   def __len__(self) -> int:
-    return int(np.shape(self.labels)[0])
+    return int(np.shape(self.ids)[0])
 
   def is_sequence(self, modality: str) -> bool:
-    """True when ``features[modality]`` is ``[N, T, D]``."""
+    """True when ``features[modality]`` is ``[B, T, D]``."""
     return np.ndim(self.features[modality]) == 3
 
+  def label_mask(self, head: str) -> np.ndarray:
+    """bool [B]: which samples have a label for ``head``."""
+    m = self.label_masks.get(head)
+    return np.ones(len(self), bool) if m is None else np.asarray(m, bool)
+
   def take(self, indices) -> "Split":
-    """A new split with the samples at ``indices`` (int ``[K]`` or bool ``[N]``)."""
+    """A new split with the samples at ``indices`` (int ``[B']`` or bool ``[B]``)."""
     idx = np.asarray(indices)
+    sub = lambda d: {k: np.asarray(v)[idx] for k, v in d.items()}
     return Split(
-      features={m: x[idx] for m, x in self.features.items()},
-      masks={m: x[idx] for m, x in self.masks.items()},
-      labels=self.labels[idx],
-      ids=self.ids[idx],
+      features=sub(self.features),
+      masks=sub(self.masks),
+      labels=sub(self.labels),
+      ids=np.asarray(self.ids)[idx],
+      label_masks=sub(self.label_masks),
+      groups=sub(self.groups),
+      present=sub(self.present),
     )
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  """A named dataset: three splits plus metadata (see the module docstring)."""
+  """A named dataset: its splits plus metadata (see the module docstring)."""
 
   name: str
   splits: dict[str, Split]
@@ -103,10 +165,31 @@ class Dataset:
   dims: dict[str, int]
   synthetic: bool
   source: str
+  label_specs: dict[str, LabelSpec] = dataclasses.field(default_factory=dict)
+  modality_meta: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    if not self.label_specs:
+      heads = {h for sp in self.splits.values() if isinstance(sp, Split) for h in sp.labels}
+      if heads == {SENTIMENT}:
+        object.__setattr__(self, "label_specs", {SENTIMENT: SENTIMENT_SPEC})
+
+  @property
+  def heads(self) -> tuple[str, ...]:
+    return tuple(self.label_specs)
+
+  @property
+  def is_pool(self) -> bool:
+    """True for a cross-validation dataset (one ``pool`` split)."""
+    return set(self.splits) == {POOL}
+
+  def view_of(self, modality: str) -> str:
+    """The modality that ``modality`` is a view of (itself when it is not a view)."""
+    return str(self.modality_meta.get(modality, {}).get("view_of") or modality)
 
 
 def canonical_modalities(names, where: str = "modalities") -> tuple[str, ...]:
-  """Sort modality names into canonical order; ValueError for unknown or repeated names."""
+  """Format-1 modality names (text/audio/vision) in canonical order; ValueError for unknown or repeated names."""
   names = tuple(names)
   unknown = [m for m in names if m not in MODALITIES]
   if unknown:
@@ -120,130 +203,219 @@ def _fail(where, msg: str):
   raise ValueError(f"{where}: {msg}".replace("\n", " "))
 
 
-def validate(ds: Dataset, where, label_range: tuple[float, float] = LABEL_RANGE) -> Dataset:
+def _check_labels(where, sname: str, sp: Split, head: str, spec: LabelSpec, b: int) -> None:
+  y = np.asarray(sp.labels[head])
+  if y.shape[:1] != (b,):
+    _fail(where, f"split '{sname}': labels['{head}'] have shape {y.shape}, expected [B={b}, ...]")
+  mask = sp.label_mask(head)
+  if mask.shape != (b,):
+    _fail(where, f"split '{sname}': label_masks['{head}'] have shape {mask.shape}, expected [{b}]")
+  y = y[mask]
+  if spec.kind == "classification":
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+      _fail(where, f"split '{sname}': classification labels['{head}'] must be int [B], got {y.dtype} {y.shape}")
+    bad = (y < 0) | (y >= spec.num_classes)
+    if bad.any():
+      _fail(
+        where,
+        f"split '{sname}': {int(bad.sum())} labels['{head}'] outside the {spec.num_classes} declared classes "
+        f"{list(spec.classes)} (ids {sorted(set(y[bad].tolist()))[:5]})",
+      )
+    return
+  if not np.issubdtype(y.dtype, np.floating):
+    _fail(where, f"split '{sname}': labels must be float, got dtype {y.dtype}")
+  if y.ndim not in (1, 2):
+    _fail(where, f"labels of split '{sname}' have shape {y.shape}, expected [B] or [B, K]")
+  if spec.names is not None and (y.ndim != 2 or y.shape[1] != len(spec.names)):
+    _fail(where, f"split '{sname}': labels['{head}'] have shape {y.shape}, spec names {len(spec.names)} dimensions")
+  bad = ~np.isfinite(y)
+  if bad.any():
+    _fail(where, f"split '{sname}': {int(bad.sum())} labels are NaN/Inf")
+  if spec.range is not None and y.size:
+    lo, hi = spec.range
+    out = (y < lo) | (y > hi)
+    if out.any():
+      _fail(
+        where,
+        f"split '{sname}': {int(out.sum())} labels outside [{lo:g}, {hi:g}] (min {y.min():g}, max {y.max():g})",
+      )
+
+
+def _check_modality(where, sname: str, sp: Split, m: str, ds: Dataset, b: int, rank: dict) -> None:
+  x = sp.features[m]
+  if not isinstance(x, np.ndarray):
+    _fail(where, f"split '{sname}': features['{m}'] is a {type(x).__name__}, not a numpy array")
+  if x.dtype != np.float32:
+    _fail(where, f"split '{sname}': features['{m}'] have dtype {x.dtype}, expected float32")
+  if x.ndim not in (2, 3):
+    _fail(where, f"split '{sname}': features['{m}'] have shape {x.shape}, expected [B, D] or [B, T, D]")
+  if x.shape[0] != b:
+    _fail(where, f"split '{sname}': features['{m}'] have B={x.shape[0]} but ids have B={b}")
+  if x.shape[-1] != ds.dims[m]:
+    prev = rank.get(m)
+    other = f" (split '{prev[1]}' has D={ds.dims[m]})" if prev else ""
+    _fail(where, f"modality '{m}' has D={x.shape[-1]} in split '{sname}' but dims metadata says {ds.dims[m]}{other}")
+  if m in rank and rank[m][0] != x.ndim:
+    _fail(where, f"modality '{m}' is rank {x.ndim} in split '{sname}' but rank {rank[m][0]} in split '{rank[m][1]}'")
+  rank.setdefault(m, (x.ndim, sname))
+  # Chunked so that a memory-mapped array is checked without loading it whole.
+  nonfinite = sum(int(c.size - np.count_nonzero(np.isfinite(c))) for c in np.array_split(x, max(1, b // 4096)))
+  if nonfinite:
+    _fail(where, f"split '{sname}': {nonfinite} NaN/Inf values in '{m}' features")
+  if x.ndim == 3:
+    if m not in sp.masks:
+      _fail(where, f"split '{sname}': sequence modality '{m}' has no mask")
+    mask = sp.masks[m]
+    if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
+      _fail(where, f"split '{sname}': mask of '{m}' must be a bool array")
+    if mask.shape != x.shape[:2]:
+      _fail(where, f"split '{sname}': mask of '{m}' has shape {mask.shape}, features have [B, T] = {x.shape[:2]}")
+  if m in sp.present:
+    p = np.asarray(sp.present[m])
+    if p.dtype != np.bool_ or p.shape not in ((b,), x.shape[:2]):
+      _fail(where, f"split '{sname}': present['{m}'] must be bool [B] or [B, T], got {p.dtype} {p.shape}")
+
+
+def validate(ds: Dataset, where, label_range: tuple[float, float] | None = None) -> Dataset:
   """Check ``ds`` against the format; return it unchanged or raise a one-line ValueError.
 
-  ``where`` names the file or directory the data came from and starts the message.
-  Checks: the three splits exist and are non-empty; modalities are known, in canonical
-  order and match ``dims``; every feature array is float32 ``[N, D]`` or ``[N, T, D]``
-  with ``D == dims[m]`` and the same rank in every split; sequence modalities (and only
-  they) have a bool ``[N, T]`` mask; features, labels and ids agree on N; features are
-  finite; labels are finite and inside ``label_range``.
+  ``where`` names the file or directory the data came from and starts the message. Checks: splits are exactly
+  train/valid/test or one ``pool``, none empty; modality names are identifiers, listed once, matching ``dims``
+  (the format-1 set keeps its canonical order); every feature array is float32 ``[B, D]`` or ``[B, T, D]`` with
+  ``D == dims[m]`` and the same rank in every split, finite; sequence modalities (and only they) have a bool
+  ``[B, T]`` mask; every head of ``label_specs`` is in every split and its labels match the spec (kind, dtype,
+  range, classes) where the label mask is set; groups, presence and ids agree on B. ``label_range`` overrides the
+  range of a format-1 ``sentiment`` head.
   """
   if not isinstance(ds, Dataset):
     _fail(where, f"expected a jmoe Dataset, got {type(ds).__name__}")
   mods = tuple(ds.modalities)
   if not mods:
     _fail(where, "dataset has no modalities")
-  try:
-    canon = canonical_modalities(mods, where=str(where))
-  except ValueError as e:
-    raise ValueError(str(e)) from None
-  if canon != mods:
-    _fail(where, f"modalities {mods} are not in canonical order {canon}")
+  bad_names = [m for m in mods if not isinstance(m, str) or not _NAME.match(m)]
+  if bad_names:
+    _fail(where, f"modality name {bad_names[0]!r} is not an identifier (letters, digits, '_')")
+  if len(set(mods)) != len(mods):
+    _fail(where, f"modality listed twice in {mods}")
+  if set(mods) <= set(MODALITIES) and canonical_modalities(mods) != mods:
+    _fail(where, f"modalities {mods} are not in canonical order {canonical_modalities(mods)}")
   if set(ds.dims) != set(mods):
     _fail(where, f"dims metadata covers {sorted(ds.dims)} but modalities are {list(mods)}")
-  if set(ds.splits) != set(SPLITS):
+  names = set(ds.splits)
+  if names != set(SPLITS) and names != {POOL}:
     missing = [s for s in SPLITS if s not in ds.splits]
     extra = [s for s in ds.splits if s not in SPLITS]
-    _fail(where, f"splits must be exactly {list(SPLITS)}; missing {missing}, unexpected {extra}")
-  lo, hi = label_range
+    _fail(where, f"splits must be exactly {list(SPLITS)} or one '{POOL}'; missing {missing}, unexpected {extra}")
+  specs = dict(ds.label_specs)
+  if not specs:
+    _fail(where, "dataset declares no label heads (label_specs is empty)")
+  if label_range is not None and specs.get(SENTIMENT) is not None:
+    specs[SENTIMENT] = dataclasses.replace(specs[SENTIMENT], range=tuple(label_range))
   rank: dict[str, tuple[int, str]] = {}
-  for sname in SPLITS:
-    sp = ds.splits[sname]
+  for sname, sp in ds.splits.items():
     if not isinstance(sp, Split):
       _fail(where, f"split '{sname}' is a {type(sp).__name__}, not a Split")
-    labels = np.asarray(sp.labels)
-    if labels.ndim != 1:
-      _fail(where, f"labels of split '{sname}' have shape {labels.shape}, expected [N]")
-    n = labels.shape[0]
-    if n == 0:
-      _fail(where, f"split '{sname}' is empty")
-    if set(sp.features) != set(mods):
-      _fail(where, f"split '{sname}' has features for {sorted(sp.features)} but modalities are {list(mods)}")
     ids = np.asarray(sp.ids)
-    if ids.shape != (n,):
-      _fail(where, f"split '{sname}': ids have shape {ids.shape} but labels have N={n}")
+    b = ids.shape[0] if ids.ndim == 1 else -1
+    if b == 0:
+      _fail(where, f"split '{sname}' is empty")
+    if ids.ndim != 1:
+      _fail(where, f"split '{sname}': ids have shape {ids.shape}, expected [B]")
     if ids.dtype.kind not in "UO":
       _fail(where, f"split '{sname}': ids must be strings, got dtype {ids.dtype}")
-    if not np.issubdtype(labels.dtype, np.floating):
-      _fail(where, f"split '{sname}': labels must be float, got dtype {labels.dtype}")
-    bad = ~np.isfinite(labels)
-    if bad.any():
-      _fail(where, f"split '{sname}': {int(bad.sum())} labels are NaN/Inf")
-    out = (labels < lo) | (labels > hi)
-    if out.any():
-      _fail(
-        where,
-        f"split '{sname}': {int(out.sum())} labels outside [{lo:g}, {hi:g}] "
-        f"(min {labels.min():g}, max {labels.max():g})",
-      )
+    missing_heads = [h for h in specs if h not in sp.labels]
+    if missing_heads or set(sp.labels) - set(specs):
+      _fail(where, f"split '{sname}' has label heads {sorted(sp.labels)} but label_specs declare {sorted(specs)}")
+    for h, spec in specs.items():
+      y = np.asarray(sp.labels[h])
+      if y.shape[:1] != (b,):
+        _fail(where, f"split '{sname}': ids have B={b} but labels['{h}'] have shape {y.shape}")
+      _check_labels(where, sname, sp, h, spec, b)
+    if set(sp.features) != set(mods):
+      _fail(where, f"split '{sname}' has features for {sorted(sp.features)} but modalities are {list(mods)}")
     for m in mods:
-      x = sp.features[m]
-      if not isinstance(x, np.ndarray):
-        _fail(where, f"split '{sname}': features['{m}'] is a {type(x).__name__}, not a numpy array")
-      if x.dtype != np.float32:
-        _fail(where, f"split '{sname}': features['{m}'] have dtype {x.dtype}, expected float32")
-      if x.ndim not in (2, 3):
-        _fail(where, f"split '{sname}': features['{m}'] have shape {x.shape}, expected [N, D] or [N, T, D]")
-      if x.shape[0] != n:
-        _fail(where, f"split '{sname}': features['{m}'] have N={x.shape[0]} but labels have N={n}")
-      if x.shape[-1] != ds.dims[m]:
-        prev = rank.get(m)
-        other = f" (split '{prev[1]}' has D={ds.dims[m]})" if prev else ""
-        _fail(
-          where, f"modality '{m}' has D={x.shape[-1]} in split '{sname}' but dims metadata says {ds.dims[m]}{other}"
-        )
-      if m in rank and rank[m][0] != x.ndim:
-        _fail(
-          where, f"modality '{m}' is rank {x.ndim} in split '{sname}' but rank {rank[m][0]} in split '{rank[m][1]}'"
-        )
-      rank.setdefault(m, (x.ndim, sname))
-      nonfinite = int(x.size - np.count_nonzero(np.isfinite(x)))
-      if nonfinite:
-        _fail(where, f"split '{sname}': {nonfinite} NaN/Inf values in '{m}' features")
-      if x.ndim == 3:
-        if m not in sp.masks:
-          _fail(where, f"split '{sname}': sequence modality '{m}' has no mask")
-        mask = sp.masks[m]
-        if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
-          _fail(where, f"split '{sname}': mask of '{m}' must be a bool array")
-        if mask.shape != x.shape[:2]:
-          _fail(where, f"split '{sname}': mask of '{m}' has shape {mask.shape}, features have [N, T] = {x.shape[:2]}")
+      _check_modality(where, sname, sp, m, ds, b, rank)
     extra_masks = [m for m in sp.masks if m not in mods or np.ndim(sp.features[m]) != 3]
     if extra_masks:
       _fail(where, f"split '{sname}': masks given for non-sequence modalities {extra_masks}")
+    extra_present = [m for m in sp.present if m not in mods]
+    if extra_present:
+      _fail(where, f"split '{sname}': presence given for unknown modalities {extra_present}")
+    for g, v in sp.groups.items():
+      if np.shape(v) != (b,):
+        _fail(where, f"split '{sname}': groups['{g}'] have shape {np.shape(v)}, expected [{b}]")
   return ds
 
 
-def _npz_arrays(split: Split, modalities) -> dict[str, np.ndarray]:
-  arrays = {}
+def _split_arrays(split: Split, modalities) -> dict[str, np.ndarray]:
+  """The arrays of a split under their on-disk (version 2) names."""
+  arrays: dict[str, np.ndarray] = {"ids": np.asarray(split.ids).astype(str)}
   for m in modalities:
-    arrays[m] = split.features[m]
+    arrays[f"features.{m}"] = split.features[m]
     if m in split.masks:
-      arrays[f"{m}_mask"] = split.masks[m]
-  arrays["labels"] = np.asarray(split.labels, np.float32)
-  arrays["ids"] = np.asarray(split.ids).astype(str)
+      arrays[f"mask.{m}"] = split.masks[m]
+    if m in split.present:
+      arrays[f"present.{m}"] = np.asarray(split.present[m], bool)
+  for h, y in split.labels.items():
+    arrays[f"label.{h}"] = np.asarray(y)
+  for h, v in split.label_masks.items():
+    arrays[f"label_mask.{h}"] = np.asarray(v, bool)
+  for g, v in split.groups.items():
+    v = np.asarray(v)
+    arrays[f"group.{g}"] = v.astype(str) if v.dtype.kind in "UO" else v
   return arrays
 
 
+def _replaceable(directory: Path) -> bool:
+  """An existing folder may be replaced only if it is empty or a jmoe dataset (never a folder of user files)."""
+  if not directory.exists():
+    return True
+  if not directory.is_dir():
+    return False
+  entries = {p.name for p in directory.iterdir()}
+  return not entries or "meta.json" in entries
+
+
 def save_dataset(ds: Dataset, directory) -> Path:
-  """Validate ``ds`` and write it to ``directory`` (created if needed); return the path."""
+  """Validate ``ds`` and write it (format 2) to ``directory``; return the path.
+
+  Written into a temporary sibling folder and renamed into place, so an interrupted save leaves either the old
+  dataset or the new one, never a mixture. An existing ``directory`` is replaced only when it is empty or holds a
+  jmoe dataset.
+  """
   directory = Path(directory)
   validate(ds, directory)
-  directory.mkdir(parents=True, exist_ok=True)
-  for sname in SPLITS:
-    np.savez(directory / f"{sname}.npz", **_npz_arrays(ds.splits[sname], ds.modalities))
-  meta = {
-    "format_version": FORMAT_VERSION,
-    "name": ds.name,
-    "modalities": list(ds.modalities),
-    "dims": {m: int(ds.dims[m]) for m in ds.modalities},
-    "synthetic": bool(ds.synthetic),
-    "source": ds.source,
-    "splits": {s: len(ds.splits[s]) for s in SPLITS},
-  }
-  (directory / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+  if not _replaceable(directory):
+    raise FileExistsError(f"{directory}: exists and is not a jmoe dataset; refusing to overwrite it")
+  directory.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".partial", dir=directory.parent))
+  try:
+    for sname, sp in ds.splits.items():
+      (tmp / sname).mkdir()
+      for key, arr in _split_arrays(sp, ds.modalities).items():
+        np.save(tmp / sname / f"{key}.npy", arr, allow_pickle=False)
+    meta = {
+      "format_version": FORMAT_VERSION,
+      "name": ds.name,
+      "modalities": list(ds.modalities),
+      "dims": {m: int(ds.dims[m]) for m in ds.modalities},
+      "modality_meta": {m: dict(v) for m, v in ds.modality_meta.items()},
+      "label_specs": {h: s.to_json() for h, s in ds.label_specs.items()},
+      "synthetic": bool(ds.synthetic),
+      "source": ds.source,
+      "splits": {s: len(sp) for s, sp in ds.splits.items()},
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if directory.exists():
+      old = directory.with_name(f".{directory.name}.old")
+      shutil.rmtree(old, ignore_errors=True)
+      os.replace(directory, old)
+      os.replace(tmp, directory)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(tmp, directory)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
   return directory
 
 
@@ -261,10 +433,13 @@ def _read_meta(directory: Path) -> dict:
   missing = [k for k in need if k not in meta]
   if missing:
     raise ValueError(f"{path}: not a jmoe dataset (meta.json lacks {', '.join(missing)})")
-  if meta["format_version"] != FORMAT_VERSION:
+  if meta["format_version"] not in READ_VERSIONS:
     raise ValueError(
-      f"{path}: format_version {meta['format_version']!r} is not supported (this jmoe reads version {FORMAT_VERSION})"
+      f"{path}: format_version {meta['format_version']!r} is not supported (this jmoe reads versions "
+      f"{', '.join(map(str, READ_VERSIONS))})"
     )
+  if not isinstance(meta["splits"], dict):
+    raise ValueError(f"{path}: not a jmoe dataset (splits must be an object of sizes)")
   return meta
 
 
@@ -291,9 +466,9 @@ def _read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
     raise ValueError(f"{path}: not {what} (corrupt .npz member: {msg})") from None
 
 
-def _read_split(path: Path, modalities) -> Split:
+def _read_split_v1(path: Path, modalities) -> Split:
   if not path.is_file():
-    raise FileNotFoundError(f"{path}: no such file (every jmoe dataset has train/valid/test .npz)")
+    raise FileNotFoundError(f"{path}: no such file (every format-1 jmoe dataset has train/valid/test .npz)")
   arrays = _read_npz(path, "a jmoe dataset")
   missing = [k for k in (*modalities, "labels", "ids") if k not in arrays]
   if missing:
@@ -303,23 +478,66 @@ def _read_split(path: Path, modalities) -> Split:
   return Split(features=features, masks=masks, labels=arrays["labels"], ids=arrays["ids"])
 
 
-def load_dataset(directory, label_range: tuple[float, float] = LABEL_RANGE) -> Dataset:
-  """Read a dataset written by :func:`save_dataset`; validated, with one-line errors."""
+def _read_npy(path: Path, mmap: bool) -> np.ndarray:
+  try:
+    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+  except (ValueError, OSError, EOFError) as e:
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise ValueError(f"{path}: not a jmoe dataset array ({msg})") from None
+
+
+def _read_split_v2(folder: Path, modalities, heads, mmap: bool) -> Split:
+  if not folder.is_dir():
+    raise FileNotFoundError(f"{folder}: no such split folder (listed in meta.json)")
+  files = {p.stem: p for p in folder.glob("*.npy")}
+  missing = [
+    k for k in ("ids", *(f"features.{m}" for m in modalities), *(f"label.{h}" for h in heads)) if k not in files
+  ]
+  if missing:
+    raise ValueError(f"{folder}: not a jmoe dataset split (missing arrays {missing})")
+  arr = {k: _read_npy(p, mmap) for k, p in files.items()}
+  by = lambda prefix: {k[len(prefix) + 1 :]: v for k, v in arr.items() if k.startswith(prefix + ".")}
+  return Split(
+    features=by("features"),
+    masks=by("mask"),
+    labels=by("label"),
+    ids=np.asarray(arr["ids"]),
+    label_masks=by("label_mask"),
+    groups=by("group"),
+    present=by("present"),
+  )
+
+
+def load_dataset(directory, label_range: tuple[float, float] | None = None, mmap: bool = False) -> Dataset:
+  """Read a dataset written by :func:`save_dataset` (format 2) or an earlier jmoe (format 1); validated.
+
+  ``mmap=True`` memory-maps the feature arrays of a format-2 dataset (read-only). One-line errors.
+  """
   directory = Path(directory)
   if not directory.is_dir():
     raise FileNotFoundError(f"{directory}: no such dataset directory")
   meta = _read_meta(directory)
   mods = tuple(meta["modalities"])
   meta_path = directory / "meta.json"
-  try:
-    canonical_modalities(mods, where=str(meta_path))
-  except ValueError as e:
-    raise ValueError(str(e)) from None
-  splits = {s: _read_split(directory / f"{s}.npz", mods) for s in SPLITS}
-  for s in SPLITS:
-    want = meta["splits"].get(s) if isinstance(meta["splits"], dict) else None
-    if want != len(splits[s]):
-      raise ValueError(f"{directory / (s + '.npz')}: holds {len(splits[s])} samples but meta.json says {want}")
+  if meta["format_version"] == 1:
+    try:
+      canonical_modalities(mods, where=str(meta_path))
+    except ValueError as e:
+      raise ValueError(str(e)) from None
+    splits = {s: _read_split_v1(directory / f"{s}.npz", mods) for s in SPLITS}
+    specs = {SENTIMENT: SENTIMENT_SPEC}
+    where_of = lambda s: directory / f"{s}.npz"
+  else:
+    try:
+      specs = {h: LabelSpec.from_json(v) for h, v in dict(meta.get("label_specs") or {}).items()}
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"{meta_path}: bad label_specs ({e})") from None
+    splits = {s: _read_split_v2(directory / s, mods, tuple(specs), mmap) for s in meta["splits"]}
+    where_of = lambda s: directory / s
+  for s, sp in splits.items():
+    want = meta["splits"].get(s)
+    if want != len(sp):
+      raise ValueError(f"{where_of(s)}: holds {len(sp)} samples but meta.json says {want}")
   try:
     dims = {m: int(meta["dims"][m]) for m in mods}
   except (KeyError, TypeError, ValueError):
@@ -331,6 +549,8 @@ def load_dataset(directory, label_range: tuple[float, float] = LABEL_RANGE) -> D
     dims=dims,
     synthetic=bool(meta["synthetic"]),
     source=str(meta["source"]),
+    label_specs=specs,
+    modality_meta=dict(meta.get("modality_meta") or {}),
   )
   return validate(ds, directory, label_range=label_range)
 
@@ -338,9 +558,9 @@ def load_dataset(directory, label_range: tuple[float, float] = LABEL_RANGE) -> D
 def read_feature_table(path, key: str = "pooled") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
   """Read a feature table written by the offline feature tool (``tools/extract_features``).
 
-  The ``.npz`` holds ``'ids'`` str ``[N]`` and ``key``: float ``[N, D]`` (e.g. ``'pooled'``)
-  or float ``[N, T, D]`` (e.g. ``'local'``, which then needs ``'mask'`` bool ``[N, T]``).
-  Returns ``(ids [N], features float32, mask [N, T] or None)``; one-line errors for a
+  The ``.npz`` holds ``'ids'`` str ``[B]`` and ``key``: float ``[B, D]`` (e.g. ``'pooled'``)
+  or float ``[B, T, D]`` (e.g. ``'local'``, which then needs ``'mask'`` bool ``[B, T]``).
+  Returns ``(ids [B], features float32, mask [B, T] or None)``; one-line errors for a
   missing file, wrong format, duplicate ids or NaN/Inf values.
   """
   path = Path(path)
@@ -351,7 +571,7 @@ def read_feature_table(path, key: str = "pooled") -> tuple[np.ndarray, np.ndarra
     raise ValueError(f"{path}: not a feature .npz (needs arrays 'ids' and '{key}', has {sorted(arrays)})")
   ids, feats = arrays["ids"], arrays[key]
   if ids.ndim != 1 or feats.ndim not in (2, 3) or feats.shape[0] != ids.shape[0]:
-    raise ValueError(f"{path}: expected ids [N] and {key} [N, D] or [N, T, D], got {ids.shape} and {feats.shape}")
+    raise ValueError(f"{path}: expected ids [B] and {key} [B, D] or [B, T, D], got {ids.shape} and {feats.shape}")
   if ids.dtype.kind not in "UO" or not np.issubdtype(feats.dtype, np.number):
     raise ValueError(f"{path}: ids must be strings and {key} numeric, got {ids.dtype} and {feats.dtype}")
   ids = ids.astype(str)
@@ -366,26 +586,26 @@ def read_feature_table(path, key: str = "pooled") -> tuple[np.ndarray, np.ndarra
     mask = arrays.get("mask")
     if mask is None or mask.shape != feats.shape[:2]:
       got = None if mask is None else mask.shape
-      raise ValueError(f"{path}: sequence features '{key}' {feats.shape} need 'mask' [N, T], got {got}")
+      raise ValueError(f"{path}: sequence features '{key}' {feats.shape} need 'mask' [B, T], got {got}")
     mask = mask.astype(bool)
   return ids, feats, mask
 
 
 def load_feature_npz(path, key: str = "pooled") -> dict[str, np.ndarray]:
-  """Utterance vectors from a feature ``.npz`` (``'ids'`` ``[N]`` + ``key`` ``[N, D]``) as id -> float32 ``[D]``."""
+  """Utterance vectors from a feature ``.npz`` (``'ids'`` ``[B]`` + ``key`` ``[B, D]``) as id -> float32 ``[D]``."""
   ids, feats, mask = read_feature_table(path, key)
   if mask is not None:
-    raise ValueError(f"{path}: '{key}' is a sequence [N, T, D]; expected utterance vectors [N, D]")
+    raise ValueError(f"{path}: '{key}' is a sequence [B, T, D]; expected utterance vectors [B, D]")
   return dict(zip(ids.tolist(), feats))
 
 
 def describe(ds: Dataset) -> str:
   """One line: name, synthetic flag, sizes, modality shapes and source."""
   parts = []
-  tr = ds.splits.get("train")
+  tr = ds.splits.get("train", ds.splits.get(POOL))
   for m in ds.modalities:
     shape = "x".join(str(s) for s in tr.features[m].shape[1:]) if tr is not None else str(ds.dims[m])
     parts.append(f"{m}[{shape}]")
-  sizes = "/".join(str(len(ds.splits[s])) for s in SPLITS if s in ds.splits)
+  sizes = "/".join(str(len(sp)) for sp in ds.splits.values())
   flag = "SYNTHETIC" if ds.synthetic else "real"
   return f"{ds.name} ({flag}) {sizes} {' '.join(parts)} from {ds.source}"

@@ -66,7 +66,7 @@ _CODE_PATH = epath.Path(__file__)
 def _examples(split: Split, modalities):
   """Yield ``(key, example)`` for every row of ``split`` in order."""
   for i in range(len(split)):
-    ex = {"label": np.float32(split.labels[i]), "id": str(split.ids[i])}
+    ex = {"label": np.float32(split.labels["sentiment"][i]), "id": str(split.ids[i])}
     for m in modalities:
       ex[m] = split.features[m][i]
       if m in split.masks:

@@ -45,7 +45,7 @@ def iterate_batches(
   keys = [m for m in modalities] + [f"{m}_mask" for m in modalities if m in split.masks]
   arrays = {m: split.features[m] for m in modalities}
   arrays.update({f"{m}_mask": split.masks[m] for m in modalities if m in split.masks})
-  arrays["label"] = split.labels.astype(np.float32)
+  arrays["label"] = split.labels["sentiment"].astype(np.float32)
   for start in range(0, n, batch_size):
     idx = order[start : start + batch_size]
     pad = padded_size - len(idx)

@@ -149,7 +149,7 @@ def train_seed(cfg, ds: fmt.Dataset, seed: int, run_dir: Path, devices, model, t
     if not np.isfinite(train_m["loss"]):
       raise FloatingPointError(f"seed {seed} epoch {epoch}: non-finite training loss {train_m['loss']}")
     val = metrics_lib.sentiment_metrics(
-      predict(p_eval, state_r.params, valid, mods, opt.batch_size, devices), valid.labels
+      predict(p_eval, state_r.params, valid, mods, opt.batch_size, devices), valid.labels["sentiment"]
     )
     value = _selection_value(val, cfg.select_metric)
     improved = book["best_value"] is None or value > book["best_value"]
@@ -170,7 +170,7 @@ def train_seed(cfg, ds: fmt.Dataset, seed: int, run_dir: Path, devices, model, t
   best_state, best_meta = best
   params_r = devices.replicate(best_state.params)
   test = metrics_lib.sentiment_metrics(
-    predict(p_eval, params_r, ds.splits["test"], mods, opt.batch_size, devices), ds.splits["test"].labels
+    predict(p_eval, params_r, ds.splits["test"], mods, opt.batch_size, devices), ds.splits["test"].labels["sentiment"]
   )
   return {"seed": seed, "best_epoch": best_meta["epoch"], "valid": best_meta["valid"], "test": test}
 
