@@ -2,9 +2,15 @@
 
 * :func:`sentiment_metrics` -- CMU-MOSI / MOSEI regression metrics following MMSA's
   ``metricsTop.py`` (``__eval_mosi_regression``), reported as fractions (not percent).
-* :func:`classification_metrics` -- IEMOCAP-style WA / UA / weighted-F1 / macro-F1.
-* :func:`regression_metrics` -- CCC / PCC / MAE for one continuous dimension (DEAP, DREAMER).
+* :func:`classification_metrics` -- IEMOCAP-style WA / UA / weighted-F1 / macro-F1, per-class recall, confusion.
+* :func:`high_low` -- binary high/low labels from ratings (DEAP threshold 5, DREAMER 3).
+* :func:`regression_metrics` -- CCC / PCC / MAE per continuous dimension and their means (DEAP, DREAMER).
 * :func:`mean_std` and :func:`format_table` -- small reporting helpers.
+
+Undefined values. :func:`classification_metrics` and :func:`regression_metrics` report an undefined value (PCC of a
+constant, CCC of 0/0, recall of a class absent from the labels) as ``None`` (JSON ``null``) with a
+``RuntimeWarning``, never nan. :func:`sentiment_metrics` is unchanged and keeps its MMSA-compatible conventions
+(``Corr`` 0.0 for a constant side, ``Non0_*`` nan when every label is 0): convert nan before writing strict JSON.
 
 Nothing here depends on sklearn or JAX; the F1 computations re-implement sklearn's
 ``f1_score`` semantics (see :func:`_f1_per_class`) and are checked against sklearn in
@@ -14,6 +20,7 @@ Nothing here depends on sklearn or JAX; the F1 computations re-implement sklearn
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -22,6 +29,7 @@ __all__ = [
   "sentiment_metrics",
   "classification_metrics",
   "regression_metrics",
+  "high_low",
   "weighted_f1",
   "macro_f1",
   "mean_std",
@@ -163,22 +171,70 @@ def sentiment_metrics(preds: Any, labels: Any) -> dict[str, float]:
   }
 
 
-def classification_metrics(preds_or_logits: Any, labels: Any, num_classes: int) -> dict[str, float]:
-  """IEMOCAP-style classification metrics.
+def _undefined(what: str) -> None:
+  """Report an undefined metric: the value becomes ``None`` (JSON ``null``), never nan, with this warning."""
+  warnings.warn(f"jmoe.metrics: {what}; reported as None", RuntimeWarning, stacklevel=3)
 
-  ``preds_or_logits`` is either integer class predictions ``[N]`` or scores/logits
-  ``[N, num_classes]`` (argmax is taken). ``labels`` are integer classes ``[N]`` in
-  ``[0, num_classes)``.
+
+def high_low(ratings: Any, threshold: float, *, equal_is_high: bool = False) -> np.ndarray:
+  """Binary high/low labels from ratings: ``1`` (high) where ``rating > threshold``, else ``0`` (low).
+
+  ``ratings`` any shape (e.g. ``[B]`` or ``[B, K]``) -> int64 of the same shape. A rating *equal* to the threshold is
+  **low** by default (DEAP: threshold 5 on the 1-9 scale, "high" = rating > 5; DREAMER: threshold 3 on the integer
+  1-5 scale, so 3 is low). ``equal_is_high=True`` gives ``rating >= threshold``, the rule of TorchEEG's
+  ``transforms.Binary`` (``int(y >= threshold)``); on DREAMER's integer ratings the two rules differ for every 3,
+  so name the rule with the results.
+  """
+  try:
+    r = np.asarray(ratings, dtype=np.float64)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"ratings must be numeric array-like ({e})") from None
+  if not np.all(np.isfinite(r)):
+    raise ValueError("ratings contain non-finite values (nan or inf)")
+  high = r >= threshold if equal_is_high else r > threshold
+  return high.astype(np.int64)
+
+
+def classification_metrics(
+  preds_or_logits: Any,
+  labels: Any,
+  num_classes: int | None = None,
+  *,
+  class_names: Sequence[str] | None = None,
+  mask: Any = None,
+) -> dict[str, Any]:
+  """IEMOCAP-style classification metrics (host side, float64).
+
+  Argument order is (predictions, labels), like every metric in this module (``sentiment_metrics``,
+  ``regression_metrics``); pass them by keyword when in doubt.
+
+  * ``preds_or_logits``: integer class predictions ``[B]`` or scores/logits ``[B, C]`` (argmax is taken).
+  * ``labels``: integer classes ``[B]`` in ``[0, C)``.
+  * ``num_classes`` (C) or ``class_names`` (C names; C = its length; both may be given if they agree).
+  * ``mask``: optional ``[B]`` bool / 0-1 array; rows where it is false (padding, missing labels) are dropped.
+
+  Returns:
 
   * ``WA`` -- weighted accuracy = overall accuracy.
-  * ``UA`` -- unweighted accuracy = mean per-class recall over the classes present in
-    ``labels`` (classes absent from ``labels`` are skipped, not counted as 0).
-  * ``weighted_F1`` / ``macro_F1`` -- sklearn ``f1_score`` with ``average='weighted'`` /
-    ``'macro'`` and default ``labels``, i.e. over the union of classes present in labels or
-    predictions; a class with no predicted positives has F1 0.
+  * ``UA`` -- unweighted accuracy = mean per-class recall over the classes **present in** ``labels`` (classes
+    absent from ``labels`` are skipped, not counted as 0; equals sklearn ``balanced_accuracy_score``). A warning
+    names the absent classes.
+  * ``weighted_F1`` / ``macro_F1`` -- sklearn ``f1_score`` with ``average='weighted'`` / ``'macro'`` and default
+    ``labels``, i.e. over the union of classes present in labels or predictions; a class with no predicted
+    positives has F1 0 (sklearn's ``zero_division`` result).
+  * ``recall`` -- ``{class name (or str(index)): recall}``; ``None`` for a class absent from ``labels``.
+  * ``confusion`` -- C x C list of ints, ``confusion[true][pred]`` (rows = true class, as sklearn).
   """
+  if class_names is not None:
+    class_names = [str(c) for c in class_names]
+    if num_classes is not None and num_classes != len(class_names):
+      raise ValueError(f"num_classes={num_classes} but {len(class_names)} class_names")
+    num_classes = len(class_names)
+  if num_classes is None:
+    raise ValueError("classification_metrics needs num_classes or class_names")
   if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
     raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+  names = class_names if class_names is not None else [str(c) for c in range(num_classes)]
   try:
     x = np.asarray(preds_or_logits, dtype=np.float64)
   except (TypeError, ValueError) as e:
@@ -196,43 +252,124 @@ def classification_metrics(preds_or_logits: Any, labels: Any, num_classes: int) 
   y = _as_1d(labels, "labels")
   if pred.shape[0] != y.shape[0]:
     raise ValueError(f"preds and labels differ in length: {pred.shape[0]} vs {y.shape[0]}")
+  if mask is not None:
+    m = np.asarray(mask).reshape(-1)
+    if m.shape[0] != y.shape[0]:
+      raise ValueError(f"mask has {m.shape[0]} entries for {y.shape[0]} labels")
+    m = m.astype(bool)
+    if not m.any():
+      raise ValueError("mask excludes every sample")
+    pred, y = pred[m], y[m]
   for name, arr in (("preds", pred), ("labels", y)):
     if np.any(arr != np.round(arr)) or np.any(arr < 0) or np.any(arr >= num_classes):
       raise ValueError(f"{name} must be integer classes in [0, {num_classes})")
   pred = pred.astype(np.int64)
   y = y.astype(np.int64)
 
-  present = np.unique(y)
-  recalls = [float(np.mean(pred[y == c] == c)) for c in present]
+  confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+  np.add.at(confusion, (y, pred), 1)
+  support = confusion.sum(axis=1)
+  recall: dict[str, float | None] = {}
+  for c in range(num_classes):
+    recall[names[c]] = float(confusion[c, c] / support[c]) if support[c] else None
+  absent = [names[c] for c in range(num_classes) if not support[c]]
+  if absent:
+    _undefined(f"classes {absent} are absent from the labels: their recall is undefined and UA averages the other")
+  present = [r for r in recall.values() if r is not None]
   return {
     "WA": _accuracy(pred, y),
-    "UA": float(np.mean(recalls)),
+    "UA": float(np.mean(present)),
     "weighted_F1": weighted_f1(y, pred),
     "macro_F1": macro_f1(y, pred),
+    "recall": recall,
+    "confusion": confusion.tolist(),
   }
 
 
-def regression_metrics(preds: Any, labels: Any) -> dict[str, float]:
-  """Per-dimension regression metrics (DEAP / DREAMER valence, arousal, ...).
+def _as_2d(x: Any, name: str) -> np.ndarray:
+  """float64 [B, K] from [B] or [B, K]; ValueError on anything else (empty, non-finite, other ranks)."""
+  try:
+    arr = np.asarray(x, dtype=np.float64)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{name} must be numeric array-like ({e})") from None
+  if arr.ndim == 1:
+    arr = arr[:, None]
+  if arr.ndim != 2:
+    raise ValueError(f"{name} must be [B] or [B, K], got shape {arr.shape}")
+  if arr.size == 0:
+    raise ValueError(f"{name} is empty")
+  if not np.all(np.isfinite(arr)):
+    raise ValueError(f"{name} contains non-finite values (nan or inf)")
+  return arr
 
-  * ``CCC`` -- Lin's concordance correlation coefficient with population (ddof=0)
-    moments: ``2 cov / (var_p + var_y + (mean_p - mean_y)^2)``. Defined as 0.0 when the
-    denominator is 0 (both sides constant and equal).
-  * ``PCC`` -- Pearson correlation (0.0 when either side has zero variance).
-  * ``MAE`` -- mean absolute error.
-  """
-  p, y = _pair(preds, labels)
+
+def _ccc_pcc_mae(p: np.ndarray, y: np.ndarray, dim: str) -> dict[str, float | None]:
   mp, my = p.mean(), y.mean()
   vp = float(np.mean((p - mp) ** 2))
   vy = float(np.mean((y - my) ** 2))
   cov = float(np.mean((p - mp) * (y - my)))
   denom = vp + vy + float(mp - my) ** 2
-  ccc = 2.0 * cov / denom if denom > 0 else 0.0
-  return {
-    "CCC": float(ccc),
-    "PCC": _pearson(p, y),
-    "MAE": float(np.mean(np.abs(p - y))),
-  }
+  if denom > 0:
+    ccc = 2.0 * cov / denom
+  else:
+    ccc = None
+    _undefined(f"CCC of {dim}: predictions and targets are the same constant (0/0)")
+  if vp > 0 and vy > 0:
+    pcc = float(min(1.0, max(-1.0, cov / math.sqrt(vp * vy))))
+  else:
+    pcc = None
+    side = "predictions" if vp == 0 else "targets"
+    _undefined(f"PCC of {dim}: {side} have zero variance")
+  return {"CCC": ccc, "PCC": pcc, "MAE": float(np.mean(np.abs(p - y)))}
+
+
+def regression_metrics(preds: Any, labels: Any, names: Sequence[str] | None = None) -> dict[str, float | None]:
+  """Per-dimension regression metrics (DEAP / DREAMER valence, arousal, ...), float64.
+
+  ``preds, labels``: ``[B]`` (one dimension) or ``[B, K]``; ``names``: K dimension names.
+
+  * ``CCC`` -- Lin's concordance correlation coefficient with population (ddof=0) moments:
+    ``2 cov / (var_p + var_y + (mean_p - mean_y)^2)``.
+  * ``PCC`` -- Pearson correlation.
+  * ``MAE`` -- mean absolute error.
+
+  With ``[B]`` inputs and no ``names`` the result is ``{"CCC", "PCC", "MAE"}``. Otherwise (``[B, K]`` or
+  ``names`` given) it is ``{"CCC_<name>", "PCC_<name>", "MAE_<name>"}`` per dimension (names default to
+  ``"0" .. "K-1"``) plus ``"CCC_mean"``, ``"PCC_mean"``, ``"MAE_mean"`` (unweighted means over the K dimensions).
+
+  Undefined values are ``None`` with a ``RuntimeWarning``, never nan: PCC when predictions or targets have zero
+  variance, CCC when both are the same constant (0/0), and a ``*_mean`` whose dimensions include a ``None``.
+  (``sentiment_metrics`` keeps MMSA's conventions instead: ``Corr`` 0.0 and ``Non0_*`` nan.)
+  """
+  p = _as_2d(preds, "preds")
+  y = _as_2d(labels, "labels")
+  if p.shape[0] != y.shape[0]:
+    raise ValueError(f"preds and labels differ in length: {p.shape[0]} vs {y.shape[0]}")
+  if p.shape != y.shape:
+    raise ValueError(f"preds and labels differ in shape: {p.shape} vs {y.shape}")
+  k = p.shape[1]
+  per_dim = names is not None or np.ndim(preds) == 2
+  if names is None:
+    names = [str(j) for j in range(k)]
+  names = [str(n) for n in names]
+  if len(names) != k:
+    raise ValueError(f"{len(names)} names for {k} dimensions")
+  if len(set(names)) != k:
+    raise ValueError(f"names must be distinct, got {names}")
+  dims = [_ccc_pcc_mae(p[:, j], y[:, j], names[j] if per_dim else "the predictions") for j in range(k)]
+  if not per_dim:
+    return dims[0]
+  out: dict[str, float | None] = {}
+  for metric in ("CCC", "PCC", "MAE"):
+    vals = [d[metric] for d in dims]
+    for n, v in zip(names, vals):
+      out[f"{metric}_{n}"] = v
+    if any(v is None for v in vals):
+      out[f"{metric}_mean"] = None
+      _undefined(f"{metric}_mean: {metric} is undefined for some dimension")
+    else:
+      out[f"{metric}_mean"] = float(np.mean(vals))
+  return out
 
 
 # --------------------------------------------------------------------------- reporting

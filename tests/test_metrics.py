@@ -1,6 +1,7 @@
 """Tests for jmoe.metrics: hand-worked cases, an independent loop re-implementation,
 sklearn cross-checks (skipped when sklearn is absent) and input validation."""
 
+import json
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from jmoe.metrics import (
   classification_metrics,
   format_table,
+  high_low,
   mean_std,
   regression_metrics,
   sentiment_metrics,
@@ -93,7 +95,10 @@ def test_regression_hand_worked():
   assert m["PCC"] == pytest.approx(1.0)
   assert m["MAE"] == pytest.approx(2.0)
   assert regression_metrics([1.0, 2.0], [1.0, 2.0])["CCC"] == pytest.approx(1.0)
-  assert regression_metrics([1.0, 1.0], [1.0, 1.0]) == {"CCC": 0.0, "PCC": 0.0, "MAE": 0.0}
+  # both sides the same constant: CCC is 0/0 and PCC has zero variances -> None with warnings (was 0.0 before the
+  # "undefined -> None, never nan or a made-up number" rule for results written to JSON)
+  with pytest.warns(RuntimeWarning, match="PCC"):
+    assert regression_metrics([1.0, 1.0], [1.0, 1.0]) == {"CCC": None, "PCC": None, "MAE": 0.0}
 
 
 # --------------------------------------------------------------------------- reference impl
@@ -255,6 +260,8 @@ def test_f1_class_never_predicted_against_sklearn():
 )
 def test_bad_inputs(preds, labels, msg):
   for fn in (sentiment_metrics, regression_metrics):
+    if fn is regression_metrics and msg == "1-D":  # regression_metrics takes [B, K]; see test_regression_bad_inputs
+      continue
     with pytest.raises(ValueError, match=msg) as ei:
       fn(preds, labels)
     assert "\n" not in str(ei.value)
@@ -291,3 +298,114 @@ def test_mean_std_and_table():
   assert lines[3] == "|---|---|---|"
   assert lines[4] == "| a\\|b | 0.8123 | 0.5000 ± 0.0100 |"
   assert lines[5] == "| c | 1 |  |"
+
+
+# --------------------------------------------------------------------------- classification: names, mask, confusion
+def test_classification_confusion_recall_names_mask():
+  labels = [0, 0, 0, 1, 1, 2, 2]
+  preds = [0, 0, 1, 1, 0, 0, 1]
+  mask = [1, 1, 1, 1, 1, 1, 0]  # the last row is padding: its (2 -> 1) error must not count
+  names = ["neu", "hap", "ang", "sad"]
+  with pytest.warns(RuntimeWarning, match=r"\['sad'\] are absent"):
+    m = classification_metrics(preds, labels, class_names=names, mask=mask)
+  # same numbers as test_classification_hand_worked (rows 0-5), plus:
+  assert m["WA"] == pytest.approx(0.5) and m["UA"] == pytest.approx(7 / 18)
+  assert m["weighted_F1"] == pytest.approx(19 / 42) and m["macro_F1"] == pytest.approx(5 / 14)
+  # confusion[true][pred]: true 0 -> pred 0,0,1; true 1 -> 1,0; true 2 -> 0
+  assert m["confusion"] == [[2, 1, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
+  assert all(type(v) is int for row in m["confusion"] for v in row)
+  assert m["recall"] == {"neu": pytest.approx(2 / 3), "hap": 0.5, "ang": 0.0, "sad": None}
+  json.dumps(m, allow_nan=False)  # JSON-safe: None, never nan
+  # num_classes and class_names must agree; one of them is needed
+  with pytest.raises(ValueError, match="class_names"):
+    classification_metrics(preds, labels, 3, class_names=names)
+  with pytest.raises(ValueError, match="num_classes or class_names"):
+    classification_metrics(preds, labels)
+  with pytest.raises(ValueError, match="mask"):
+    classification_metrics(preds, labels, 4, mask=[1, 0])
+  with pytest.raises(ValueError, match="every sample"):
+    classification_metrics(preds, labels, 4, mask=np.zeros(7))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_classification_confusion_against_sklearn(seed):
+  skm = pytest.importorskip("sklearn.metrics")
+  rng = np.random.default_rng(400 + seed)
+  c, n = int(rng.integers(2, 6)), int(rng.integers(20, 200))
+  y = rng.integers(0, c, size=n)
+  logits = rng.normal(size=(n, c)) + 2.0 * np.eye(c)[y] * rng.random((n, 1))
+  mask = rng.random(n) < 0.8
+  m = classification_metrics(logits, y, c, mask=mask)
+  yp = logits.argmax(1)
+  assert m["confusion"] == skm.confusion_matrix(y[mask], yp[mask], labels=list(range(c))).tolist()
+  assert m["WA"] == pytest.approx(skm.accuracy_score(y[mask], yp[mask]))
+  assert m["UA"] == pytest.approx(skm.balanced_accuracy_score(y[mask], yp[mask]))
+  assert m["weighted_F1"] == pytest.approx(skm.f1_score(y[mask], yp[mask], average="weighted", zero_division=0))
+  assert m["macro_F1"] == pytest.approx(skm.f1_score(y[mask], yp[mask], average="macro", zero_division=0))
+  rec = skm.recall_score(y[mask], yp[mask], average=None, labels=list(range(c)), zero_division=0)
+  assert [m["recall"][str(i)] for i in range(c)] == pytest.approx(rec.tolist())
+
+
+def test_high_low_thresholds():
+  # DEAP: threshold 5 on 1-9, rating > 5 is high, exactly 5 is low
+  np.testing.assert_array_equal(high_low([1.0, 4.99, 5.0, 5.01, 9.0], 5.0), [0, 0, 0, 1, 1])
+  # DREAMER: threshold 3 on integers 1-5 -> 1,2,3 low; 4,5 high; TorchEEG's >= rule makes 3 high
+  np.testing.assert_array_equal(high_low([1, 2, 3, 4, 5], 3), [0, 0, 0, 1, 1])
+  np.testing.assert_array_equal(high_low([1, 2, 3, 4, 5], 3, equal_is_high=True), [0, 0, 1, 1, 1])
+  out = high_low(np.array([[6.0, 2.0], [5.0, 7.5]]), 5)
+  assert out.dtype == np.int64 and out.tolist() == [[1, 0], [0, 1]]
+  with pytest.raises(ValueError, match="non-finite"):
+    high_low([np.nan], 5)
+
+
+# --------------------------------------------------------------------------- regression: [B, K]
+def test_regression_per_dimension_hand_worked():
+  # valence: the hand-worked case above (CCC 4/11, PCC 1, MAE 2); arousal: p = -y + 4 (CCC -1, PCC -1, MAE 4/3)
+  p = np.array([[1.0, 3.0], [2.0, 2.0], [3.0, 1.0]])
+  y = np.array([[2.0, 1.0], [4.0, 2.0], [6.0, 3.0]])
+  m = regression_metrics(p, y, names=["valence", "arousal"])
+  assert m["CCC_valence"] == pytest.approx(4 / 11) and m["CCC_arousal"] == pytest.approx(-1.0)
+  assert m["PCC_valence"] == pytest.approx(1.0) and m["PCC_arousal"] == pytest.approx(-1.0)
+  assert m["MAE_valence"] == pytest.approx(2.0) and m["MAE_arousal"] == pytest.approx(4 / 3)
+  assert m["CCC_mean"] == pytest.approx((4 / 11 - 1) / 2)
+  assert m["PCC_mean"] == pytest.approx(0.0, abs=1e-12)
+  assert m["MAE_mean"] == pytest.approx(5 / 3)
+  assert len(m) == 9 and all(type(v) is float for v in m.values())
+  # [B, K] without names -> "0", "1", ...; [B] with names -> per-dimension keys
+  assert set(regression_metrics(p, y)) == {f"{a}_{b}" for a in ("CCC", "PCC", "MAE") for b in ("0", "1", "mean")}
+  assert regression_metrics(p[:, 0], y[:, 0], names=["v"])["CCC_v"] == pytest.approx(4 / 11)
+
+
+def test_regression_undefined_is_none_with_warning():
+  p = np.array([[2.0, 1.0], [2.0, 2.0], [2.0, 3.0]])  # dimension "a": constant predictions
+  y = np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
+  with pytest.warns(RuntimeWarning, match="PCC of a: predictions have zero variance"):
+    m = regression_metrics(p, y, names=["a", "b"])
+  assert m["PCC_a"] is None and m["PCC_mean"] is None
+  assert m["CCC_a"] == 0.0  # defined: cov 0 over a non-zero denominator
+  assert m["CCC_b"] == pytest.approx(1.0) and m["CCC_mean"] == pytest.approx(0.5)
+  json.dumps(m, allow_nan=False)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_regression_per_dimension_against_sklearn_and_numpy(seed):
+  skm = pytest.importorskip("sklearn.metrics")
+  rng = np.random.default_rng(500 + seed)
+  n, k = int(rng.integers(10, 200)), 3
+  y = rng.uniform(1, 9, size=(n, k))
+  p = 0.5 * y + rng.normal(size=(n, k)) + rng.normal(size=k)
+  m = regression_metrics(p, y, names=["v", "a", "d"])
+  for j, name in enumerate("vad"):
+    assert m[f"MAE_{name}"] == pytest.approx(skm.mean_absolute_error(y[:, j], p[:, j]))
+    assert m[f"PCC_{name}"] == pytest.approx(np.corrcoef(p[:, j], y[:, j])[0, 1])
+    assert m[f"CCC_{name}"] == pytest.approx(regression_metrics(p[:, j], y[:, j])["CCC"])
+  assert m["CCC_mean"] == pytest.approx(np.mean([m[f"CCC_{c}"] for c in "vad"]))
+
+
+def test_regression_bad_inputs():
+  with pytest.raises(ValueError, match=r"\[B\] or \[B, K\]"):
+    regression_metrics(np.zeros((2, 3, 1)), np.zeros((2, 3, 1)))
+  with pytest.raises(ValueError, match="differ in shape"):
+    regression_metrics(np.zeros((4, 2)), np.zeros((4, 3)))
+  with pytest.raises(ValueError, match="2 names for 3"):
+    regression_metrics(np.zeros((4, 3)), np.zeros((4, 3)), names=["a", "b"])
