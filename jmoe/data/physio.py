@@ -239,6 +239,8 @@ def trial_features(
 ) -> dict[str, np.ndarray]:
   """Baseline-corrected features of one trial: modality -> float ``[T, D]`` (T windows common to all modalities)."""
   count = min(len(window_starts(stimulus[m.name].shape[-1], m.rate_hz, window_s, stride_s)) for m in mods)
+  if count == 0:
+    return {m.name: np.zeros((0, len(feature_names(m, bands)))) for m in mods}
   out = {}
   for m in mods:
     x, x0 = np.asarray(stimulus[m.name], np.float64), np.asarray(baseline[m.name], np.float64)
