@@ -148,6 +148,12 @@ def test_build_dataset_checks_ids_and_coverage(tmp_path):
   (tmp_path / "dir").mkdir()
   _write_features(tmp_path / "dir" / "features.npz", NAMES)
   assert len(rv.build_dataset(tmp_path / "dir", root).splits["pool"]) == 8
+  (tmp_path / "junk.npz").write_text("not an archive")
+  with pytest.raises(ValueError, match="junk.npz: not a feature .npz"):
+    rv.build_dataset(tmp_path / "junk.npz")
+  np.savez(tmp_path / "nolocal.npz", ids=np.array(NAMES), pooled=np.zeros((8, 3), np.float32))
+  with pytest.raises(ValueError, match=r"missing \['local', 'mask'\]"):
+    rv.build_dataset(tmp_path / "nolocal.npz")
 
 
 def test_real_ravdess_listing():

@@ -437,3 +437,18 @@ def test_packaged_minilm_still_works(tmp_path):
   z = np.load(out)
   assert z["local"].shape == (len(ROWS), 50, 384) and z["global"].shape == (len(ROWS), 384)
   assert str(z["arch"]) == "bert" and np.isfinite(z["global"]).all()
+
+
+def test_whisper_max_frames_keeps_global_over_all_frames(tmp_path):
+  _need_whisper()
+  import soundfile as sf
+
+  d = tmp_path / "clips"
+  d.mkdir()
+  sf.write(d / "u.wav", _tone(0.7, seed=5), 16000)
+  _speech(d, tmp_path / "full.npz")
+  _speech(d, tmp_path / "cap.npz", "--max-frames", "10")
+  full, cap = np.load(tmp_path / "full.npz"), np.load(tmp_path / "cap.npz")
+  assert full["lengths"].tolist() == [35] and cap["lengths"].tolist() == [10] and int(cap["max_frames"]) == 10
+  np.testing.assert_array_equal(cap["local"][0], full["local"][0, :10])
+  np.testing.assert_allclose(cap["global"], full["global"], atol=1e-6)  # the mean over all 35 frames

@@ -133,15 +133,32 @@ def feature_views(path, modality: str) -> tuple[np.ndarray, dict, dict, dict]:
   path = Path(path)
   if path.is_dir():
     path = path / "features.npz"
-  ids, local, mask = fmt.read_feature_table(path, "local")
-  key = "global"
-  with np.load(path, allow_pickle=False) as z:
-    if key not in z.files:
-      key = "pooled"
-    meta = {k: z[k].item() for k in ("encoder", "model", "rate_hz", "layer") if k in z.files}
-  gids, glob, _ = fmt.read_feature_table(path, key)
-  if mask is None or glob.ndim != 2 or not np.array_equal(ids, gids):
-    raise ValueError(f"{path}: expected 'local' [B, T, D] + 'mask' and '{key}' [B, D] over the same ids")
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: no such feature file")
+  try:
+    with np.load(path, allow_pickle=False) as z:  # each array read once (a RAVDESS 'local' is ~0.6 GB)
+      arrays = {k: z[k] for k in z.files}
+  except Exception as e:  # zipfile / pickle / format errors all mean "not a feature file"
+    raise ValueError(f"{path}: not a feature .npz ({type(e).__name__}: {str(e)[:100]})") from None
+  key = "global" if "global" in arrays else "pooled"
+  missing = [k for k in ("ids", "local", "mask", key) if k not in arrays]
+  if missing:
+    raise ValueError(f"{path}: not a tools/extract_features file (missing {missing}, has {sorted(arrays)})")
+  ids, local, mask, glob = arrays["ids"], arrays["local"], arrays["mask"], arrays[key]
+  b = ids.shape[0] if ids.ndim == 1 else -1
+  if local.ndim != 3 or mask.shape != local.shape[:2] or glob.shape != (b, local.shape[2]) or local.shape[0] != b:
+    raise ValueError(
+      f"{path}: expected ids [B], local [B, T, D], mask [B, T], {key} [B, D]; got {ids.shape}, {local.shape}, "
+      f"{mask.shape}, {glob.shape}"
+    )
+  ids = ids.astype(str)
+  if len(set(ids.tolist())) != b:
+    raise ValueError(f"{path}: duplicate ids in the feature file")
+  local, glob, mask = local.astype(np.float32, copy=False), glob.astype(np.float32, copy=False), mask.astype(bool)
+  for name, x in (("local", local), (key, glob)):
+    if not np.isfinite(x).all():
+      raise ValueError(f"{path}: NaN/Inf values in '{name}'")
+  meta = {k: arrays[k].item() for k in ("encoder", "model", "rate_hz", "layer") if k in arrays}
   encoder = str(meta.get("encoder") or meta.get("model") or "unknown")
   base = {"view_of": modality, "encoder": encoder, "features_file": str(path)}
   if "rate_hz" in meta and float(meta["rate_hz"]) > 0:
