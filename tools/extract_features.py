@@ -23,7 +23,8 @@ id = file stem; stems must be unique) or a CSV with a header naming ``id`` and `
 the CSV's folder; the CSV written by :func:`jmoe.data.iemocap.write_manifest` has ``id,path,text`` and so serves
 both modalities).
 
-Models (``--model``; ``--arch`` names the architecture the model must be, ``auto`` accepts any of the modality's):
+Models (``--model``; ``--arch`` names the architecture the model must be; ``auto`` accepts any text encoder, or for
+speech Whisper (CTranslate2) / WavLM / HuBERT / wav2vec2):
 
 * text: a local directory with ``config.json`` and tokenizer files (a plain transformers model or a
   sentence-transformers folder: when ``modules.json`` points the Transformer module at a subfolder, that subfolder
@@ -250,6 +251,8 @@ def _check_model_type(model_dir: str, desc: str, arch: str, allowed: dict[str, s
   if mt is None:
     return ""  # a cached name: transformers resolves it; checked again after loading
   if arch == "auto":
+    if allowed is TEXT_ARCHS:
+      return mt  # any transformers text encoder (DistilBERT, MPNet, ...) works with --arch auto
     if mt not in allowed.values():
       raise SystemExit(f"error: {desc} is a {mt!r} model; this tool handles {', '.join(sorted(allowed))} here (--arch)")
   elif mt != allowed[arch]:
