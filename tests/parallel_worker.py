@@ -145,7 +145,7 @@ def task_experts(out: Path):
 
   def value_grad(mod):
     def f(p, x):
-      y, m = mod.apply({"params": p}, x)
+      y, _, m = mod.apply({"params": p}, x)
       return jnp.sum(y * r), (y, m["dropped_fraction"])
 
     return jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))
@@ -173,7 +173,7 @@ def task_experts(out: Path):
 
   def per_device(p, xs, rs):
     def f(p, xs):
-      y, m = ep_b.apply({"params": p}, xs)
+      y, _, m = ep_b.apply({"params": p}, xs)
       return jnp.sum(y * rs), (y, m["dropped_fraction"])
 
     (_, (y, dr)), (gp, gx) = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(p, xs)
@@ -193,8 +193,8 @@ def task_experts(out: Path):
   ep_nodrop = MoELayer(
     TopKRouter(e, k=k), MLPExpert(12, 5), e, strategy="expert_parallel", mesh=mesh, expert_axis="expert"
   )
-  yd, _ = jax.jit(dense.apply)({"params": params}, x)
-  yn, mn = jax.jit(ep_nodrop.apply)({"params": params}, x)
+  yd, *_ = jax.jit(dense.apply)({"params": params}, x)
+  yn, _, mn = jax.jit(ep_nodrop.apply)({"params": params}, x)
   res["no_drop_vs_dense"] = {"y": max_diff(yn, yd), "dropped": float(mn["dropped_fraction"])}
   # 4. bad input: experts not divisible by the axis; no mesh axis at all.
   errors = {}

@@ -73,7 +73,7 @@ def test_every_strategy_equals_loop_oracle(experts, k):
 
   def run(layer, p, x, r):
     loss = lambda p, x: jnp.sum(layer.apply(p, x)[0] * r)
-    y, metrics = layer.apply(p, x)
+    y, _, metrics = layer.apply(p, x)
     return y, metrics["dropped_fraction"], jax.grad(loss, argnums=(0, 1))(p, x)
 
   runs = {v: jax.jit(lambda p, x, r, layer=layer: run(layer, p, x, r)) for v, layer in layers.items()}
@@ -157,18 +157,21 @@ def test_top_k_routing_weights_and_renormalize():
   np.testing.assert_allclose(r.weights, [[0.5, 0.3], [0.8, 0.1]], atol=1e-6)
   rn = top_k_routing(logits, 2, renormalize=True)
   np.testing.assert_allclose(rn.weights, [[0.625, 0.375], [8 / 9, 1 / 9]], atol=1e-6)
-  np.testing.assert_allclose(r.metrics["load"], [0.5, 0.25, 0.25])
+  np.testing.assert_allclose(r.metrics["slot_load"], [0.5, 0.25, 0.25])  # routed slots per expert
+  np.testing.assert_allclose(r.metrics["load"], [0.5, 0.0, 0.5])  # top-1 (argmax) fraction per expert
 
 
 def test_soft_router_uses_every_expert():
   x = jax.random.normal(jax.random.key(0), (N, D))
-  layer = MoELayer(SoftmaxRouter(4), MLPExpert(H, D), 4, strategy="dense")
+  layer = MoELayer(SoftmaxRouter(4), MLPExpert(H, D), 4)  # strategy 'auto' -> the dense path
   params = jax.jit(layer.init)(jax.random.key(1), x)
-  y, m = jax.jit(layer.apply)(params, x)
-  assert m["routing"].index.shape == (N, 4)
-  np.testing.assert_allclose(jnp.sum(m["routing"].weights, -1), 1.0, atol=1e-6)
-  y_sorted, _ = jax.jit(MoELayer(SoftmaxRouter(4), MLPExpert(H, D), 4, strategy="sorted").apply)(params, x)
-  np.testing.assert_allclose(y, y_sorted, atol=ATOL)
+  y, routing, m = jax.jit(layer.apply)(params, x)
+  assert routing.is_dense and routing.index is None and routing.weights.shape == (N, 4)
+  np.testing.assert_allclose(jnp.sum(routing.weights, -1), 1.0, atol=1e-6)
+  y_dense, *_ = jax.jit(MoELayer(SoftmaxRouter(4), MLPExpert(H, D), 4, strategy="dense").apply)(params, x)
+  np.testing.assert_allclose(y, y_dense, atol=1e-6)
+  with pytest.raises(ValueError, match="runs on the dense path"):
+    MoELayer(SoftmaxRouter(4), MLPExpert(H, D), 4, strategy="sorted").apply(params, x)
 
 
 def test_noisy_router_adds_noise_only_in_training():
@@ -195,8 +198,8 @@ def test_pytree_expert_outputs(strategy):
   x = jax.random.normal(jax.random.key(0), (N, D))
   layer = MoELayer(TopKRouter(4, k=2), _PytreeExpert(), 4, strategy=strategy, group_size=8)
   params = layer.init(jax.random.key(1), x)
-  out, m = layer.apply(params, x)
-  ref, _ = MoELayer(TopKRouter(4, k=2), _PytreeExpert(), 4, strategy="dense").apply(params, x)
+  out, _, m = layer.apply(params, x)
+  ref, *_ = MoELayer(TopKRouter(4, k=2), _PytreeExpert(), 4, strategy="dense").apply(params, x)
   assert out["s"].shape == (N,)
   np.testing.assert_allclose(out["s"], ref["s"], rtol=1e-5)
   np.testing.assert_allclose(out["y"], ref["y"], atol=ATOL)
@@ -206,8 +209,8 @@ def test_leading_axes_are_flattened():
   x = jax.random.normal(jax.random.key(0), (3, 8, D))
   layer = MoELayer(TopKRouter(4, k=2), MLPExpert(H, D), 4)
   params = layer.init(jax.random.key(1), x)
-  y, _ = layer.apply(params, x)
-  y_flat, _ = layer.apply(params, x.reshape(24, D))
+  y, *_ = layer.apply(params, x)
+  y_flat, *_ = layer.apply(params, x.reshape(24, D))
   np.testing.assert_allclose(y.reshape(24, D), y_flat, atol=1e-6)
 
 
@@ -265,7 +268,7 @@ def test_sorted_custom_vjp_under_vmap_over_a_population():
   grads = {
     s: jax.jit(jax.vmap(jax.grad(lambda p: jnp.sum(make(s).apply(p, x)[0] ** 2))))(pop) for s in ("sorted", "einsum")
   }
-  dropped = jax.vmap(lambda p: make("sorted").apply(p, x)[1]["dropped_fraction"])(pop)
+  dropped = jax.vmap(lambda p: make("sorted").apply(p, x)[2]["dropped_fraction"])(pop)
   assert float(jnp.min(dropped)) > 0  # the capacity rule really dropped slots in every member
   for a, b in zip(jax.tree.leaves(grads["sorted"]), jax.tree.leaves(grads["einsum"])):
     np.testing.assert_allclose(a, b, atol=2e-5)

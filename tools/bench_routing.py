@@ -273,7 +273,7 @@ def jmoe_fns(cfg: Config, strategy: str, seed: int = 0):
   params = init_params(layer, x, seed)
 
   # fwd also returns the (scalar) dropped fraction so that no second compile is needed to report it.
-  fwd = jax.jit(lambda p, x: (lambda y, m: (y, m["dropped_fraction"]))(*layer.apply(p, x)))
+  fwd = jax.jit(lambda p, x: (lambda out: (out.y, out.metrics["dropped_fraction"]))(layer.apply(p, x)))
   fwd_bwd = jax.jit(jax.value_and_grad(lambda p, x: _sq_loss(layer.apply(p, x)[0]), argnums=(0, 1)))
   t0 = time.perf_counter()
   _, dropped = jax.block_until_ready(fwd(params, x))
@@ -639,7 +639,7 @@ def proto_fns(cfg: Config, name: str, seed: int = 0):
   params = init_params(make_layer(cfg, "sorted"), x, seed)  # the same params as jmoe/sorted
   fwd = jax.jit(lambda p, x: layer.apply(p, x)[0])
   fwd_bwd = jax.jit(jax.value_and_grad(lambda p, x: _sq_loss(layer.apply(p, x)[0]), argnums=(0, 1)))
-  _, metrics = jax.jit(layer.apply)(params, x)
+  _, _, metrics = jax.jit(layer.apply)(params, x)
   return (
     (lambda: fwd(params, x)),
     (lambda: fwd_bwd(params, x)),

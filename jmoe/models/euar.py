@@ -31,7 +31,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jmoe.moe.experts import MLPExpert, _ragged_dense
+from jmoe.models.layers import ModalityEncoder
+from jmoe.moe.experts import MLPExpert, ragged_dense
 from jmoe.moe.layer import MoELayer
 from jmoe.moe.losses import gaussian_kl
 from jmoe.moe.routing import TopKRouter
@@ -64,8 +65,8 @@ class GaussianExpert(nn.Module):
 
   def ragged_apply(self, params, x, group_sizes, rng=None):
     """The same function on x [S, W] sorted by expert (dropless dispatch)."""
-    mu = _ragged_dense(x, params["mu"]["kernel"], params["mu"]["bias"], group_sizes)
-    logvar = _ragged_dense(x, params["logvar"]["kernel"], params["logvar"]["bias"], group_sizes)
+    mu = ragged_dense(x, params["mu"]["kernel"], params["mu"]["bias"], group_sizes)
+    logvar = ragged_dense(x, params["logvar"]["kernel"], params["logvar"]["bias"], group_sizes)
     sigma2 = jnp.exp(logvar)
     z = mu if rng is None else mu + jax.random.normal(rng, mu.shape, mu.dtype) * jnp.exp(0.5 * logvar)
     return {"z": z, "sigma2": jnp.mean(sigma2, axis=-1), "kl": jnp.mean(gaussian_kl(mu, logvar), axis=-1)}
@@ -103,30 +104,12 @@ class LinearExpert(nn.Module):
     return {"z": z, "sigma2": zeros, "kl": zeros}
 
   def ragged_apply(self, params, x, group_sizes, rng=None):
-    z = _ragged_dense(x, params["mu"]["kernel"], params["mu"]["bias"], group_sizes)
+    z = ragged_dense(x, params["mu"]["kernel"], params["mu"]["bias"], group_sizes)
     zeros = jnp.zeros(x.shape[:1], x.dtype)
     return {"z": z, "sigma2": zeros, "kl": zeros}
 
 
 EXPERTS = {"gaussian": GaussianExpert, "mlp": DeterministicExpert, "linear": LinearExpert}
-
-
-class ModalityEncoder(nn.Module):
-  """[B, T, D] with mask [B, T] (masked mean over time) or [B, D] -> [B, W]."""
-
-  width: int
-  dropout: float = 0.0
-
-  @nn.compact
-  def __call__(self, x, mask=None, deterministic: bool = True):
-    h = nn.gelu(nn.Dense(self.width, name="proj")(x))
-    if h.ndim == 3:
-      m = jnp.ones(h.shape[:2], h.dtype) if mask is None else mask.astype(h.dtype)
-      h = jnp.sum(h * m[..., None], axis=1) / jnp.maximum(jnp.sum(m, axis=1, keepdims=True), 1.0)
-    elif h.ndim != 2:
-      raise ValueError(f"ModalityEncoder expects [B, T, D] or [B, D] features, got shape {x.shape}")
-    h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
-    return nn.LayerNorm(name="norm")(h)
 
 
 class EUAR(nn.Module):
@@ -163,7 +146,10 @@ class EUAR(nn.Module):
         feats.append(nn.Dense(1, name=f"late_head_{m}")(nn.gelu(nn.Dense(self.width, name=f"late_{m}")(x)))[:, 0])
         continue
       template = EXPERTS[self.expert](self.width)
-      router = TopKRouter(self.num_experts, k=self.k, renormalize=False, name=f"router_{m}")
+      # Eq. 7-9 is the Switch loss / E^2: the router owns that weight and returns it as auxiliary_loss.
+      router = TopKRouter(
+        self.num_experts, k=self.k, renormalize=False, switch_weight=1.0 / self.num_experts**2, name=f"router_{m}"
+      )
       moe = MoELayer(
         router,
         template,
@@ -172,13 +158,17 @@ class EUAR(nn.Module):
         capacity_factor=self.capacity_factor,
         name=f"moe_{m}",
       )
-      out, metrics = moe(x, deterministic=deterministic)
+      out, _, metrics = moe(x, deterministic=deterministic)
       feats.append(out["z"])
       per_sample_kl = per_sample_kl + out["kl"]
       per_sample_u = per_sample_u + out["sigma2"] / self.num_experts
-      aux_loss = aux_loss + metrics["aux_loss"] / self.num_experts**2
+      aux_loss = aux_loss + metrics["auxiliary_loss"]
       stats.update(
-        {f"load_{m}": metrics["load"], f"entropy_{m}": metrics["entropy"], f"dropped_{m}": metrics["dropped_fraction"]}
+        {
+          f"load_{m}": metrics["slot_load"],  # fraction of routed token-slots per expert
+          f"entropy_{m}": metrics["entropy"],
+          f"dropped_{m}": metrics["dropped_fraction"],
+        }
       )
     if self.fusion == "late":
       pred = jnp.mean(jnp.stack(feats, axis=-1), axis=-1)

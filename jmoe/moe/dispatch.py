@@ -5,6 +5,14 @@ function, and return ``(y, metrics)`` with y a pytree of [N, ...] equal to
 ``sum_k weights[n, k] * expert_{index[n, k]}(x[n])`` over the *kept* token-slots. Shapes are static under
 ``jit``: capacities are Python ints computed from the config at trace time.
 
+Token mask: tokens with ``routing.mask[n] == False`` (padding frames, absent modalities) output zero and take no
+capacity: their slots are given the sentinel expert id E, which sorts after every real expert and owns no buffer
+rows; ``dropped_fraction`` counts routed (unmasked) slots only.
+
+Dense routings (``routing.index is None``, weights [..., N, E]) do not go through these strategies: every expert
+runs once on every token and :func:`combine_dense` mixes the outputs (soft routing, signed/attention weights, T
+task gates over one expert pass).
+
 Strategies (chosen by name with :func:`dispatch`):
 
 * ``dense``   every expert on every token, masked combine. Reference; never drops; fine for E <= 4.
@@ -76,13 +84,14 @@ def _slot_positions(index: jax.Array, num_experts: int):
   Args:
     index: [G, S, K] expert ids.
   Returns:
-    expert [G, K*S] (slot s = k*S + n), order [G, K*S] (slots sorted by expert, stable), counts [G, E],
-    starts [G, E] (offset of each expert's run in ``order``), position [G, K*S].
+    expert [G, K*S] (slot s = k*S + n), order [G, K*S] (slots sorted by expert, stable), counts [G, E+1],
+    starts [G, E+1] (offset of each expert's run in ``order``; bin E = masked slots), position [G, K*S].
   """
   g, s, k = index.shape
   expert = jnp.swapaxes(index, 1, 2).reshape(g, k * s)
   order = jnp.argsort(expert, axis=-1, stable=True)
-  counts = jax.vmap(lambda e: jnp.bincount(e, length=num_experts))(expert)
+  # One extra bin for the masked-token sentinel E (it sorts last); callers use counts[:, :E].
+  counts = jax.vmap(lambda e: jnp.bincount(e, length=num_experts + 1))(expert)
   starts = jnp.cumsum(counts, axis=-1) - counts
   sorted_expert = jnp.take_along_axis(expert, order, axis=-1)
   pos_sorted = jnp.arange(k * s)[None, :] - jnp.take_along_axis(starts, sorted_expert, axis=-1)
@@ -118,25 +127,42 @@ def sorted_plan(index: jax.Array, num_experts: int, capacity: int, group_size: i
   s = group_size_for(n, group_size)
   g = n // s
   expert, order, counts, starts, position = _slot_positions(index.reshape(g, s, k), e)
+  counts, starts = counts[:, :e], starts[:, :e]
   src = jnp.minimum(starts[:, :, None] + jnp.arange(c)[None, None, :], k * s - 1)  # [G, E, C]
   slot = jnp.take_along_axis(order, src.reshape(g, e * c), axis=-1).reshape(g, e, c)  # slot id k*S + n
   to_rows = lambda a: jnp.swapaxes(a, 0, 1).reshape(e * g * c)  # [G, E, C] -> [R] in [E, G, C] order
   to_kn = lambda a: jnp.swapaxes(a.reshape(g, k, s), 0, 1).reshape(k, n)  # [G, K*S] -> [K, N]
+  routed = expert < e  # [G, K*S]; False for masked tokens' slots (sentinel expert E)
   row = expert * (g * c) + jnp.arange(g)[:, None] * c + jnp.minimum(position, c - 1)  # [G, K*S]
   return SortedPlan(
     token=to_rows((slot % s) + (jnp.arange(g) * s)[:, None, None]),
     valid=to_rows(jnp.arange(c)[None, None, :] < counts[:, :, None]),
     kslot=to_rows(slot // s),
-    row=to_kn(row),
-    keep=to_kn(position < c),
+    row=to_kn(jnp.where(routed, row, 0)),
+    keep=to_kn((position < c) & routed),
     groups=g,
     capacity=c,
   )
 
 
-def kept_slots(index: jax.Array, num_experts: int, capacity: int, group_size: int | None) -> jax.Array:
+def kept_slots(
+  index: jax.Array, num_experts: int, capacity: int, group_size: int | None, mask: jax.Array | None = None
+) -> jax.Array:
   """Boolean [N, K]: which token-slots the capacity rule keeps (documented in the module docstring)."""
-  return sorted_plan(index, num_experts, capacity, group_size).keep.T
+  return sorted_plan(routed_index(index, mask, num_experts), num_experts, capacity, group_size).keep.T
+
+
+def routed_index(index: jax.Array, mask: jax.Array | None, num_experts: int) -> jax.Array:
+  """index [N, K] with the slots of masked tokens (mask [N] False) sent to the sentinel expert E."""
+  return index if mask is None else jnp.where(mask[:, None], index, num_experts).astype(index.dtype)
+
+
+def _dropped_fraction(keep: jax.Array, routed: jax.Array | None) -> jax.Array:
+  """1 - kept / routed token-slots; ``routed`` (broadcastable to keep; None = every slot) marks unmasked tokens."""
+  if routed is None:
+    return 1.0 - jnp.mean(keep.astype(jnp.float32))
+  routed = jnp.broadcast_to(routed, keep.shape).astype(jnp.float32)
+  return 1.0 - jnp.sum(keep.astype(jnp.float32) * routed) / jnp.maximum(jnp.sum(routed), 1.0)
 
 
 def _leaf_combine(spec: str, w: jax.Array, leaf: jax.Array, lead: int) -> jax.Array:
@@ -161,14 +187,24 @@ def _sum_k(x: jax.Array, axis: int) -> jax.Array:
   return _add_over_k([jax.lax.index_in_dim(x, i, axis, keepdims=False) for i in range(x.shape[axis])])
 
 
+def combine_dense(ys, weights: jax.Array):
+  """Mix every expert's outputs: ys pytree of [E, N, ...], weights [..., N, E] -> pytree of [..., N, ...].
+
+  ``y[..., n] = sum_e weights[..., n, e] * ys[e, n]``; leading weight axes are gates (T task gates over one expert
+  pass give [T, N, ...]). Weights may be signed.
+  """
+  lead = "abcdfghij"[: weights.ndim - 2]
+  spec = f"{lead}ne,eno->{lead}no"
+  return jax.tree.map(lambda leaf: _leaf_combine(spec, weights, leaf, 2), ys)
+
+
 def dense(experts: ExpertFns, x: jax.Array, routing: Routing):
-  """Every expert on every token; y[n] = sum_e w[n, e] * expert_e(x[n]) with w [N, E] from the top-K slots."""
-  n, _ = x.shape
-  e = routing.num_experts
-  ys = experts.batched(jnp.broadcast_to(x[None], (e,) + x.shape))  # [E, N, ...]
-  w = jnp.sum(jax.nn.one_hot(routing.index, e, dtype=routing.weights.dtype) * routing.weights[..., None], axis=1)
-  y = jax.tree.map(lambda leaf: _leaf_combine("ne,eno->no", w, leaf, 2), ys)
-  return y, {"dropped_fraction": jnp.zeros((), jnp.float32), "capacity": n}
+  """Every expert on every token; y[n] = sum_e w[n, e] * expert_e(x[n]) with w [N, E] from the routing."""
+  ys = experts.batched(jnp.broadcast_to(x[None], (routing.num_experts,) + x.shape))  # [E, N, ...]
+  return combine_dense(ys, routing.dense_weights()), {
+    "dropped_fraction": jnp.zeros((), jnp.float32),
+    "capacity": x.shape[0],
+  }
 
 
 def einsum(
@@ -185,7 +221,7 @@ def einsum(
   s = group_size_for(n, group_size)
   g = n // s
   c = capacity_for(s, k, e, capacity_factor, capacity)
-  index = routing.index.reshape(g, s, k)
+  index = routed_index(routing.index, routing.mask, e).reshape(g, s, k)  # masked slots: one_hot(E) = 0
   w = routing.weights.reshape(g, s, k)
   expert_1h = jax.nn.one_hot(jnp.swapaxes(index, 1, 2).reshape(g, k * s), e, dtype=jnp.int32)  # [G, KS, E]
   position = jnp.sum((jnp.cumsum(expert_1h, axis=1) - 1) * expert_1h, axis=-1)  # [G, KS]
@@ -202,7 +238,9 @@ def einsum(
     ),
     ys,
   )
-  return y, {"dropped_fraction": 1.0 - jnp.mean(keep.astype(jnp.float32)), "capacity": c}
+  kept = keep & (jnp.swapaxes(index, 1, 2) < e)  # [G, K, S]
+  mask = None if routing.mask is None else routing.mask.reshape(g, 1, s)
+  return y, {"dropped_fraction": _dropped_fraction(kept, mask), "capacity": c}
 
 
 def _take_rows(a: jax.Array, idx: jax.Array) -> jax.Array:
@@ -278,7 +316,7 @@ def sorted_buffers(
   n, d = x.shape
   k, e = routing.k, routing.num_experts
   c = capacity_for(group_size_for(n, group_size), k, e, capacity_factor, capacity)
-  pl = sorted_plan(routing.index, e, c, group_size)
+  pl = sorted_plan(routed_index(routing.index, routing.mask, e), e, c, group_size)
   g = pl.groups
   wk = jnp.swapaxes(routing.weights, 0, 1) * pl.keep  # [K, N]; dropped slots weigh 0
   xs = _dispatch_rows(x, pl.token, pl.valid, pl.row, pl.keep).reshape(e, g * c, d)
@@ -288,7 +326,10 @@ def sorted_buffers(
     flat = leaf.reshape(e * g * c, -1)
     return _combine_rows(flat, wk, pl.row, pl.token, pl.kslot, pl.valid).reshape((n,) + leaf.shape[2:])
 
-  return jax.tree.map(combine, ys), {"dropped_fraction": 1.0 - jnp.mean(pl.keep.astype(jnp.float32)), "capacity": c}
+  return jax.tree.map(combine, ys), {
+    "dropped_fraction": _dropped_fraction(pl.keep, None if routing.mask is None else routing.mask[None, :]),
+    "capacity": c,
+  }
 
 
 def ragged(experts: ExpertFns, x: jax.Array, routing: Routing):
@@ -297,11 +338,13 @@ def ragged(experts: ExpertFns, x: jax.Array, routing: Routing):
     raise ValueError("the 'ragged' dispatch needs experts with ragged_apply (e.g. MLPExpert); use 'sorted'")
   n, _ = x.shape
   k, e = routing.k, routing.num_experts
-  expert, order, counts, _, position = _slot_positions(routing.index.reshape(1, n, k), e)
+  index = routed_index(routing.index, routing.mask, e)
+  expert, order, counts, _, position = _slot_positions(index.reshape(1, n, k), e)
   token = order[0] % n
-  ys = experts.ragged(x[token], counts[0])  # [KS, ...] in sorted order
+  ys = experts.ragged(x[token], counts[0, :e])  # [KS, ...] in sorted order; masked slots (last) are not computed
   inverse = jnp.zeros_like(order[0]).at[order[0]].set(jnp.arange(k * n))
-  wk = jnp.swapaxes(routing.weights, 0, 1).reshape(k * n)
+  weights = routing.weights if routing.mask is None else routing.weights * routing.mask[:, None]
+  wk = jnp.swapaxes(weights, 0, 1).reshape(k * n)
 
   def combine(leaf):
     picked = leaf[inverse] * wk.reshape((-1,) + (1,) * (leaf.ndim - 1)).astype(leaf.dtype)
@@ -329,6 +372,13 @@ def dispatch(
     raise ValueError(f"unknown dispatch strategy {strategy!r}; choose one of {STRATEGIES}")
   if x.ndim != 2:
     raise ValueError(f"dispatch expects tokens [N, D], got shape {x.shape}")
+  if routing.is_dense:
+    if strategy != "dense":
+      raise ValueError(
+        f"a dense routing (weights [N, E], no index) runs on the dense path, not {strategy!r}: use strategy "
+        "'dense' or 'auto'"
+      )
+    return dense(experts, x, routing)
   if routing.index.ndim != 2 or routing.index.shape[0] != x.shape[0] or routing.weights.shape != routing.index.shape:
     raise ValueError(
       f"routing index/weights must be [N={x.shape[0]}, K], got {routing.index.shape} / {routing.weights.shape}"

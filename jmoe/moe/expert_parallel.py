@@ -24,8 +24,9 @@ Two ways in (chosen automatically by :func:`expert_parallel_dispatch`):
   the layer wraps steps 1-4 in ``jax.shard_map`` with tokens and expert params sharded ``P(axis)`` on their
   leading axis (store the expert params with that sharding to also shard their memory).
 
-Stochastic experts draw noise with ``fold_in(rng, global expert id)``, not the stream ``nn.vmap`` uses in the
-single-device strategies, so noisy training outputs differ in their random draws (deterministic outputs match).
+Stochastic experts draw noise and dropout masks with ``fold_in(key, global expert id)`` per RNG stream (``'noise'``,
+``'dropout'``), not the streams ``nn.vmap`` uses in the single-device strategies, so stochastic training outputs
+differ in their random draws (deterministic outputs match); every expert still gets its own draws.
 Padding rows of a data-parallel batch are routed like real tokens and take capacity slots (they come last in
 the global batch, so they only matter when a capacity factor makes the layer drop tokens).
 """
@@ -65,14 +66,14 @@ def check_divisible(num_experts: int, axis_size: int, axis: str) -> int:
   return num_experts // axis_size
 
 
-def apply_local_experts(template, params, xs: jax.Array, deterministic: bool, rng, offset) -> Any:
+def apply_local_experts(template, params, xs: jax.Array, deterministic: bool, rngs, offset) -> Any:
   """Run experts offset .. offset+El-1: params stacked [El, ...], xs [El, n, D] -> pytree of [El, n, ...]."""
   expert = template.clone(parent=None)
   ids = offset + jnp.arange(xs.shape[0])
 
   def one(p, x, e):
-    rngs = None if rng is None else {"noise": jax.random.fold_in(rng, e)}
-    return expert.apply({"params": p}, x, deterministic, rngs=rngs)
+    keys = None if not rngs else {name: jax.random.fold_in(key, e) for name, key in rngs.items()}
+    return expert.apply({"params": p}, x, deterministic, rngs=keys)
 
   return jax.vmap(one)(params, xs, ids)
 
@@ -106,14 +107,14 @@ def _local(
   axis: str,
   offset,
   deterministic,
-  rng,
+  rngs,
   capacity_factor,
   capacity,
   group_size,
 ):
   fns = dispatch_lib.ExpertFns(
     batched=exchange(
-      lambda xs: apply_local_experts(template, params_local, xs, deterministic, rng, offset), routing.num_experts, axis
+      lambda xs: apply_local_experts(template, params_local, xs, deterministic, rngs, offset), routing.num_experts, axis
     )
   )
   return dispatch_lib.sorted_buffers(fns, x, routing, capacity_factor, capacity, group_size)
@@ -128,7 +129,7 @@ def expert_parallel_dispatch(
   axis: str = DEFAULT_AXIS,
   mesh=None,
   deterministic: bool = True,
-  rng=None,
+  rngs=None,
   capacity_factor: float | None = None,
   capacity: int | None = None,
   group_size: int | None = None,
@@ -141,7 +142,7 @@ def expert_parallel_dispatch(
     x, routing: the tokens and their routing — the device's own when ``axis`` is bound, else the global ones.
     axis: the axis the experts are sharded over (E must be divisible by its size).
     mesh: mesh holding ``axis`` when it is not bound (default: the context mesh of ``jax.set_mesh``).
-    rng: key for stochastic experts (None when deterministic or no ``'noise'`` stream).
+    rngs: {stream: key} for stochastic experts (``'noise'``, ``'dropout'``; None or {} when deterministic).
   metrics: ``dropped_fraction`` (mean over devices when run through ``shard_map``, the device's own when the axis
   is bound, like the other strategies under pmap) and ``capacity`` C per device group.
   """
@@ -154,7 +155,7 @@ def expert_parallel_dispatch(
     el = check_divisible(e, jax.lax.axis_size(axis), axis)
     offset = jax.lax.axis_index(axis) * el
     local = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, offset, el, 0), params)
-    return _local(template, local, x, routing, axis, offset, deterministic, rng, capacity_factor, capacity, group_size)
+    return _local(template, local, x, routing, axis, offset, deterministic, rngs, capacity_factor, capacity, group_size)
 
   mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
   if axis not in mesh.axis_names:
@@ -175,21 +176,18 @@ def expert_parallel_dispatch(
     dispatch_lib.group_size_for(n // p, group_size), routing.k, e, capacity_factor, capacity
   )
 
-  def body(params_l, x_l, w_l, idx_l, rng_l):
-    probs = jnp.zeros((x_l.shape[0], e), w_l.dtype)  # only its shape is read (num_experts)
-    routing_l = Routing(weights=w_l, index=idx_l, probs=probs, logits=probs, metrics={})
+  def body(params_l, x_l, w_l, idx_l, mask_l, rngs_l):
+    routing_l = Routing(weights=w_l, index=idx_l, probs=None, logits=None, mask=mask_l, metrics={}, num_experts=e)
     offset = jax.lax.axis_index(axis) * el
     y, m = _local(
-      template, params_l, x_l, routing_l, axis, offset, deterministic, rng_l, capacity_factor, capacity, group_size
+      template, params_l, x_l, routing_l, axis, offset, deterministic, rngs_l, capacity_factor, capacity, group_size
     )
     return y, jax.lax.pmean(m["dropped_fraction"], axis)
 
   param_specs = jax.tree.map(lambda _: P(axis), params)
-  if rng is None:
-    fn = lambda a, b, c, d: body(a, b, c, d, None)
-    specs, args = (param_specs, P(axis), P(axis), P(axis)), (params, x, routing.weights, routing.index)
-  else:
-    fn = body
-    specs, args = (param_specs, P(axis), P(axis), P(axis), P()), (params, x, routing.weights, routing.index, rng)
+  mask = jnp.ones(x.shape[:1], bool) if routing.mask is None else routing.mask
+  specs = (param_specs, P(axis), P(axis), P(axis), P(axis), P())
+  args = (params, x, routing.weights, routing.index, mask, dict(rngs or {}))
+  fn = body
   y, dropped = jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=(P(axis), P()))(*args)
   return y, {"dropped_fraction": dropped, "capacity": cap}

@@ -3,7 +3,9 @@
 An expert is any Flax linen module whose ``__call__(x, deterministic)`` maps tokens x [n, D] to a pytree of
 arrays with leading axis n (e.g. [n, O], or a dict {'z': [n, O], 'sigma2': [n]} for Gaussian experts).
 :class:`ExpertBank` lifts a *template* expert with ``nn.vmap`` so that its parameters get a leading [E] axis and
-``bank(xs)`` runs expert e on xs[e] for xs [E, n, D] — one batched computation, no Python loop.
+``bank(xs)`` runs expert e on xs[e] for xs [E, n, D] — one batched computation, no Python loop — and
+``bank.all(x)`` runs every expert on the same tokens x [N, D] (the dense path). The RNG streams ``'noise'`` and
+``'dropout'`` are split over experts: every expert draws its own noise and its own dropout mask.
 
 Experts built from dense layers may also define ``ragged_apply(params, x, group_sizes, rng)`` that computes the
 same function on tokens sorted by expert with ``jax.lax.ragged_dot`` (the dropless dispatch path).
@@ -28,7 +30,7 @@ def _template_fields(module: nn.Module) -> dict[str, Any]:
   }
 
 
-def _ragged_dense(x, kernel, bias, group_sizes):
+def ragged_dense(x, kernel, bias, group_sizes):
   """x [S, D] sorted by expert, kernel [E, D, O], bias [E, O], group_sizes [E] -> [S, O]."""
   y = jax.lax.ragged_dot(x, kernel.astype(x.dtype), group_sizes)
   expert_of_row = jnp.repeat(jnp.arange(kernel.shape[0]), group_sizes, total_repeat_length=x.shape[0])
@@ -52,8 +54,8 @@ class MLPExpert(nn.Module):
     """Same function on x [S, D] sorted by expert; params stacked [E, ...]; group_sizes [E] -> [S, O]."""
     del rng
     x = x.astype(self.dtype)
-    h = nn.gelu(_ragged_dense(x, params["wi"]["kernel"], params["wi"]["bias"], group_sizes))
-    return _ragged_dense(h, params["wo"]["kernel"], params["wo"]["bias"], group_sizes)
+    h = nn.gelu(ragged_dense(x, params["wi"]["kernel"], params["wi"]["bias"], group_sizes))
+    return ragged_dense(h, params["wo"]["kernel"], params["wo"]["bias"], group_sizes)
 
 
 class ExpertBank(nn.Module):
@@ -73,7 +75,7 @@ class ExpertBank(nn.Module):
     stacked = nn.vmap(
       type(self.expert),
       variable_axes={"params": 0},
-      split_rngs={"params": True, "noise": True},
+      split_rngs={"params": True, "noise": True, "dropout": True},
       in_axes=(0, None),
       out_axes=0,
       axis_size=self.num_experts,
@@ -85,6 +87,12 @@ class ExpertBank(nn.Module):
     if xs.ndim != 3 or xs.shape[0] != self.num_experts:
       raise ValueError(f"ExpertBank expects [E={self.num_experts}, n, D] inputs, got shape {xs.shape}")
     return self.stack(xs, deterministic)
+
+  def all(self, x: jax.Array, deterministic: bool = True):
+    """x [N, D] -> pytree of [E, N, ...]: every expert on every token (the dense path)."""
+    if x.ndim != 2:
+      raise ValueError(f"ExpertBank.all expects tokens [N, D], got shape {x.shape}")
+    return self(jnp.broadcast_to(x[None], (self.num_experts,) + x.shape), deterministic)
 
   @property
   def supports_ragged(self) -> bool:
