@@ -28,8 +28,8 @@ Rows (each runs warm-up steps, then ``--steps`` timed training steps):
 * ``torch/loop`` and ``torch/dense``: ``tools.torch_euar`` (eager PyTorch, nn.Module, AdamW + clip_grad_norm_),
   the per-expert loop with index selection (the usual MoE implementation) and run-all-experts-and-mask, with
   ``torch.set_num_threads`` = the cores JAX may use; ``torch/<dispatch>@1thr``: the same on 1 thread (with other
-  processes on a 2-core machine, torch's 2 OpenMP threads stall at every op's barrier and run 5-20x slower; one
-  thread does not, so the fastest torch row is the fair reference). ``--torch-threads 2,1`` picks the counts
+  processes on a 2-core machine, torch's 2 OpenMP threads stall at every op's barrier and run many times slower;
+  one thread does not, so the fastest torch row is the fair reference). ``--torch-threads 2,1`` picks the counts
   (the first gives the reference rows). The torch models start from the jmoe initial parameters (copied), so
   every row trains the same model from the same point.
 
@@ -45,18 +45,14 @@ the first ``--dispatch``; default ``dense``, the app's default) vs torch/loop, t
 row, and the fastest jmoe row vs the fastest torch row.
 
 Load: the 1-minute load average at start and before each config's timing, and the CPU share other processes
-used while it was timed (``bench_routing.ForeignCpu``: /proc/stat busy time minus this process's own CPU time;
+used while it was timed (``benchlib.ForeignCpu``: /proc/stat busy time minus this process's own CPU time;
 the load average also counts this process, e.g. its compiles) are printed and stored. A table is marked LOADED
 when other processes used > 10% of the CPU while it was timed (or, where /proc/stat is unreadable, when the
 load average before timing was >= 1.5). ``--wait-idle S`` waits up to S seconds for the load average to drop
 below 1.5 before each config's timing.
 
-Measured on the 2-core AMD EPYC dev box with AVX-512, idle (other processes 0% of the CPU), jax 0.10.2, torch
-2.13.0, default arguments: vectors -- jmoe/pmap/dense 0.90 ms/step (17,763 samples/s), jmoe/jit/sorted 0.78 ms,
-torch/loop 5.69 ms, fastest torch (dense, 1 thread) 4.91 ms: app step 6.3x torch/loop, 5.5x the fastest torch;
-seq_len=50 -- jmoe/pmap/dense 2.25 ms, torch/loop 7.71 ms, fastest torch (dense) 6.86 ms: 3.4x and 3.05x.
-Loaded (load average 5-7), torch on 2 threads gets 5-50x slower and the ratios against it are meaningless; compare
-with the @1thr rows.
+Under load, torch on 2 threads slows down far more than the jit rows and the ratios against it say little;
+compare with the @1thr rows. Measured results belong in the JSON this writes and in README, not here.
 
 ``--profile`` adds, per config, a breakdown of the jmoe step: jit pieces (forward, forward+backward, optimizer
 update), the full step under jit and pmap, empty steps with the same arguments (dispatch + argument-handling
@@ -85,8 +81,7 @@ from jmoe import data as data_lib
 from jmoe.train import batches as batches_lib
 from jmoe.train import sentiment
 from jmoe.train import steps as steps_lib
-from tools import torch_euar
-from tools.bench_routing import ForeignCpu, machine_info, num_threads
+from tools import benchlib, torch_euar
 
 MODALITIES = ("text", "audio", "vision")
 DEFAULT_DIMS = (768, 5, 20)
@@ -275,23 +270,6 @@ def torch_row(
 # Timing
 
 
-def _loadavg() -> float | None:
-  try:
-    return os.getloadavg()[0]
-  except OSError:  # pragma: no cover
-    return None
-
-
-def wait_idle(max_seconds: float, threshold: float = IDLE_LOAD, poll_s: float = 10.0) -> float | None:
-  """Wait up to ``max_seconds`` for the 1-minute load average to drop below ``threshold``; returns it."""
-  load = _loadavg()
-  deadline = time.monotonic() + max_seconds
-  while load is not None and load >= threshold and time.monotonic() < deadline:
-    time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
-    load = _loadavg()
-  return load
-
-
 def time_rows(rows: list[Row], steps: int, rounds: int, warmup: int) -> None:
   """Warm every row up (the first call compiles), then time ``steps`` steps of each in interleaved rounds."""
   for row in rows:
@@ -316,15 +294,9 @@ def time_rows(rows: list[Row], steps: int, rounds: int, warmup: int) -> None:
       row.steps_done += n
 
 
-def _stats(times: Sequence[float]) -> dict[str, float]:
-  a = np.asarray(times)
-  return {
-    "median_step_s": float(np.median(a)),
-    "p10_step_s": float(np.percentile(a, 10)),
-    "p90_step_s": float(np.percentile(a, 90)),
-    "min_step_s": float(a.min()),
-    "mean_step_s": float(a.mean()),
-  }
+def _step_stats(times: Sequence[float]) -> dict[str, float]:
+  """benchlib.stats of per-step times under this benchmark's keys (median_step_s, p10_step_s, ...)."""
+  return {f"{k[: -len('_s')]}_step_s": v for k, v in benchlib.stats(times).items() if k.endswith("_s")}
 
 
 def run_config(cfg: BenchConfig, args, torch_mod) -> dict[str, Any]:
@@ -340,20 +312,20 @@ def run_config(cfg: BenchConfig, args, torch_mod) -> dict[str, Any]:
       for d in args.torch_dispatch_list:
         name = f"torch/{d}" if threads == args.torch_threads_list[0] else f"torch/{d}@{threads}thr"
         rows.append(torch_row(cfg, d, batches, jax_params, torch_mod, threads, name))
-  load_before = wait_idle(args.wait_idle) if args.wait_idle > 0 else _loadavg()
-  foreign = ForeignCpu().start()
+  load_before = benchlib.wait_idle(args.wait_idle, IDLE_LOAD) if args.wait_idle > 0 else benchlib.loadavg()
+  foreign = benchlib.ForeignCpu().start()
   t0 = time.perf_counter()
   time_rows(rows, args.steps, args.rounds, args.warmup)
   timing_s = time.perf_counter() - t0
   foreign_frac = foreign.stop()
-  load_after = _loadavg()
+  load_after = benchlib.loadavg()
   if foreign_frac is not None:
     loaded = foreign_frac > FOREIGN_LOADED
   else:
     loaded = load_before is not None and load_before >= IDLE_LOAD
   out_rows = []
   for row in rows:
-    st = _stats(row.times)
+    st = _step_stats(row.times)
     out_rows.append(
       {
         "name": row.name,
@@ -494,18 +466,8 @@ def check_targets(configs: list[dict[str, Any]]) -> list[str]:
 
 
 def _median_time(fn: Callable[[], Any], repeats: int, inner: int = 10) -> float:
-  """Median seconds per call of fn() (blocked), over ``repeats`` batches of ``inner`` calls."""
-  jax.block_until_ready(fn())
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    out = None
-    for _ in range(inner):
-      out = fn()
-    jax.block_until_ready(out)
-    times.append((time.perf_counter() - t0) / inner)
-  return float(np.median(times))
+  """Median seconds per call of fn(), over ``repeats`` chunks of ``inner`` calls (blocked at each chunk's end)."""
+  return benchlib.time_fn(fn, repeats, warmup=2, inner=inner)["median_s"]
 
 
 def hlo_op_counts(compiled_text: str) -> dict[str, int]:
@@ -785,7 +747,7 @@ def profile_config(cfg: BenchConfig, args, torch_mod) -> dict[str, Any]:
     "pieces_ms": {k: v * 1e3 for k, v in pieces + torch_pieces},
     "hlo_ops": ops,
     "trace": trace,
-    "loadavg": _loadavg(),
+    "loadavg": benchlib.loadavg(),
   }
 
 
@@ -861,7 +823,7 @@ def parse_args(argv=None):
   args.dispatch_list = [s.strip() for s in args.dispatch.split(",") if s.strip()]
   args.torch_dispatch_list = [s.strip() for s in args.torch_dispatch.split(",") if s.strip()]
   args.dims_tuple = tuple(int(s) for s in args.dims.split(","))
-  cores = num_threads()
+  cores = benchlib.num_threads()
   args.torch_threads_list = [int(s) for s in args.torch_threads.split(",") if s.strip()] or (
     [cores, 1] if cores > 1 else [1]
   )
@@ -878,20 +840,13 @@ def parse_args(argv=None):
   return args
 
 
-def _import_torch():
-  try:
-    return torch_euar.import_torch()
-  except ImportError:
-    return None
-
-
 def main(argv=None) -> dict[str, Any]:
-  load_start = _loadavg()
+  load_start = benchlib.loadavg()
   args = parse_args(argv)
-  torch_mod = None if args.no_torch else _import_torch()
+  torch_mod = None if args.no_torch else benchlib.import_torch()
   if torch_mod is not None:
     torch_mod.set_num_threads(args.torch_threads_list[0])
-  machine = machine_info(torch_mod)
+  machine = benchlib.machine_info(torch_mod)
   print(
     f"machine: {machine['cpu_model']} ({', '.join(machine['cpu_simd_flags'])}), {machine['cores']} cores "
     f"(os.cpu_count {machine['os_cpu_count']}); python {machine['python']}; jax {machine['jax']} / jaxlib "

@@ -26,12 +26,9 @@ logical XLA devices. It runs the real multi-device program (per-device shards, a
 all_to_all for expert parallelism) and so measures the overhead of the parallel program, but it adds no compute:
 on the 2-core dev box 8 "devices" cannot be faster than 1, and a drop in samples/s is the cost of splitting small
 per-device work and of the collectives, not a forecast for GPUs. Only accelerator rows measure scaling.
-The share of CPU used by other processes while each row ran is printed (``foreign%``), as in bench_routing.
-
-Measured on the 2-core AMD EPYC dev box with AVX-512, idle (jax 0.10.2), ``--batch 16,256``: B=256 -- 1 device
-69k samples/s (pmap and jit alike), 2 forced devices 0.54x (pmap) / 0.60x (jit), 8 forced devices 0.21x / 0.23x.
-At the app's default B=16 per-step overhead dominates (~20k / 23k samples/s on 1 device, 0.22x on 2, 0.05-0.06x
-on 8). No GPU was available.
+The share of CPU used by other processes while each row ran is printed (``foreign%``, ``benchlib.ForeignCpu``
+with the child processes' time counted as our own).
+Measured results belong in the JSON this writes and in README, not here.
 """
 
 from __future__ import annotations
@@ -43,6 +40,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tools import benchlib
 
 REPO = Path(__file__).resolve().parents[1]
 PATHS = ("pmap", "jit", "pmap+ep")
@@ -109,15 +108,16 @@ def child(args) -> dict:
     jax.block_until_ready((state, metrics))
     chunks.append((time.perf_counter() - t0) / args.chunk_steps)
   loss = float(np.asarray(metrics["loss"])[0])
-  step_s = float(np.median(chunks))
+  st = benchlib.stats(chunks)
+  step_s = st["median_s"]
   return {
     "devices": par.num_shards,
     "path": args.path,
     "batch": args.batch,
     "rows_per_device": batches[0]["weight"].shape[1],
     "step_ms": 1e3 * step_s,
-    "p10_ms": 1e3 * float(np.percentile(chunks, 10)),
-    "p90_ms": 1e3 * float(np.percentile(chunks, 90)),
+    "p10_ms": 1e3 * st["p10_s"],
+    "p90_ms": 1e3 * st["p90_s"],
     "samples_per_s": args.batch / step_s,
     "first_step_s": first,
     "loss": loss,
@@ -129,20 +129,6 @@ def child(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------- parent
-
-
-def _busy_s() -> float | None:
-  try:
-    with open("/proc/stat") as f:
-      vals = [int(v) for v in f.readline().split()[1:]]
-  except (OSError, ValueError):
-    return None
-  return (sum(vals[:8]) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_and_children_s() -> float:
-  t = os.times()
-  return t.user + t.system + t.children_user + t.children_system
 
 
 def run_row(n: int, path: str, batch: int, args) -> dict:
@@ -165,34 +151,21 @@ def run_row(n: int, path: str, batch: int, args) -> dict:
     f"--{k.replace('_', '-')}={getattr(args, k)}"
     for k in ("warmup", "chunks", "chunk_steps", "num_batches", "ep_experts")
   ]
-  t0, busy0, own0 = time.perf_counter(), _busy_s(), _own_and_children_s()
+  foreign = benchlib.ForeignCpu(children=True).start()
   proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=args.timeout)
-  wall, busy = time.perf_counter() - t0, _busy_s()
+  foreign_frac = foreign.stop()
   if proc.returncode:
     return {"devices": n, "path": path, "batch": batch, "error": proc.stderr.strip().splitlines()[-1:]}
   row = json.loads(proc.stdout.strip().splitlines()[-1])
-  if busy is not None and busy0 is not None:
-    foreign = ((busy - busy0) - (_own_and_children_s() - own0)) / (wall * (os.cpu_count() or 1))
-    row["foreign_cpu"] = max(0.0, min(1.0, foreign))
+  if foreign_frac is not None:
+    row["foreign_cpu"] = foreign_frac
   return row
 
 
 def machine() -> dict:
-  cpu = "unknown"
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
-  except OSError:
-    pass
-  import jax
-
-  info = {
-    "cpu_model": cpu,
-    "cores": len(os.sched_getaffinity(0)),
-    "jax": jax.__version__,
-    "python": sys.version.split()[0],
-    "loadavg_start": os.getloadavg()[0],
-  }
+  """benchlib.machine_info without starting a JAX backend here (the children own the devices), plus the GPUs."""
+  info = benchlib.machine_info(devices=False)
+  info["loadavg_start"] = benchlib.loadavg()
   try:
     out = subprocess.run(
       ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
@@ -257,7 +230,7 @@ def main(argv=None):
     best = dict(ok[int(np.argsort([x["samples_per_s"] for x in ok])[len(ok) // 2])])  # median round
     best["rounds"] = len(ok)
     table.append(best)
-  info["loadavg_end"] = os.getloadavg()[0]
+  info["loadavg_end"] = benchlib.loadavg()
   print(
     f"\nmachine: {info['cpu_model']}, {info['cores']} cores, jax {info['jax']}, platform {args.platform}"
     f"{', GPUs: ' + ', '.join(info['gpus']) if info['gpus'] else ''}; load avg {info['loadavg_start']:.1f}"
@@ -268,26 +241,30 @@ def main(argv=None):
       "CPU rows: N forced host devices share the same cores (a correctness/overhead simulation, no extra "
       "compute); read them as the cost of the parallel program, not as scaling."
     )
-  head = (
-    "| devices | path | batch (rows/device) | step ms (p10-p90) | samples/s | vs 1 device | first step s | foreign% |"
-  )
-  print(head)
-  print("|" + "---|" * (head.count("|") - 1))
+  head = ["devices", "path", "batch (rows/device)", "step ms (p10-p90)", "samples/s", "vs 1 device", "first step s"]
+  head.append("foreign%")
+  lines = []
   base = {}
   for row in table:
     if "error" in row:
-      print(f"| {row['devices']} | {row['path']} | {row['batch']} | error: {row['error']} | | | | |")
+      lines.append([str(row["devices"]), row["path"], str(row["batch"]), f"error: {row['error']}", "", "", "", ""])
       continue
     key = (row["path"], row["batch"])
     if row["devices"] == min(counts):
       base[key] = row["samples_per_s"]
-    rel = f"{row['samples_per_s'] / base[key]:.2f}x" if key in base else "-"
-    fc = f"{100 * row['foreign_cpu']:.0f}" if row.get("foreign_cpu") is not None else "?"
-    print(
-      f"| {row['devices']} | {row['path']} | {row['batch']} ({row['rows_per_device']}) | {row['step_ms']:.1f} "
-      f"({row['p10_ms']:.1f}-{row['p90_ms']:.1f}) | {row['samples_per_s']:.0f} | {rel} | "
-      f"{row['first_step_s']:.1f} | {fc} |"
+    lines.append(
+      [
+        str(row["devices"]),
+        row["path"],
+        f"{row['batch']} ({row['rows_per_device']})",
+        f"{row['step_ms']:.1f} ({row['p10_ms']:.1f}-{row['p90_ms']:.1f})",
+        f"{row['samples_per_s']:.0f}",
+        f"{row['samples_per_s'] / base[key]:.2f}x" if key in base else "-",
+        f"{row['first_step_s']:.1f}",
+        f"{100 * row['foreign_cpu']:.0f}" if row.get("foreign_cpu") is not None else "?",
+      ]
     )
+  print("\n".join(benchlib.format_rows(head, lines, markdown=True)))
   if args.json:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"machine": info, "args": vars(args), "rows": table}, indent=1))

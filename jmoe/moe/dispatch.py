@@ -250,10 +250,9 @@ def _take_rows(a: jax.Array, idx: jax.Array) -> jax.Array:
 
 # The sorted dispatch moves rows with two gathers: token -> buffer row (dispatch) and buffer row -> token-slot
 # (combine). Every kept token-slot owns exactly one buffer row, so both maps are permutations plus masking and
-# their transposes are the *inverse gathers*. Autodiff would transpose a gather into a scatter-add; XLA:CPU runs
-# that slower (``tools.bench_routing --profile``, headline config, combine backward: ~5 ms as a scatter-add in the
-# [K, N] slot layout used here, ~32 ms in the earlier [G, K*S] layout, ~1 ms as gathers), so both get custom VJPs
-# whose backward passes are gathers too.
+# their transposes are the *inverse gathers*. Autodiff would transpose a gather into a scatter-add, which XLA:CPU
+# runs several times slower than a gather (``tools.bench_routing --profile`` times both forms), so both get custom
+# VJPs whose backward passes are gathers too.
 # Consequence: the sorted (and expert_parallel) dispatch supports reverse-mode autodiff (grad/vjp, any order of
 # jit/vmap/pmap/shard_map) but not forward mode (jvp/jacfwd); use 'dense' or 'einsum' for those.
 
@@ -291,7 +290,7 @@ def _combine_rows_bwd(res, dy):
   ys, wk, row, token, kslot, valid = res
   w_of_row = wk[kslot, token]  # [R]: the weight of the slot that owns buffer row r
   dys = jnp.where(valid[:, None], _take_rows(dy, token) * w_of_row[:, None].astype(dy.dtype), 0).astype(ys.dtype)
-  # One [N, F] reduction per k: a reduction of the stacked [K, N, F] runs ~9x slower on XLA:CPU.
+  # One [N, F] reduction per k: XLA:CPU reduces the stacked [K, N, F] several times slower.
   dwk = jnp.stack(
     [jnp.sum(_take_rows(ys, row[j]).astype(jnp.float32) * dy.astype(jnp.float32), axis=-1) for j in range(row.shape[0])]
   ).astype(wk.dtype)  # [K, N]

@@ -1,0 +1,261 @@
+"""Timing and load helpers shared by the benchmarks (``bench_routing``, ``bench_euar_train``, ``bench_parallel``).
+
+* :func:`time_fn`: warm up, then time calls of one function, each blocked until its result is ready.
+* :func:`time_interleaved`: time several rows in rounds (every row once per round), so that load from other
+  processes on a shared machine hits all rows alike and their ratios stay meaningful.
+* :func:`stats`: median, p10/p90 quantiles, fastest and mean of a list of times.
+* :class:`ForeignCpu`: the CPU share used by *other* processes while something was timed (/proc/stat); the load
+  average cannot tell, it counts the benchmark's own threads and compiles too. :func:`loadavg`, :func:`wait_idle`.
+* :func:`machine_info`, :func:`num_threads`, :func:`import_torch`: what the results were measured on.
+* :func:`format_rows`: an aligned text (or markdown) table.
+
+Only numpy is imported at module level: ``bench_parallel``'s parent process must not start a JAX backend.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def num_threads() -> int:
+  """Cores this process may run on (what XLA's CPU thread pool sizes itself to)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # pragma: no cover - non-Linux
+    return os.cpu_count() or 1
+
+
+def import_torch(required: bool = False):
+  """The torch module, or None when it is not installed (``required=True`` raises ImportError with a hint)."""
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    if required:
+      raise ImportError("the PyTorch reference rows need torch: pip install torch==2.13.0 (CPU build)") from e
+    return None
+  return torch
+
+
+def _cpu_model_and_flags() -> tuple[str, list[str]]:
+  cpu = platform.processor() or "unknown"
+  flags: list[str] = []
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name") and cpu in ("unknown", "", platform.machine()):
+          cpu = line.split(":", 1)[1].strip()
+        if line.startswith("flags") and not flags:
+          flags = [fl for fl in line.split(":", 1)[1].split() if fl.startswith(("avx", "fma", "amx"))]
+  except OSError:
+    pass
+  return cpu, sorted(set(flags))
+
+
+def machine_info(torch_mod=None, devices: bool = True) -> dict[str, Any]:
+  """CPU model and SIMD flags, cores, versions, XLA flags; JAX backend and devices if ``devices`` (that starts
+  a backend: a parent process that leaves the accelerators to its children passes False)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jaxlib  # pylint: disable=import-outside-toplevel
+
+  cpu, flags = _cpu_model_and_flags()
+  info = {
+    "cpu_model": cpu,
+    "cpu_simd_flags": flags,
+    "cores": num_threads(),
+    "os_cpu_count": os.cpu_count(),
+    "platform": platform.platform(),
+    "python": sys.version.split()[0],
+    "jax": jax.__version__,
+    "jaxlib": jaxlib.__version__,
+    "backend": None,
+    "devices": None,
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "torch": None,
+    "torch_threads": None,
+  }
+  if devices:
+    info["backend"] = jax.default_backend()
+    info["devices"] = [f"{d.platform}:{d.device_kind}" for d in jax.devices()]
+  if torch_mod is not None:
+    info["torch"] = torch_mod.__version__
+    info["torch_threads"] = torch_mod.get_num_threads()
+  return info
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Timing
+
+
+def block(out):
+  """Wait for a JAX result (``jax.block_until_ready``); other values pass through."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  return jax.block_until_ready(out)
+
+
+def stats(times: Sequence[float]) -> dict[str, Any]:
+  """Median, p10 and p90, fastest and mean (seconds) and count of a list of times."""
+  arr = np.asarray(times, dtype=np.float64)
+  return {
+    "median_s": float(np.median(arr)),
+    "p10_s": float(np.percentile(arr, 10)),
+    "p90_s": float(np.percentile(arr, 90)),
+    "min_s": float(arr.min()),
+    "mean_s": float(arr.mean()),
+    "n": len(arr),
+  }
+
+
+def time_fn(
+  fn: Callable[[], Any],
+  repeats: int,
+  warmup: int = 2,
+  max_seconds: float = float("inf"),
+  min_repeats: int = 1,
+  block_fn: Callable[[Any], Any] = block,
+  inner: int = 1,
+) -> dict[str, Any]:
+  """Warm up (the first call compiles a jitted fn; its time is ``first_call_s``), then time up to ``repeats``
+  chunks of ``inner`` back-to-back calls of fn(), each chunk blocked until its last result is ready; stats are
+  per call (chunk time / inner). Stops early once ``max_seconds`` were spent and ``min_repeats`` chunks ran."""
+  t0 = time.perf_counter()
+  block_fn(fn())
+  first = time.perf_counter() - t0
+  for _ in range(max(0, warmup - 1)):
+    block_fn(fn())
+  times: list[float] = []
+  spent = 0.0
+  for _ in range(max(1, repeats)):
+    t0 = time.perf_counter()
+    out = None
+    for _ in range(max(1, inner)):
+      out = fn()
+    block_fn(out)
+    dt = time.perf_counter() - t0
+    spent += dt
+    times.append(dt / max(1, inner))
+    if spent > max_seconds and len(times) >= min_repeats:
+      break
+  return dict(stats(times), first_call_s=first)
+
+
+def time_interleaved(
+  entries: list[dict[str, Any]],
+  key: str,
+  repeats: int,
+  warmup: int = 2,
+  max_seconds: float = float("inf"),
+  min_repeats: int = 1,
+) -> None:
+  """Time ``entries[i][key]()`` in rounds, every active row once per round (blocked with ``entries[i]['block']``,
+  default :func:`block`). Each row is warmed up first: the first call (compilation) is stored in
+  ``entries[i]['first_call_s'][key]``, then up to ``warmup - 1`` untimed calls (fewer once one takes over a
+  second). A row leaves the rounds once it has spent ``max_seconds`` and run ``min_repeats`` times. Stores
+  :func:`stats` under ``entries[i]['stats'][key]``."""
+  for ent in entries:
+    fn, blk = ent[key], ent.get("block", block)
+    t0 = time.perf_counter()
+    blk(fn())
+    ent.setdefault("first_call_s", {})[key] = time.perf_counter() - t0
+    for _ in range(max(0, warmup - 1)):
+      t0 = time.perf_counter()
+      blk(fn())
+      if time.perf_counter() - t0 > 1.0:
+        break
+    ent.setdefault("times", {})[key] = []
+  active = list(entries)
+  for _ in range(max(1, repeats)):
+    for ent in active:
+      fn, blk = ent[key], ent.get("block", block)
+      t0 = time.perf_counter()
+      blk(fn())
+      ent["times"][key].append(time.perf_counter() - t0)
+    active = [e for e in active if not (sum(e["times"][key]) > max_seconds and len(e["times"][key]) >= min_repeats)]
+    if not active:
+      break
+  for ent in entries:
+    ent.setdefault("stats", {})[key] = stats(ent["times"][key])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Load
+
+
+def loadavg() -> float | None:
+  """The 1-minute load average (None where unavailable). It counts this process's own threads too."""
+  try:
+    return os.getloadavg()[0]
+  except OSError:  # pragma: no cover
+    return None
+
+
+def wait_idle(max_seconds: float, threshold: float, poll_s: float = 10.0) -> float | None:
+  """Wait up to ``max_seconds`` for the 1-minute load average to drop below ``threshold``; returns it."""
+  load = loadavg()
+  deadline = time.monotonic() + max_seconds
+  while load is not None and load >= threshold and time.monotonic() < deadline:
+    time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+    load = loadavg()
+  return load
+
+
+class ForeignCpu:
+  """Fraction of the machine's CPU time used by *other* processes between start() and stop().
+
+  Busy ticks of all CPUs from /proc/stat minus this process's own user+system time (all its threads; with
+  ``children=True`` also its waited-for child processes, for benchmarks that time subprocesses)."""
+
+  def __init__(self, children: bool = False):
+    self.children = children
+    self.t0 = self.busy0 = self.own0 = None
+
+  @staticmethod
+  def _busy_s() -> float | None:
+    try:
+      with open("/proc/stat") as f:
+        vals = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+      return None
+    busy = sum(vals[:8]) - vals[3] - vals[4]  # user nice system idle iowait irq softirq steal: all but idle/iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+  def _own_s(self) -> float:
+    t = os.times()
+    return t.user + t.system + ((t.children_user + t.children_system) if self.children else 0.0)
+
+  def start(self) -> ForeignCpu:
+    self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy_s(), self._own_s()
+    return self
+
+  def stop(self) -> float | None:
+    busy = self._busy_s()
+    if busy is None or self.busy0 is None:
+      return None
+    wall = time.perf_counter() - self.t0
+    frac = ((busy - self.busy0) - (self._own_s() - self.own0)) / (wall * (os.cpu_count() or 1))
+    return max(0.0, min(1.0, frac))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tables
+
+
+def format_rows(head: Sequence[str], lines: Sequence[Sequence[str]], markdown: bool = False) -> list[str]:
+  """Column-aligned table lines: the header, a rule, one line per row (first column left-aligned, others
+  right-aligned). ``markdown=True`` gives a GitHub table (outer pipes, ``---`` rule)."""
+  widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
+  cells = lambda row: [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+  if markdown:
+    fmt = lambda row: "| " + " | ".join(cells(row)) + " |"
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+  else:
+    fmt = lambda row: " | ".join(cells(row))
+    rule = "-+-".join("-" * w for w in widths)
+  return [fmt(head), rule] + [fmt(line) for line in lines]
