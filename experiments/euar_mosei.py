@@ -8,10 +8,8 @@ MOSEI features cannot be downloaded here; the embedded default is SYNTHETIC MOSE
       --config.data.tfds_name=jmoe_mosei/unaligned
 """
 
-from absl import app
-from ml_collections import config_flags
-
-from experiments.common import euar_config, run_experiment
+from experiments.common import euar_config, smoke
+from jmoe.train import app
 
 
 def get_config():
@@ -20,13 +18,5 @@ def get_config():
   return config
 
 
-_CONFIG = config_flags.DEFINE_config_dict("config", get_config())
-
-
-def main(argv):
-  del argv
-  run_experiment(_CONFIG.value)
-
-
 if __name__ == "__main__":
-  app.run(main)
+  app.cli(get_config, smoke)

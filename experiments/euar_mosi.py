@@ -17,23 +17,13 @@ and writes it with curves.png / expert_load.png to ``config.workdir``. Re-runnin
 Expected numbers: see README ("EUAR results").
 """
 
-from absl import app
-from ml_collections import config_flags
-
-from experiments.common import euar_config, run_experiment
+from experiments.common import euar_config, smoke
+from jmoe.train import app
 
 
 def get_config():
   return euar_config(name="euar_mosi", synthetic_kind="mosi", text_dim=768, audio_dim=5, vision_dim=20)
 
 
-_CONFIG = config_flags.DEFINE_config_dict("config", get_config())
-
-
-def main(argv):
-  del argv
-  run_experiment(_CONFIG.value)
-
-
 if __name__ == "__main__":
-  app.run(main)
+  app.cli(get_config, smoke)

@@ -8,9 +8,17 @@ import numpy as np
 import pytest
 
 from experiments import euar_mosi
-from experiments.common import run_experiment
+from experiments.common import smoke
 from jmoe.models.euar import EUAR, GaussianExpert
+from jmoe.train import app
 from jmoe.train import steps as steps_lib
+from jmoe.train import tasks as tasks_lib
+from jmoe.data import format as fmt
+
+
+def run_experiment(cfg):
+  return app.run(cfg, smoke)
+
 
 B = 12
 
@@ -82,15 +90,17 @@ def test_euar_matches_float64_loop_reference(seq):
     ),
     params,
   )
-  pred, aux = jax.jit(model.apply)(params, batch)
+  out, aux = jax.jit(model.apply)(params, batch)
   want_pred, want_kl, want_u, want_aux = reference_euar(
     _np(params["params"]), _np(batch), ("text", "audio", "vision"), 4, 3
   )
-  np.testing.assert_allclose(pred, want_pred, rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(aux["kl"], want_kl, rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(aux["uloss"], want_u, rtol=1e-4, atol=1e-7)
-  np.testing.assert_allclose(aux["aux"], want_aux, rtol=1e-5)
-  assert np.ptp(np.asarray(aux["uloss"])) > 0
+  losses = aux["losses"]
+  np.testing.assert_allclose(out["sentiment"], want_pred, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(losses["kl"], want_kl, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(losses["uloss"], want_u, rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(losses["auxiliary_loss"], want_aux, rtol=1e-5)
+  assert np.ptp(np.asarray(losses["uloss"])) > 0
+  assert aux["per_sample"]["gate_text"].shape == (B, 4)
 
 
 def test_gaussian_expert_reparameterises_in_training_only():
@@ -114,7 +124,7 @@ def test_euar_dispatch_strategies_agree():
   for strategy in ("dense", "sorted", "einsum", "ragged"):
     model = EUAR(width=16, dispatch=strategy)
     params = jax.jit(EUAR(width=16).init)(jax.random.key(0), batch)
-    preds[strategy] = np.asarray(jax.jit(model.apply)(params, batch)[0])
+    preds[strategy] = np.asarray(jax.jit(model.apply)(params, batch)[0]["sentiment"])
   for strategy, p in preds.items():
     np.testing.assert_allclose(p, preds["dense"], rtol=1e-5, atol=1e-6, err_msg=strategy)
 
@@ -124,7 +134,7 @@ def test_ablations_change_the_model():
   mlp = EUAR(width=16, expert="mlp")
   params = jax.jit(mlp.init)(jax.random.key(0), batch)
   _, aux = jax.jit(mlp.apply)(params, batch)
-  assert float(jnp.abs(aux["kl"]).sum()) == 0 and float(jnp.abs(aux["uloss"]).sum()) == 0
+  assert float(jnp.abs(aux["losses"]["kl"]).sum()) == 0 and float(jnp.abs(aux["losses"]["uloss"]).sum()) == 0
   late = EUAR(width=16, fusion="late")
   lp = jax.jit(late.init)(jax.random.key(0), batch)["params"]
   assert not any(k.startswith("moe_") for k in lp) and {"late_head_text", "late_head_audio"} <= set(lp)
@@ -146,8 +156,8 @@ def test_linear_ablation_is_the_gaussian_model_without_uncertainty():
   assert jax.tree.structure(lin_params) == jax.tree.structure(jax.jit(linear.init)(jax.random.key(1), batch))
   pred_g, _ = jax.jit(gauss.apply)(params, batch)
   pred_l, aux = jax.jit(linear.apply)(lin_params, batch)
-  np.testing.assert_allclose(pred_l, pred_g, rtol=1e-6, atol=1e-6)
-  assert float(jnp.abs(aux["kl"]).sum()) == 0 and float(jnp.abs(aux["uloss"]).sum()) == 0
+  np.testing.assert_allclose(pred_l["sentiment"], pred_g["sentiment"], rtol=1e-6, atol=1e-6)
+  assert float(jnp.abs(aux["losses"]["kl"]).sum()) == 0 and float(jnp.abs(aux["losses"]["uloss"]).sum()) == 0
 
 
 def test_padded_batch_gives_the_unpadded_loss_and_gradients():
@@ -156,19 +166,22 @@ def test_padded_batch_gives_the_unpadded_loss_and_gradients():
   batch = _batch(3)
   labels = np.linspace(-2, 2, B).astype(np.float32)
   params = jax.jit(model.init)(jax.random.key(0), batch)["params"]
-  cfg = {"alpha": 1e-3, "beta": 0.0, "lam": 1e-3, "use_kl": True, "use_uloss": True}
+  hparams = {"task/sentiment": 1.0, "loss/kl": 1e-3, "loss/auxiliary_loss": 0.0, "loss/uloss": 1e-3}
+  tasks = tasks_lib.from_config({"sentiment": {"kind": "sentiment"}}, {"sentiment": fmt.SENTIMENT_SPEC})
+
+  def loss(p, b):
+    return steps_lib.objective(steps_lib.loss_terms(model, p, b, None, False, tasks)[0], hparams)
 
   def loss_grad(batch):
-    f = jax.pmap(
-      jax.value_and_grad(lambda p, b: steps_lib._loss_terms(model, p, b, None, False, cfg)[0]),
-      axis_name=steps_lib.AXIS,
-      in_axes=(None, 0),
-    )
+    f = jax.pmap(jax.value_and_grad(loss), axis_name=steps_lib.AXIS, in_axes=(None, 0))
     return jax.tree.map(lambda a: np.asarray(a[0]), f(params, jax.tree.map(lambda a: a[None], batch)))
 
   real = 9
-  short = {k: v[:real] for k, v in batch.items()} | {"label": labels[:real], "weight": np.ones(real, np.float32)}
-  padded = dict(batch) | {"label": labels, "weight": (np.arange(B) < real).astype(np.float32)}
+  short = {k: v[:real] for k, v in batch.items()} | {
+    "label/sentiment": labels[:real],
+    "weight": np.ones(real, np.float32),
+  }
+  padded = dict(batch) | {"label/sentiment": labels, "weight": (np.arange(B) < real).astype(np.float32)}
   padded = {
     k: np.where(padded["weight"].reshape((-1,) + (1,) * (v.ndim - 1)) > 0, v, 7.0) if k not in ("weight",) else v
     for k, v in padded.items()
@@ -199,11 +212,14 @@ def test_smoke_run_writes_results_table_and_plots(tmp_path, capsys):
   printed = capsys.readouterr()
   assert "SYNTHETIC" in printed.out and "Non0_acc_2" in printed.out
   assert "SYNTHETIC DATA" in printed.err
-  for f in ("results.json", "results.md", "curves.png", "expert_load.png", "config.json", "seed_0/metrics.jsonl"):
+  files = ("results.json", "results.md", "curves.png", "expert_load.png", "config.json", "fold_0/seed_0/metrics.jsonl")
+  for f in files + ("scatter_sentiment.png", "fold_0/seed_0/test_outputs.npz"):
     assert (tmp_path / f).exists(), f
   res = json.loads((tmp_path / "results.json").read_text())
-  assert 0.0 <= res["seeds"][0]["test"]["Non0_acc_2"] <= 1.0
-  lines = (tmp_path / "seed_0/metrics.jsonl").read_text().splitlines()
+  assert 0.0 <= res["folds"][0]["seeds"][0]["test"]["sentiment"]["Non0_acc_2"] <= 1.0
+  with np.load(tmp_path / "fold_0/seed_0/test_outputs.npz") as z:
+    assert z["sentiment"].shape == (32,) and z["per_sample.gate_text"].shape == (32, 4) and z["ids"].shape == (32,)
+  lines = (tmp_path / "fold_0/seed_0/metrics.jsonl").read_text().splitlines()
   assert len(lines) == 2 and "load_text" in json.loads(lines[0])["train"]
 
 
@@ -212,11 +228,11 @@ def test_interrupted_run_resumes_to_the_same_numbers(tmp_path):
   full = run_experiment(_smoke_config(tmp_path / "full", **small))
   with pytest.raises(KeyboardInterrupt):
     run_experiment(_smoke_config(tmp_path / "cut", **small, stop_after_epochs=2))
-  assert len((tmp_path / "cut/seed_0/metrics.jsonl").read_text().splitlines()) == 2
+  assert len((tmp_path / "cut/fold_0/seed_0/metrics.jsonl").read_text().splitlines()) == 2
   resumed = run_experiment(_smoke_config(tmp_path / "cut", **small))
-  assert resumed["seeds"][0]["test"] == full["seeds"][0]["test"]
-  assert resumed["seeds"][0]["best_epoch"] == full["seeds"][0]["best_epoch"]
-  assert len((tmp_path / "cut/seed_0/metrics.jsonl").read_text().splitlines()) == 4
+  assert resumed["folds"][0]["seeds"][0]["test"] == full["folds"][0]["seeds"][0]["test"]
+  assert resumed["folds"][0]["seeds"][0]["best_epoch"] == full["folds"][0]["seeds"][0]["best_epoch"]
+  assert len((tmp_path / "cut/fold_0/seed_0/metrics.jsonl").read_text().splitlines()) == 4
 
 
 def test_bad_config_errors(tmp_path):
@@ -224,3 +240,22 @@ def test_bad_config_errors(tmp_path):
     run_experiment(_smoke_config(tmp_path, **{"data.source": "nowhere"}))
   with pytest.raises(FileNotFoundError):
     run_experiment(_smoke_config(tmp_path, **{"data.source": "dir", "data.path": str(tmp_path / "missing")}))
+  for key, value, msg in [
+    ("model.expert", "bogus", "config.model.expert='bogus' is invalid"),
+    ("model.k", 5, "config.model.k=5 is invalid: use 1 <= k <= num_experts=4"),
+    ("model.dropout", 1.5, "config.model.dropout=1.5 is invalid"),
+    ("model.dispatch", "bogus", "config.model.dispatch='bogus' is invalid"),
+    ("members", "parallel", "config.members='parallel' is invalid"),
+    ("seeds", 0, "config.seeds=0 is invalid"),
+    ("optim.epochs", 0, "config.optim.epochs=0 is invalid"),
+    ("select", "sentiment/nope", "select metric 'nope'"),
+  ]:
+    with pytest.raises(ValueError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+      run_experiment(_smoke_config(tmp_path / "bad", **{key: value}))
+    assert not (tmp_path / "bad").exists(), f"{key}: something was written before the config was validated"
+
+
+def test_resume_with_a_changed_config_is_refused(tmp_path):
+  run_experiment(_smoke_config(tmp_path, **{"optim.epochs": 1}))
+  with pytest.raises(ValueError, match=r"holds a run with another config \(optim.lr: 0.001 -> 0.01"):
+    run_experiment(_smoke_config(tmp_path, **{"optim.epochs": 1, "optim.lr": 0.01}))

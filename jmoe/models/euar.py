@@ -113,12 +113,15 @@ EXPERTS = {"gaussian": GaussianExpert, "mlp": DeterministicExpert, "linear": Lin
 
 
 class EUAR(nn.Module):
-  """EUAR model. ``__call__(batch, deterministic)`` -> (pred [B], aux).
+  """EUAR model. ``__call__(batch, deterministic)`` -> ({head: pred [B]}, aux) (the platform's model contract).
 
   batch: dict with ``batch[m]`` features ([B, T, D_m] or [B, D_m]) and optional ``batch[m + '_mask']`` [B, T]
   for every m in ``modalities``.
-  aux: ``kl``, ``uloss``, ``aux`` (eq. 4, 10, 7; per modality summed, each a per-sample [B] array except
-  ``aux`` which is a batch statistic), and ``load`` / ``entropy`` / ``dropped_fraction`` per modality.
+  aux['losses']: ``kl`` and ``uloss`` (eq. 4, 10; per-sample [B], summed over modalities) and ``auxiliary_loss``
+  (eq. 7-9, a batch statistic: the routers' weighted Switch losses summed over modalities); eq. 12's alpha, beta,
+  lambda are the train state's ``hparams['loss/kl' | 'loss/auxiliary_loss' | 'loss/uloss']``.
+  aux['stats']: ``load_<m>`` (fraction of routed token-slots per expert), ``entropy_<m>``, ``dropped_<m>``.
+  aux['per_sample']: ``gate_<m>`` [B, E] gate weights (zero off the top-k).
   """
 
   modalities: Sequence[str] = ("text", "audio", "vision")
@@ -130,6 +133,7 @@ class EUAR(nn.Module):
   dispatch: str = "dense"
   capacity_factor: float | None = None
   dropout: float = 0.1
+  head: str = "sentiment"
 
   @nn.compact
   def __call__(self, batch: dict[str, Any], deterministic: bool = True):
@@ -137,7 +141,7 @@ class EUAR(nn.Module):
       raise ValueError(f"EUAR expert must be one of {sorted(EXPERTS)}, got {self.expert!r}")
     if self.fusion not in ("moe", "late"):
       raise ValueError(f"EUAR fusion must be 'moe' or 'late', got {self.fusion!r}")
-    feats, per_sample_kl, per_sample_u, aux_loss, stats = [], 0.0, 0.0, 0.0, {}
+    feats, per_sample_kl, per_sample_u, aux_loss, stats, gates = [], 0.0, 0.0, 0.0, {}, {}
     for m in self.modalities:
       if m not in batch:
         raise ValueError(f"EUAR: batch has no modality {m!r} (has {sorted(batch)})")
@@ -158,7 +162,8 @@ class EUAR(nn.Module):
         capacity_factor=self.capacity_factor,
         name=f"moe_{m}",
       )
-      out, _, metrics = moe(x, deterministic=deterministic)
+      out, routing, metrics = moe(x, deterministic=deterministic)
+      gates[f"gate_{m}"] = routing.dense_weights()  # [B, E] per-sample gate weights (zero off the top-k)
       feats.append(out["z"])
       per_sample_kl = per_sample_kl + out["kl"]
       per_sample_u = per_sample_u + out["sigma2"] / self.num_experts
@@ -173,11 +178,55 @@ class EUAR(nn.Module):
     if self.fusion == "late":
       pred = jnp.mean(jnp.stack(feats, axis=-1), axis=-1)
       zeros = jnp.zeros(pred.shape, pred.dtype)
-      return pred, {"kl": zeros, "uloss": zeros, "aux": jnp.zeros(()), **stats}
+      losses = {"kl": zeros, "auxiliary_loss": jnp.zeros(()), "uloss": zeros}
+      return {self.head: pred}, {"losses": losses, "stats": stats, "per_sample": {}}
     h = jnp.concatenate(feats, axis=-1)
     h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
     h = nn.gelu(nn.Dense(self.width, name="fuse")(h))
     pred = nn.Dense(1, name="head")(h)[:, 0]
     batch_size = pred.shape[0]
     as_b = lambda v: jnp.broadcast_to(jnp.asarray(v, pred.dtype), (batch_size,))
-    return pred, {"kl": as_b(per_sample_kl), "uloss": as_b(per_sample_u), "aux": jnp.asarray(aux_loss), **stats}
+    losses = {"kl": as_b(per_sample_kl), "auxiliary_loss": jnp.asarray(aux_loss), "uloss": as_b(per_sample_u)}
+    return {self.head: pred}, {"losses": losses, "stats": stats, "per_sample": gates}
+
+
+def validate_config(cfg) -> None:
+  """EUAR's model config: one line naming the key, the value and what is allowed."""
+  from jmoe.moe.layer import STRATEGIES
+
+  m = cfg.model
+  checks = [
+    ("expert", m.expert in EXPERTS, f"choose one of {sorted(EXPERTS)}"),
+    ("fusion", m.fusion in ("moe", "late"), "choose 'moe' or 'late'"),
+    ("dispatch", m.dispatch in STRATEGIES, f"choose one of {STRATEGIES}"),
+    ("num_experts", isinstance(m.num_experts, int) and m.num_experts >= 1, "use an int >= 1"),
+    ("k", isinstance(m.k, int) and 1 <= m.k <= max(1, m.num_experts), f"use 1 <= k <= num_experts={m.num_experts}"),
+    ("width", isinstance(m.width, int) and m.width >= 1, "use an int >= 1"),
+    ("dropout", 0.0 <= m.dropout < 1.0, "use 0 <= dropout < 1"),
+    ("capacity_factor", m.capacity_factor >= 0, "use a factor > 0 (or 0 for no capacity limit)"),
+  ]
+  for key, ok, allowed in checks:
+    if not ok:
+      raise ValueError(f"config.model.{key}={m[key]!r} is invalid: {allowed}")
+  if not [x for x in cfg.data.modalities.split(",") if x]:
+    raise ValueError(f"config.data.modalities={cfg.data.modalities!r} is invalid: name at least one modality")
+
+
+def build(cfg, ds, tasks) -> EUAR:
+  """The platform's model factory: EUAR over ``config.data.modalities`` predicting the first task's head."""
+  scalar = [t for t in tasks if t.kind in ("sentiment", "regression") and t.num_outputs == ()]
+  if len(scalar) != len(tasks):
+    raise ValueError(f"EUAR predicts one score per sample; tasks {[t.name for t in tasks]} need other heads")
+  m = cfg.model
+  return EUAR(
+    modalities=tuple(x for x in cfg.data.modalities.split(",") if x),
+    width=m.width,
+    num_experts=m.num_experts,
+    k=m.k,
+    expert=m.expert,
+    fusion=m.fusion,
+    dispatch=m.dispatch,
+    capacity_factor=m.capacity_factor or None,
+    dropout=m.dropout,
+    head=tasks[0].head,
+  )

@@ -1,7 +1,8 @@
 """Data parallelism for the training app: ``jax.pmap`` over local devices, or ``jax.jit`` over a global ``Mesh``.
 
 Both paths compile the *same* per-device step (:func:`jmoe.train.steps.train_step_fn`, one loss function
-:func:`jmoe.train.steps._loss_terms`, gradients ``lax.pmean``-ed over the batch axis ``steps.AXIS``):
+:func:`jmoe.train.steps.loss_terms`, gradients ``lax.pmean``-ed over the batch axis ``steps.AXIS``), optionally
+vmapped over a member axis:
 
 * ``'pmap'`` (default; the design the users asked for): ``jax.pmap`` over the local devices of one process.
 * ``'jit'``: ``jax.jit`` of ``jax.shard_map(train_step)`` over a 1-D ``Mesh`` of *all global* devices (every process
@@ -25,7 +26,6 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jmoe.train import steps as steps_lib
@@ -95,27 +95,48 @@ def to_host(tree):
   return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
-def make_jit_steps(model, loss_cfg: dict[str, Any], tx: optax.GradientTransformation, mesh: Mesh, axis: str = AXIS):
+def make_pmap_steps(model, tasks, devices, members: bool = False):
+  """(train_step, eval_step) ``jax.pmap``-ed over ``AXIS`` on ``devices`` (one process).
+
+  train(state [P, ...], batch [P, b, ...], rng) -> (state, metrics [P]); with ``members``:
+  train(states [P, M, ...], batches [P, M, b, ...], rngs [M], active [M]). eval(params, batch) -> outputs [P, b, ...]
+  (members: params [P, M, ...] -> [P, M, b, ...]).
+  """
+  train = steps_lib.train_step_fn(model, tasks, AXIS)
+  evaluate = steps_lib.eval_step_fn(model)
+  if members:
+    train, evaluate = steps_lib.members_train_step(train), steps_lib.members_eval_step(evaluate)
+  in_axes = (0, 0, None, None) if members else (0, 0, None)
+  return (
+    jax.pmap(train, axis_name=AXIS, in_axes=in_axes, devices=devices, donate_argnums=(0,)),
+    jax.pmap(evaluate, axis_name=AXIS, devices=devices),
+  )
+
+
+def make_jit_steps(model, tasks, mesh: Mesh, axis: str = AXIS, members: bool = False):
   """Returns (train_step, eval_step) under ``jax.jit`` + ``jax.shard_map`` over ``mesh``.
 
-  train_step(state, batch, rng_data) -> (state, metrics): state replicated on ``mesh``, batch [P, B/P, ...]
-  sharded on ``axis``, ``rng_data`` the replicated uint32 data of a PRNG key (``jax.random.key_data``); metrics
-  replicated with a leading axis of size 1 (so ``metric[0]`` reads them as under pmap, where it is of size P). eval_step(params, batch) -> pred [P, B/P], replicated (readable on every process).
+  train_step(state, batch, rng_data[, active]) -> (state, metrics): state replicated on ``mesh``, batch [P, b, ...]
+  sharded on ``axis``, ``rng_data`` the replicated uint32 data of a PRNG key (``jax.random.key_data``; [M, ...] for
+  members); metrics replicated with a leading axis of size 1 (so ``metric[0]`` reads them as under pmap, where it is
+  of size P). eval_step(params, batch) -> outputs [P, b, ...], replicated (readable on every process).
   """
-  del tx  # carried by the state
-  train_step = steps_lib.train_step_fn(model, loss_cfg, axis)
+  train_step = steps_lib.train_step_fn(model, tasks, axis)
   eval_step = steps_lib.eval_step_fn(model)
-  squeeze = lambda b: jax.tree.map(lambda a: a[0], b)  # [1, B/P, ...] -> [B/P, ...]
+  if members:
+    train_step, eval_step = steps_lib.members_train_step(train_step), steps_lib.members_eval_step(eval_step)
+  squeeze = lambda b: jax.tree.map(lambda a: a[0], b)  # [1, b, ...] -> [b, ...]
 
-  def train_shard(state, batch, rng_data):
-    state, metrics = train_step(state, squeeze(batch), jax.random.wrap_key_data(rng_data))
+  def train_shard(state, batch, rng_data, *active):
+    state, metrics = train_step(state, squeeze(batch), jax.random.wrap_key_data(rng_data), *active)
     return state, jax.tree.map(lambda m: m[None], metrics)  # [1, ...]: read metric[0] as under pmap
 
   def eval_shard(params, batch):
-    return eval_step(params, squeeze(batch))[None]
+    return jax.tree.map(lambda a: a[None], eval_step(params, squeeze(batch)))
 
+  specs = (P(), P(axis), P(), P()) if members else (P(), P(axis), P())
   train = jax.jit(
-    jax.shard_map(train_shard, mesh=mesh, in_specs=(P(), P(axis), P()), out_specs=(P(), P()), check_vma=False),
+    jax.shard_map(train_shard, mesh=mesh, in_specs=specs, out_specs=(P(), P()), check_vma=False),
     donate_argnums=(0,),
   )
   evaluate = jax.jit(
@@ -187,20 +208,22 @@ class DataParallel:
   def __getitem__(self, i):
     return self.devices[i]
 
-  def make_steps(self, model, loss_cfg: dict[str, Any], tx: optax.GradientTransformation) -> tuple[Callable, Callable]:
-    """(train_step(state_r, host batch, rng key) -> (state_r, metrics), eval_step(params_r, host batch) -> pred).
+  def make_steps(self, model, tasks, members: bool = False) -> tuple[Callable, Callable]:
+    """(train_step(state_r, host batch, rng[s][, active]) -> (state_r, metrics), eval_step(params_r, host batch)).
 
     ``metrics`` leaves have a leading device axis (pmap: P identical copies; jit: one replicated copy): read
-    ``metric[0]``. ``pred`` is [P, B/P]. Both readable with ``np.asarray`` on every process.
+    ``metric[0]``. Outputs are [P, b, ...] (members: [P, M, b, ...]). Both readable with ``np.asarray`` on every
+    process. ``members``: the steps are vmapped over a member axis (:func:`jmoe.train.steps.members_train_step`).
     """
     if self.kind == "pmap":
-      return steps_lib.make_steps(model, loss_cfg, tx, self.devices)
-    j_train, j_eval = make_jit_steps(model, loss_cfg, tx, self.mesh)
+      return make_pmap_steps(model, tasks, self.devices, members)
+    j_train, j_eval = make_jit_steps(model, tasks, self.mesh, members=members)
     rep = NamedSharding(self.mesh, P())
 
-    def train(state, batch, rng):
+    def train(state, batch, rng, *active):
       rng_data = _global_array(jax.device_get(jax.random.key_data(rng)), rep)
-      return j_train(state, shard_batch(batch, self.mesh), rng_data)
+      extra = tuple(_global_array(np.asarray(a), rep) for a in active)
+      return j_train(state, shard_batch(batch, self.mesh), rng_data, *extra)
 
     def evaluate(params, batch):
       return j_eval(params, shard_batch(batch, self.mesh))
@@ -211,11 +234,13 @@ class DataParallel:
   def replicate(self, tree):
     """Host pytree -> the layout the steps take (pmap: [P, ...] per leaf; jit: replicated global arrays)."""
     if self.kind == "pmap":
-      return steps_lib.replicate(tree, self.devices)
+      sharding = NamedSharding(Mesh(np.array(self.devices), ("d",)), P("d"))
+      put = lambda x: jax.device_put(np.broadcast_to(np.asarray(x)[None], (len(self.devices),) + np.shape(x)), sharding)
+      return jax.tree.map(put, tree)
     return replicate_on_mesh(tree, self.mesh)
 
   def unreplicate(self, tree):
     """The steps' layout -> one host numpy copy (what checkpoints save; the same on every process)."""
     if self.kind == "pmap":
-      tree = steps_lib.unreplicate(tree)
+      tree = jax.tree.map(lambda x: np.asarray(jax.device_get(x))[0], tree)
     return to_host(tree)

@@ -1,126 +1,121 @@
-"""Pure train/eval steps for the sentiment models: one per-device step, compiled under ``jax.pmap`` here and under
-``jax.jit`` + ``jax.shard_map`` over a ``Mesh`` in :mod:`jmoe.train.parallel` (the multi-host path).
+"""The one train step and the one eval step of the platform (every model, every task), as pure per-device functions.
 
-``train_step(state, batch, rng) -> (state, metrics)`` (:func:`train_step_fn`) runs on one device's shard of the
-global batch. Its loss (:func:`_loss_terms`, shared by both paths) divides per-device *weighted sums* by the mean
-per-device weight total (``lax.pmean`` of the padding mask's sums), so that ``lax.pmean`` over devices of the
-per-device losses is exactly the loss of the whole unpadded global batch (weighted sums / global weight total), and
-``lax.pmean`` of the per-device gradients is its gradient — no sample dropped or counted twice, whatever padding.
-Batch statistics (the Switch aux loss) are computed per device and averaged (as in Switch/GShard, one routing group
-per device), so that term depends on how the batch is split (it is the only one that does).
-RNG: the step's key is ``fold_in(fold_in(rng, step), device index)`` — independent streams per device.
+Model contract: ``model.apply({'params': p}, batch, deterministic=..., rngs=...) -> (outputs, aux)`` with
+``outputs = {head: [B, ...]}`` and ``aux`` holding
+
+* ``'losses'``: ``{name: [B] per-sample | scalar}``; a scalar is a batch statistic (the Switch loss of one routing
+  group per device, or a model-computed exact global value such as NT-Xent over ``psum``-ed statistics);
+* ``'per_sample'``: ``{name: [B, ...]}`` evaluation diagnostics (gate weights, routing choices);
+* ``'stats'``: ``{name: scalar | [E]}`` training statistics (expert load, entropy, dropped fraction).
+
+``train_step(state, batch shard, rng) -> (state, metrics)`` runs on one device's shard of the global batch. Each
+task loss and each per-sample aux loss divides its device's *weighted sum* by the mean per-device weight total
+(``lax.pmean`` of the padding mask's sums), so that ``lax.pmean`` over devices of the per-device losses is exactly
+the loss of the whole unpadded global batch, and ``lax.pmean`` of the per-device gradients is its gradient -- no
+sample dropped or counted twice, whatever the padding. The objective is ``sum_t hparams['task/t'] * task_t +
+sum_l hparams['loss/l'] * loss_l`` with the weights read from the state (traced), so a vmapped population can vary
+them. RNG: ``fold_in(fold_in(rng, step), device index)`` -- independent streams per device.
+
+Members: :func:`members_train_step` vmaps the step over stacked states (a member axis M: seeds, folds, sweeps, a
+HAEMSA population), each member with its own batch, RNG and ``active`` flag (a stopped or diverged member keeps
+its state).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from flax.training import train_state
+
+from jmoe.train import tasks as tasks_lib
+from jmoe.train.state import TrainState
 
 AXIS = "batch"
 
 
-class TrainState(train_state.TrainState):
-  pass
+def model_rngs(rng, train: bool):
+  if not train:
+    return None
+  noise, dropout = jax.random.split(rng)
+  return {"noise": noise, "dropout": dropout}
 
 
-def total_loss(terms, loss_cfg) -> jax.Array:
-  """EUAR eq. 12: task + alpha*KL + beta*aux + lambda*U (KL / U switched off by ``use_kl`` / ``use_uloss``)."""
-  return (
-    terms["task"]
-    + loss_cfg["alpha"] * terms["kl"] * float(loss_cfg["use_kl"])
-    + loss_cfg["beta"] * terms["aux"]
-    + loss_cfg["lam"] * terms["uloss"] * float(loss_cfg["use_uloss"])
-  )
+def loss_terms(model, params, batch, rng, train: bool, tasks, axis_name: str = AXIS):
+  """Per-device loss terms whose ``pmean`` over ``axis_name`` are the global-batch terms -> (terms, stats, outputs).
 
-
-def _loss_terms(model, params, batch, rng, train: bool, loss_cfg, axis_name: str = AXIS):
-  """Per-device loss whose ``pmean`` over ``axis_name`` is the loss of the global batch -> (loss, (terms, stats, pred)).
-
-  batch: one device's shard, leaves [B/P, ...] with ``weight`` [B/P] (0 for padding). Must run where
-  ``axis_name`` is bound (``pmap``, ``shard_map``, or ``vmap(axis_name=...)``).
+  batch: one device's shard, leaves [b, ...], ``weight`` [b] (0 for padding), ``label/<head>`` and optional
+  ``label_mask/<head>``. Must run where ``axis_name`` is bound (``pmap``, ``shard_map`` or a named ``vmap``).
   """
-  rngs = None
-  if train:
-    noise, dropout = jax.random.split(rng)
-    rngs = {"noise": noise, "dropout": dropout}
-  pred, aux = model.apply({"params": params}, batch, deterministic=not train, rngs=rngs)
+  outputs, aux = model.apply({"params": params}, batch, deterministic=not train, rngs=model_rngs(rng, train))
+  terms = {f"task/{t.name}": tasks_lib.task_loss(t, outputs, batch, axis_name) for t in tasks}
   w = batch["weight"].astype(jnp.float32)
-  mean_total = jax.lax.pmean(jnp.sum(w), axis_name)  # global weight total / P
-  terms = {
-    "task": jnp.sum(w * jnp.square(pred - batch["label"])) / mean_total,
-    "kl": jnp.sum(w * aux["kl"]) / mean_total,
-    "uloss": jnp.sum(w * aux["uloss"]) / mean_total,
-    "aux": aux["aux"],
-  }
-  loss = total_loss(terms, loss_cfg)
-  stats = {k: v for k, v in aux.items() if k.startswith(("load_", "entropy_", "dropped_"))}
-  return loss, (terms, stats, pred)
+  mean_total = jax.lax.pmean(jnp.sum(w), axis_name)
+  for name, value in aux.get("losses", {}).items():
+    value = jnp.asarray(value)
+    terms[f"loss/{name}"] = value if value.ndim == 0 else jnp.sum(w * value) / jnp.maximum(mean_total, 1e-12)
+  return terms, aux.get("stats", {}), outputs
 
 
-def train_step_fn(model, loss_cfg: dict[str, Any], axis_name: str = AXIS):
+def objective(terms, hparams) -> jax.Array:
+  """sum_k hparams[k] * terms[k] over the terms in order (a term without a weight in hparams is not optimised)."""
+  total = None
+  for name, value in terms.items():
+    if name in hparams:
+      part = hparams[name] * value
+      total = part if total is None else total + part
+  return jnp.zeros((), jnp.float32) if total is None else total
+
+
+def train_step_fn(model, tasks, axis_name: str = AXIS):
   """The per-device train step ``(state, batch shard, rng) -> (state, metrics)``; gradients ``lax.pmean``-ed.
 
-  Metrics are device-invariant (pmean-ed) scalars: loss terms, ``loss``, and per-modality router statistics.
+  Metrics are device-invariant (pmean-ed) scalars: every loss term, ``loss`` (the weighted objective) and the
+  model's statistics.
   """
-  loss_cfg = dict(loss_cfg)
+  tasks = tuple(tasks)
 
   def train_step(state: TrainState, batch, rng):
     rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(axis_name))
-    grad_fn = jax.grad(lambda p: _loss_terms(model, p, batch, rng, True, loss_cfg, axis_name), has_aux=True)
-    grads, (terms, stats, _) = grad_fn(state.params)
+
+    def loss_fn(params):
+      terms, stats, _ = loss_terms(model, params, batch, rng, True, tasks, axis_name)
+      return objective(terms, state.hparams), (terms, stats)
+
+    grads, (terms, stats) = jax.grad(loss_fn, has_aux=True)(state.params)
     grads = jax.lax.pmean(grads, axis_name)
     terms = jax.lax.pmean(terms, axis_name)
-    terms["loss"] = total_loss(terms, loss_cfg)
-    terms.update(jax.lax.pmean(stats, axis_name))
-    return state.apply_gradients(grads=grads), terms
+    metrics = dict(terms)
+    metrics["loss"] = objective(terms, state.hparams)
+    metrics.update(jax.lax.pmean(stats, axis_name))
+    return state.apply_gradients(grads=grads), metrics
 
   return train_step
 
 
 def eval_step_fn(model):
-  """``(params, batch shard) -> pred [B/P]`` (deterministic: z = mu, no dropout)."""
+  """``(params, batch shard) -> {head: [b, ...], 'per_sample/<name>': [b, ...]}`` (deterministic)."""
 
   def eval_step(params, batch):
-    pred, _ = model.apply({"params": params}, batch, deterministic=True)
-    return pred
+    outputs, aux = model.apply({"params": params}, batch, deterministic=True)
+    out = dict(outputs)
+    out.update({f"per_sample/{k}": v for k, v in aux.get("per_sample", {}).items()})
+    return out
 
   return eval_step
 
 
-def make_steps(model, loss_cfg: dict[str, Any], tx: optax.GradientTransformation, devices=None):
-  """Returns (p_train_step, p_eval_step), both ``jax.pmap``-ed over ``AXIS`` (single process, local devices).
+def members_train_step(train_step):
+  """vmap a per-device train step over a member axis M: ``(states [M], batches [M, b, ...], rngs [M], active [M])``.
 
-  p_train_step(state [P, ...], batch [P, B/P, ...], rng) -> (state, metrics [P]);
-  p_eval_step(params, batch) -> pred [P, B/P] (deterministic: z = mu, no dropout).
-  ``tx`` is carried by the state; the argument is kept for the signature shared with :mod:`jmoe.train.parallel`.
+  An inactive member (early-stopped, diverged) keeps its state; its metrics are still computed (and ignored).
   """
-  del tx
-  return (
-    jax.pmap(
-      train_step_fn(model, loss_cfg), axis_name=AXIS, in_axes=(0, 0, None), devices=devices, donate_argnums=(0,)
-    ),
-    jax.pmap(eval_step_fn(model), axis_name=AXIS, devices=devices),
-  )
+
+  def one(state, batch, rng, active):
+    new, metrics = train_step(state, batch, rng)
+    return jax.tree.map(lambda n, o: jnp.where(active, n, o), new, state), metrics
+
+  return jax.vmap(one)
 
 
-def make_optimizer(lr: float, weight_decay: float, grad_clip: float) -> optax.GradientTransformation:
-  return optax.chain(optax.clip_by_global_norm(grad_clip), optax.adamw(lr, weight_decay=weight_decay))
-
-
-def replicate(tree, devices):
-  """Copy a host pytree to every device: leaves [P, ...] sharded over a 1-D mesh of ``devices`` (pmap layout)."""
-  sharding = NamedSharding(Mesh(np.array(devices), ("d",)), PartitionSpec("d"))
-  return jax.tree.map(
-    lambda x: jax.device_put(np.broadcast_to(np.asarray(x)[None], (len(devices),) + np.shape(x)), sharding), tree
-  )
-
-
-def unreplicate(tree):
-  """First device's copy of a replicated pytree, as host numpy arrays (no device computation)."""
-  return jax.tree.map(lambda x: np.asarray(jax.device_get(x))[0], tree)
+def members_eval_step(eval_step):
+  """vmap an eval step over member parameters [M] on one shared batch: ``(params [M], batch) -> outputs [M, b, ...]``."""
+  return jax.vmap(eval_step, in_axes=(0, None))

@@ -1,0 +1,278 @@
+"""The training app of every experiment: ``run(config)`` = data -> tasks -> folds -> model -> fit folds x seeds ->
+report. Linear functions in the style of big_vision's ``train.py`` and the Flax examples' ``train_and_evaluate``:
+no trainer class, no callbacks.
+
+Run directory (``config.workdir``)::
+
+  config.json                      the resolved config (a re-run with a different config is refused)
+  results.json / results.md        per task: every fold x seed at its best-validation epoch, mean ± std
+  fold_<f>/seed_<s>/metrics.jsonl  one line per epoch (train loss terms and statistics, validation metrics)
+  fold_<f>/seed_<s>/latest, best   orbax checkpoints (resume / evaluation)
+  fold_<f>/seed_<s>/test_outputs.npz  the best checkpoint's test outputs and per-sample diagnostics
+  curves.png, expert_load.png, confusion_<task>.png, scatter_<task>.png
+
+The model is ``jmoe.models.<config.model_name>.build(config, dataset, tasks)`` (big_vision's
+``importlib.import_module(f"big_vision.models.{config.model_name}")``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import ml_collections
+from tqdm.auto import tqdm
+
+from jmoe.data import folds as folds_lib
+from jmoe.data import format as fmt
+from jmoe.data import sources
+from jmoe.train import loop
+from jmoe.train import parallel as parallel_lib
+from jmoe.train import report
+from jmoe.train import state as state_lib
+from jmoe.train import tasks as tasks_lib
+
+log = loop.log
+FOLD_KINDS = ("predefined", "kfold", "logo", "random")
+MEMBERS = ("sequential", "vmap")
+# Keys that may change between a run and its resumption without changing what is computed.
+RUNTIME_KEYS = ("quiet", "stop_after_epochs", "debug", "devices", "parallel", "distributed", "workdir")
+
+
+def base_config(name: str, model_name: str) -> ml_collections.ConfigDict:
+  """The fields every experiment has; an experiment's ``get_config()`` fills data, tasks, model and the rest."""
+  c = ml_collections.ConfigDict()
+  c.name = name
+  c.model_name = model_name
+  c.workdir = f"runs/{name}"
+  c.seeds = 5
+  c.seed_offset = 0
+  c.members = "sequential"  # 'vmap': train all seeds of a fold as one compiled program over a member axis
+  c.devices = 0  # 0 = all devices (pmap: local ones; jit: every process's); N = the first N
+  c.parallel = "pmap"  # data parallel: 'pmap' (local devices) | 'jit' (Mesh/NamedSharding; multi-host)
+  c.distributed = False  # jax.distributed.initialize() (also when JAX_COORDINATOR_ADDRESS is set)
+  c.select = ""  # '<task>/<metric>' chosen on validation only; '' = the first task's rule
+  c.smoke = False  # seconds: tiny data, 2 epochs, 1 seed, at most 2 folds (the tests run this)
+  c.stop_after_epochs = -1  # debug: simulate an interruption after N epochs of this invocation
+  c.quiet = False
+  c.debug = False  # show tracebacks instead of one-line errors
+  c.folds = ml_collections.ConfigDict(
+    dict(
+      kind="predefined",  # predefined (train/valid/test) | kfold | logo (leave groups out) | random (leaky demo)
+      k=10,
+      group="",  # kfold: whole groups (e.g. trial) never split; logo: the group left out (subject, session, actor)
+      within="",  # kfold: spread each of these (e.g. subject) over all k folds
+      valid_fraction=0.1,
+      valid_groups=1,
+      test_groups_per_fold=1,
+      seed=0,
+      max_folds=0,  # 0 = all folds; N = the first N (quick looks; results say so)
+    )
+  )
+  c.optim = ml_collections.ConfigDict(
+    dict(lr=1e-3, weight_decay=1e-4, grad_clip=1.0, batch_size=16, epochs=40, patience=8, max_loss=0.0)
+  )
+  return c
+
+
+def validate_config(cfg: ml_collections.ConfigDict) -> None:
+  """One-line ValueError naming the key, the value and the allowed values; runs before anything is written."""
+
+  def need(ok: bool, key: str, value, allowed: str) -> None:
+    if not ok:
+      raise ValueError(f"config.{key}={value!r} is invalid: {allowed}")
+
+  need(cfg.members in MEMBERS, "members", cfg.members, f"choose one of {MEMBERS}")
+  need(isinstance(cfg.seeds, int) and cfg.seeds >= 1, "seeds", cfg.seeds, "use an int >= 1")
+  need(cfg.optim.epochs >= 1, "optim.epochs", cfg.optim.epochs, "use an int >= 1")
+  need(cfg.optim.batch_size >= 1, "optim.batch_size", cfg.optim.batch_size, "use an int >= 1")
+  need(cfg.optim.patience >= 1, "optim.patience", cfg.optim.patience, "use an int >= 1")
+  need(cfg.optim.lr > 0, "optim.lr", cfg.optim.lr, "use a float > 0")
+  need(cfg.folds.kind in FOLD_KINDS, "folds.kind", cfg.folds.kind, f"choose one of {FOLD_KINDS}")
+  try:
+    importlib.import_module(f"jmoe.models.{cfg.model_name}")
+  except ModuleNotFoundError:
+    need(False, "model_name", cfg.model_name, "no such module in jmoe.models")
+  if cfg.select:
+    need("/" in cfg.select and cfg.select.split("/")[0] in cfg.tasks, "select", cfg.select, "use '<task>/<metric>'")
+  for name, w in cfg.get("loss_weights", {}).items():
+    need(w >= 0, f"loss_weights.{name}", w, "use a weight >= 0")
+  model = importlib.import_module(f"jmoe.models.{cfg.model_name}")
+  if hasattr(model, "validate_config"):
+    model.validate_config(cfg)
+
+
+def make_folds(cfg: ml_collections.ConfigDict, ds: fmt.Dataset) -> list[loop.FoldData]:
+  """The folds of ``config.folds`` over ``ds`` (a predefined split is one fold)."""
+  kind = cfg.kind
+  if not ds.is_pool:
+    if kind != "predefined":
+      raise ValueError(
+        f"{ds.name} has a predefined train/valid/test split; folds.kind must be 'predefined', not {kind!r}"
+      )
+    return [loop.FoldData("predefined", ds.splits["train"], ds.splits["valid"], ds.splits["test"])]
+  pool = ds.splits[fmt.POOL]
+
+  def group(key: str):
+    if key not in pool.groups:
+      raise ValueError(f"{ds.name}: folds need group {key!r}, the dataset has groups {sorted(pool.groups)}")
+    return pool.groups[key]
+
+  if kind == "predefined":
+    raise ValueError(f"{ds.name} is a cross-validation pool: set folds.kind to kfold, logo or random")
+  if kind == "kfold":
+    folds = folds_lib.kfold(
+      len(pool),
+      cfg.k,
+      cfg.seed,
+      groups=group(cfg.group) if cfg.group else None,
+      valid_fraction=cfg.valid_fraction,
+      within=group(cfg.within) if cfg.within else None,
+    )
+  elif kind == "random":  # windows split at random, ignoring trials: leaks; only to measure the leak
+    folds = folds_lib.kfold(len(pool), cfg.k, cfg.seed, valid_fraction=cfg.valid_fraction)
+  else:
+    if not cfg.group:
+      raise ValueError("folds.kind='logo' needs folds.group (e.g. subject, session, actor)")
+    folds = folds_lib.leave_one_group_out(
+      group(cfg.group), valid_groups=cfg.valid_groups, seed=cfg.seed, test_groups_per_fold=cfg.test_groups_per_fold
+    )
+  if cfg.max_folds:
+    folds = folds[: cfg.max_folds]
+  return [loop.FoldData(f.name, pool.take(f.train), pool.take(f.valid), pool.take(f.test)) for f in folds]
+
+
+def _config_diff(saved: dict, now: dict, prefix: str = "") -> list[str]:
+  keys = sorted(set(saved) | set(now))
+  out = []
+  for k in keys:
+    if not prefix and k in RUNTIME_KEYS:
+      continue
+    a, b = saved.get(k), now.get(k)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += _config_diff(a, b, f"{prefix}{k}.")
+    elif a != b:
+      out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+  return out
+
+
+def setup(cfg: ml_collections.ConfigDict, ds: fmt.Dataset) -> loop.Setup:
+  """Tasks, model, optimizer, hyperparameters and compiled steps: built once per run."""
+  tasks = tasks_lib.from_config(cfg.tasks, ds.label_specs)
+  model = importlib.import_module(f"jmoe.models.{cfg.model_name}").build(cfg, ds, tasks)
+  select_task, select_metric = tasks[0], tasks[0].select
+  if cfg.select:
+    task_name, select_metric = cfg.select.split("/", 1)
+    select_task = next(t for t in tasks if t.name == task_name)
+    tasks_lib.check_select(select_task, select_metric)
+    mode = "min" if select_metric.split("_")[0] in tasks_lib.LOWER_IS_BETTER else "max"
+    select_task = dataclasses.replace(select_task, select=select_metric, mode=mode)
+  dp = parallel_lib.DataParallel.from_config(cfg)
+  tx = state_lib.make_optimizer(cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.grad_clip)
+  hparams = state_lib.default_hparams(tasks, dict(cfg.get("loss_weights", {})))
+  members = dp.make_steps(model, tasks, members=True) if cfg.members == "vmap" and cfg.seeds > 1 else None
+  return loop.Setup(
+    cfg, model, tasks, tx, hparams, dp, dp.make_steps(model, tasks), members, select_task, select_metric
+  )
+
+
+def run(cfg: ml_collections.ConfigDict, smoke: Callable[[ml_collections.ConfigDict], Any] | None = None) -> dict:
+  """Train ``config.seeds`` seeds on every fold, select on validation, report test mean ± std. Re-running resumes."""
+  t0 = time.time()
+  if cfg.smoke:
+    cfg.seeds = min(cfg.seeds, 1)
+    cfg.optim.epochs = min(cfg.optim.epochs, 2)
+    cfg.folds.max_folds = cfg.folds.max_folds or 2
+    if smoke is not None:
+      smoke(cfg)
+  validate_config(cfg)
+  parallel_lib.maybe_initialize_distributed(cfg.get("distributed", False))  # before anything touches a device
+  ds = sources.load(cfg.data)
+  if ds.synthetic:
+    log(f"*** SYNTHETIC DATA: {ds.name} ({ds.source}) — numbers are not results on a real dataset. ***")
+  log(f"data: {fmt.describe(ds)}")
+  folds = make_folds(cfg.folds, ds)
+  st = setup(cfg, ds)
+  workdir = Path(cfg.workdir)
+  if jax.process_index() == 0:
+    saved = workdir / "config.json"
+    if saved.exists():
+      diff = _config_diff(json.loads(saved.read_text()), json.loads(cfg.to_json()))
+      if diff:
+        raise ValueError(
+          f"{workdir} holds a run with another config ({'; '.join(diff[:4])}{' ...' if len(diff) > 4 else ''}); "
+          "use another --config.workdir or delete that run"
+        )
+    workdir.mkdir(parents=True, exist_ok=True)
+    saved.write_text(cfg.to_json(indent=2))
+  log(f"model: {cfg.model_name} {cfg.model.to_dict()} | devices: {st.dp.describe()} | members: {cfg.members}")
+  seeds = [cfg.seed_offset + i for i in range(cfg.seeds)]
+  fold_results = []
+  for i, fold in enumerate(tqdm(folds, desc="folds", disable=len(folds) == 1 or cfg.quiet)):
+    fold_dir = f"fold_{i}"
+    res = loop.fit(st, fold, seeds, workdir / fold_dir)
+    fold_results.append({"fold": i, "name": fold.name, "dir": fold_dir, "sizes": _sizes(fold), "seeds": res})
+  summary = report.summarize(st.tasks, fold_results)
+  over = "seeds" if len(folds) == 1 else f"{len(folds)} folds (each the mean of its seeds)"
+  select = f"{st.select_task.name}/{st.select_metric}"
+  title = (
+    f"{cfg.name}: {ds.name}{' (SYNTHETIC)' if ds.synthetic else ''}, {len(seeds)} seeds, mean ± std over {over}, "
+    f"best epoch on valid by {select}"
+  )
+  table = report.table(st.tasks, summary, title)
+  diverged = [f"{f['name']}/seed {r['seed']}" for f in fold_results for r in f["seeds"] if r["status"] != "ok"]
+  if diverged:
+    table += f"\nDiverged (left out of the means): {', '.join(diverged)}\n"
+  out = {
+    "name": cfg.name,
+    "dataset": ds.name,
+    "synthetic": ds.synthetic,
+    "source": ds.source,
+    "select": select,
+    "tasks": {t.name: {"kind": t.kind, "head": t.head, "label": t.label, "loss": t.loss} for t in st.tasks},
+    "folds": fold_results,
+    "summary": summary,
+    "seconds": time.time() - t0,
+  }
+  if jax.process_index() == 0:
+    (workdir / "results.json").write_text(json.dumps(loop.jsonable(out), indent=2))
+    (workdir / "results.md").write_text(table + "\n")
+    written = report.plots(workdir, st.tasks, fold_results, ds.synthetic, select)
+    print(table)
+    print(f"\nrun dir: {workdir} (results.json, {', '.join(written)}); {out['seconds']:.0f} s")
+  return out
+
+
+def _sizes(fold: loop.FoldData) -> dict[str, int]:
+  return {"train": len(fold.train), "valid": len(fold.valid), "test": len(fold.test)}
+
+
+def cli(get_config: Callable[[], ml_collections.ConfigDict], smoke=None) -> None:
+  """``python -m experiments.<name> [--config.key=value ...]``: one-line errors (``--config.debug=True`` for the
+  traceback), exit status 2 on bad input."""
+  from absl import app as absl_app
+  from absl import logging
+  from ml_collections import config_flags
+
+  flag = config_flags.DEFINE_config_dict("config", get_config())
+
+  def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    cfg = flag.value
+    try:
+      run(cfg, smoke)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+      if cfg.get("debug", False):
+        raise
+      print(f"error: {e}", file=sys.stderr)
+      print("(add --config.debug=True for the traceback)", file=sys.stderr)
+      sys.exit(2)
+
+  absl_app.run(main)

@@ -1,0 +1,266 @@
+"""The training loop of the platform: one fold, one or more seeds, as a linear function (no trainer class).
+
+:func:`fit` trains the seeds of one fold, either one after another (``config.members='sequential'``) or as one
+compiled program over a member axis (``'vmap'``: the states of all seeds stacked, each member with its own batch
+order, RNG, early stopping and checkpoints; a stopped or diverged member stops updating). Per member:
+
+* every epoch: train, evaluate every task on the validation split, select on ``config.select``
+  (``'<task>/<metric>'``, default the first task's rule) -- validation only, never test;
+* ``seed_<s>/latest`` (resume) and ``seed_<s>/best`` (evaluation) orbax checkpoints and one JSONL line;
+* a non-finite (or, with ``optim.max_loss``, exploding) training loss stops the member as *diverged*: its best
+  checkpoint is kept, it is reported as diverged, and a re-run never resumes training it;
+* at the end: the best checkpoint is evaluated once on test, and the test outputs (every head, the model's
+  per-sample diagnostics as ``per_sample.<name>``, the labels as ``label.<head>``, the sample ids) are saved in
+  ``seed_<s>/test_outputs.npz`` for later analysis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from jmoe.data import format as fmt
+from jmoe.train import batches as batches_lib
+from jmoe.train import state as state_lib
+from jmoe.train import tasks as tasks_lib
+from jmoe.train.checkpoints import Checkpoints
+
+
+def log(msg: str) -> None:
+  if jax.process_index() == 0:
+    tqdm.write(msg, file=sys.stderr)
+
+
+def jsonable(x):
+  """Nested metrics -> JSON-safe values: numpy scalars to Python, non-finite floats to None (valid JSON)."""
+  if isinstance(x, dict):
+    return {str(k): jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [jsonable(v) for v in x]
+  if isinstance(x, (np.floating, float)):
+    return float(x) if math.isfinite(float(x)) else None
+  if isinstance(x, np.integer):
+    return int(x)
+  if isinstance(x, np.ndarray):
+    return jsonable(x.tolist())
+  return x
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldData:
+  """One fold's splits (train / valid / test) and its name."""
+
+  name: str
+  train: fmt.Split
+  valid: fmt.Split
+  test: fmt.Split
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything built once per run and shared by every fold and seed (compiled steps included)."""
+
+  cfg: Any
+  model: Any
+  tasks: tuple
+  tx: Any
+  hparams: dict
+  dp: Any
+  steps: tuple  # (train, eval) without a member axis
+  member_steps: tuple | None  # (train, eval) vmapped over members, or None
+  select_task: tasks_lib.Task
+  select_metric: str
+
+  @property
+  def modalities(self) -> tuple[str, ...]:
+    return tuple(self.model.modalities)
+
+  @property
+  def heads(self) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(t.label for t in self.tasks))
+
+
+def _new_book() -> dict[str, Any]:
+  return {"epoch": -1, "best_value": None, "best_epoch": -1, "bad_epochs": 0, "stopped": False, "diverged": False}
+
+
+def predict(setup: Setup, eval_fn, params_r, split: fmt.Split, members: int | None) -> list[dict[str, np.ndarray]]:
+  """Deterministic outputs for every sample of ``split``, padding removed: one dict {key: [B, ...]} per member."""
+  opt = setup.cfg.optim
+  parts: list[dict[str, np.ndarray]] = []
+  for batch in batches_lib.iterate_batches(split, setup.modalities, opt.batch_size, setup.dp.num_shards):
+    out = jax.device_get(eval_fn(params_r, batch))
+    keep = batch["weight"].reshape(-1) > 0
+    if members is None:
+      parts.append({k: np.asarray(v).reshape((-1,) + np.shape(v)[2:])[keep] for k, v in out.items()})
+    else:  # [P, M, b, ...] -> [M, P*b, ...]
+      parts.append(
+        {k: np.moveaxis(np.asarray(v), 1, 0).reshape((members, -1) + np.shape(v)[3:])[:, keep] for k, v in out.items()}
+      )
+  cat = {k: np.concatenate([p[k] for p in parts], axis=0 if members is None else 1) for k in parts[0]}
+  if members is None:
+    return [cat]
+  return [{k: v[i] for k, v in cat.items()} for i in range(members)]
+
+
+def evaluate(setup: Setup, outputs: dict[str, np.ndarray], split: fmt.Split) -> dict[str, dict[str, Any]]:
+  """{task name: metrics} of one member's outputs on ``split``."""
+  return {t.name: tasks_lib.evaluate(t, outputs[t.head], split) for t in setup.tasks}
+
+
+def fit(setup: Setup, fold: FoldData, seeds: list[int], fold_dir: Path) -> list[dict[str, Any]]:
+  """Train ``seeds`` on ``fold`` (resuming where checkpoints exist); one result dict per seed."""
+  if setup.cfg.members == "vmap" and len(seeds) > 1:
+    return _fit_group(setup, fold, list(seeds), fold_dir, vmapped=True)
+  return [r for s in seeds for r in _fit_group(setup, fold, [s], fold_dir, vmapped=False)]
+
+
+def _fit_group(setup: Setup, fold: FoldData, seeds: list[int], fold_dir: Path, vmapped: bool) -> list[dict]:
+  cfg, opt, dp = setup.cfg, setup.cfg.optim, setup.dp
+  mods, heads = setup.modalities, setup.heads
+  m_count = len(seeds)
+  train_fn, eval_fn = setup.member_steps if vmapped else setup.steps
+  sample = next(batches_lib.iterate_batches(fold.train, mods, opt.batch_size, 1))
+  sample = jax.tree.map(lambda a: a[0], sample)
+  states = [state_lib.create_state(setup.model, setup.tx, sample, jax.random.key(s), setup.hparams) for s in seeds]
+  dirs = [fold_dir / f"seed_{s}" for s in seeds]
+  ckpts = [Checkpoints(d) for d in dirs]
+  books = []
+  for i, (ck, s) in enumerate(zip(ckpts, seeds)):
+    restored = ck.restore_latest(states[i])
+    if restored is None:
+      books.append(_new_book())
+      continue
+    states[i], book = restored
+    books.append({**_new_book(), **book})
+    log(f"  {fold.name} seed {s}: resuming after epoch {book['epoch']} from {dirs[i] / 'latest'}")
+  start = {b["epoch"] for b in books}
+  if len(start) > 1:
+    raise ValueError(
+      f"{fold_dir}: the members' checkpoints stop at different epochs {sorted(start)}; resume them with "
+      "--config.members=sequential"
+    )
+  for d, b in zip(dirs, books):  # keep the epochs that the checkpoint covers, drop any written after it
+    jsonl = d / "metrics.jsonl"
+    if jax.process_index() == 0:
+      lines = jsonl.read_text().splitlines() if jsonl.exists() else []
+      jsonl.write_text("".join(l + "\n" for l in lines if json.loads(l)["epoch"] <= b["epoch"]))
+  stack = lambda trees: jax.tree.map(lambda *xs: np.stack(xs), *trees)
+  state_r = dp.replicate(stack(states) if vmapped else states[0])
+  rng_seeds = [jax.random.key(10_000 + s) for s in seeds]
+  rngs = jax.random.wrap_key_data(np.stack([jax.random.key_data(k) for k in rng_seeds])) if vmapped else rng_seeds[0]
+  epochs_run = 0
+  bar = tqdm(
+    range(books[0]["epoch"] + 1, opt.epochs),
+    desc=f"{fold.name} seed{'s' if vmapped else ''} {','.join(map(str, seeds))}",
+    leave=False,
+    disable=jax.process_index() != 0 or cfg.get("quiet", False),
+  )
+  for epoch in bar:
+    active = np.array([not b["stopped"] for b in books])
+    if not active.any():
+      break
+    if 0 <= cfg.get("stop_after_epochs", -1) <= epochs_run:
+      for ck in ckpts:
+        ck.close()
+      raise KeyboardInterrupt(f"stop_after_epochs={cfg.stop_after_epochs} (simulated interruption)")
+    step_metrics = []
+    shuffles = [s * 100_003 + epoch for s in seeds]
+    if vmapped:
+      it = batches_lib.iterate_member_batches(
+        [fold.train] * m_count, mods, opt.batch_size, dp.num_shards, shuffles, heads
+      )
+      for batch in it:
+        state_r, m = train_fn(state_r, batch, rngs, active)
+        step_metrics.append(m)
+    else:
+      it = batches_lib.iterate_batches(fold.train, mods, opt.batch_size, dp.num_shards, shuffles[0], heads)
+      for batch in it:
+        state_r, m = train_fn(state_r, batch, rngs)
+        step_metrics.append(m)
+    step_metrics = jax.device_get(step_metrics)  # one transfer per epoch; means on the host
+    train_ms = []
+    for i in range(m_count):
+      pick = (lambda a: np.asarray(a[0])[i]) if vmapped else (lambda a: np.asarray(a[0]))
+      train_ms.append({k: np.mean([pick(m[k]) for m in step_metrics], axis=0).tolist() for k in step_metrics[0]})
+    params_r = state_r.params
+    val_outs = predict(setup, eval_fn, params_r, fold.valid, m_count if vmapped else None)
+    host_state = dp.unreplicate(state_r)
+    for i, (s, book) in enumerate(zip(seeds, books)):
+      if book["stopped"]:
+        if vmapped:  # keep a stopped member's latest in step with the others (its state is unchanged)
+          book["epoch"] = epoch
+          ckpts[i].save_latest(epoch, jax.tree.map(lambda a: a[i], host_state), book)
+        continue
+      train_m = train_ms[i]
+      loss = train_m["loss"]
+      max_loss = opt.get("max_loss", 0.0) or math.inf
+      if not math.isfinite(loss) or loss > max_loss:
+        book.update(stopped=True, diverged=True, epoch=epoch)
+        why = "non-finite" if not math.isfinite(loss) else f"above optim.max_loss={max_loss:g}"
+        log(
+          f"  {fold.name} seed {s}: training loss {loss:.4g} is {why} at epoch {epoch}: stopped as diverged "
+          f"(best checkpoint kept; lower optim.lr)"
+        )
+        member_state = jax.tree.map(lambda a: a[i], host_state) if vmapped else host_state
+        ckpts[i].save_latest(epoch, member_state, book)
+        continue
+      val = jsonable(evaluate(setup, val_outs[i], fold.valid))
+      value = tasks_lib.selection_value(setup.select_task, val[setup.select_task.name])
+      improved = value is not None and setup.select_task.better(value, book["best_value"])
+      book.update(epoch=epoch, bad_epochs=0 if improved else book["bad_epochs"] + 1)
+      member_state = jax.tree.map(lambda a: a[i], host_state) if vmapped else host_state
+      if improved:
+        book.update(best_value=value, best_epoch=epoch)
+        ckpts[i].save_best(epoch, member_state, {"epoch": epoch, "valid": val})
+      book["stopped"] = book["bad_epochs"] >= opt.patience
+      ckpts[i].save_latest(epoch, member_state, book)
+      if jax.process_index() == 0:
+        with (dirs[i] / "metrics.jsonl").open("a") as f:
+          f.write(json.dumps(jsonable({"epoch": epoch, "train": train_m, "valid": val})) + "\n")
+    sel = f"{setup.select_task.name}/{setup.select_task.select}"
+    bar.set_postfix(loss=f"{train_ms[0]['loss']:.3f}", best=books[0]["best_epoch"], sel=sel)
+    epochs_run += 1
+  results = _final_results(setup, fold, seeds, dirs, ckpts, books, states, vmapped)
+  for ck in ckpts:
+    ck.close()
+  return results
+
+
+def _final_results(setup, fold, seeds, dirs, ckpts, books, like_states, vmapped) -> list[dict]:
+  """Restore each member's best checkpoint, evaluate it once on test, save its test outputs."""
+  results, best_params, metas = [], [], []
+  for i, s in enumerate(seeds):
+    best = ckpts[i].restore_best(like_states[i])
+    if best is None:
+      results.append({"seed": s, "status": "diverged", "best_epoch": None, "valid": None, "test": None})
+      continue
+    state, meta = best
+    best_params.append((i, state.params))
+    metas.append(meta)
+  if best_params:
+    idx = [i for i, _ in best_params]
+    if vmapped:
+      stacked = jax.tree.map(lambda *xs: np.stack(xs), *[p for _, p in best_params])
+      outs = predict(setup, setup.member_steps[1], setup.dp.replicate(stacked), fold.test, len(idx))
+    else:
+      outs = predict(setup, setup.steps[1], setup.dp.replicate(best_params[0][1]), fold.test, None)
+    for j, (i, meta) in enumerate(zip(idx, metas)):
+      test = jsonable(evaluate(setup, outs[j], fold.test))
+      status = "diverged" if books[i].get("diverged") else "ok"
+      results.append(
+        {"seed": seeds[i], "status": status, "best_epoch": meta["epoch"], "valid": meta["valid"], "test": test}
+      )
+      if jax.process_index() == 0:
+        arrays = {k.replace("/", "."): v for k, v in outs[j].items()}
+        arrays.update({f"label.{h}": np.asarray(fold.test.labels[h]) for h in setup.heads})
+        np.savez(dirs[i] / "test_outputs.npz", ids=np.asarray(fold.test.ids).astype(str), **arrays)
+  return sorted(results, key=lambda r: seeds.index(r["seed"]))
