@@ -177,9 +177,9 @@ def setup(cfg: ml_collections.ConfigDict, ds: fmt.Dataset) -> loop.Setup:
   tx = state_lib.make_optimizer(cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.grad_clip)
   hparams = state_lib.default_hparams(tasks, dict(cfg.get("loss_weights", {})))
   members = dp.make_steps(model, tasks, members=True) if cfg.members == "vmap" and cfg.seeds > 1 else None
-  return loop.Setup(
-    cfg, model, tasks, tx, hparams, dp, dp.make_steps(model, tasks), members, select_task, select_metric
-  )
+  steps = dp.make_steps(model, tasks)
+  init_fn = jax.jit(model.init)  # compiled once for every fold and seed
+  return loop.Setup(cfg, model, tasks, tx, hparams, dp, steps, members, select_task, select_metric, init_fn)
 
 
 def run(cfg: ml_collections.ConfigDict, smoke: Callable[[ml_collections.ConfigDict], Any] | None = None) -> dict:

@@ -78,6 +78,7 @@ class Setup:
   member_steps: tuple | None  # (train, eval) vmapped over members, or None
   select_task: tasks_lib.Task
   select_metric: str
+  init_fn: Any = None  # jax.jit(model.init), compiled once per run
 
   @property
   def modalities(self) -> tuple[str, ...]:
@@ -130,7 +131,10 @@ def _fit_group(setup: Setup, fold: FoldData, seeds: list[int], fold_dir: Path, v
   train_fn, eval_fn = setup.member_steps if vmapped else setup.steps
   sample = next(batches_lib.iterate_batches(fold.train, mods, opt.batch_size, 1))
   sample = jax.tree.map(lambda a: a[0], sample)
-  states = [state_lib.create_state(setup.model, setup.tx, sample, jax.random.key(s), setup.hparams) for s in seeds]
+  init = lambda s: state_lib.create_state(
+    setup.model, setup.tx, sample, jax.random.key(s), setup.hparams, setup.init_fn
+  )
+  states = [init(s) for s in seeds]
   dirs = [fold_dir / f"seed_{s}" for s in seeds]
   ckpts = [Checkpoints(d) for d in dirs]
   books = []

@@ -59,8 +59,13 @@ def default_hparams(tasks, loss_weights: Mapping[str, float]) -> dict[str, jax.A
   return hp
 
 
-def create_state(model, tx: optax.GradientTransformation, sample, rng, hparams: Mapping[str, Any]) -> TrainState:
-  """Initialise the model on one sample batch (leaves [b, ...]) and build the state (host arrays)."""
-  params = jax.jit(model.init)(rng, sample)["params"]
+def create_state(
+  model, tx: optax.GradientTransformation, sample, rng, hparams: Mapping[str, Any], init_fn=None
+) -> TrainState:
+  """Initialise the model on one sample batch (leaves [b, ...]) and build the state (host arrays).
+
+  ``init_fn``: a compiled ``model.init`` to reuse (``jax.jit(model.init)`` compiles anew on every call).
+  """
+  params = (init_fn or jax.jit(model.init))(rng, sample)["params"]
   state = TrainState.create(apply_fn=model.apply, params=params, tx=tx, hparams=dict(hparams))
   return jax.device_get(state)
