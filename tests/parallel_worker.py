@@ -30,11 +30,15 @@ from jmoe.data import synthetic_mosi  # noqa: E402
 from jmoe.models.euar import EUAR  # noqa: E402
 from jmoe.train import batches as batches_lib  # noqa: E402
 from jmoe.train import parallel  # noqa: E402
-from jmoe.train import steps as steps_lib  # noqa: E402
+from jmoe.data import format as fmt  # noqa: E402
+from jmoe.train import state as state_lib  # noqa: E402
+from jmoe.train import tasks as tasks_lib  # noqa: E402
 
 MODS = ("text",)
-DET_LOSS = dict(alpha=1e-3, beta=0.0, lam=1e-3, use_kl=True, use_uloss=True)  # beta=0: see test_parallel
-STO_LOSS = dict(alpha=1e-3, beta=1e-5, lam=1e-3, use_kl=True, use_uloss=True)
+HEADS = ("sentiment",)
+TASKS = tasks_lib.from_config({"sentiment": {"kind": "sentiment"}}, {"sentiment": fmt.SENTIMENT_SPEC})
+DET_LOSS = {"kl": 1e-3, "auxiliary_loss": 0.0, "uloss": 1e-3}  # no Switch statistic: see test_parallel
+STO_LOSS = {"kl": 1e-3, "auxiliary_loss": 1e-5, "uloss": 1e-3}
 
 
 def max_diff(a, b) -> float:
@@ -48,17 +52,16 @@ def dataset():
   return synthetic_mosi(seed=0, dims={"text": 12, "audio": 5}, sizes=(40, 8, 8))
 
 
-def init_state(model, ds, tx, batch_size):
+def init_state(model, ds, tx, batch_size, loss=DET_LOSS, seed=0):
   sample = jax.tree.map(lambda a: a[0], next(batches_lib.iterate_batches(ds.splits["train"], MODS, batch_size, 1)))
-  params = jax.jit(model.init)(jax.random.key(0), sample)["params"]
-  return jax.device_get(steps_lib.TrainState.create(apply_fn=model.apply, params=params, tx=tx))
+  return state_lib.create_state(model, tx, sample, jax.random.key(seed), state_lib.default_hparams(TASKS, loss))
 
 
 def run_steps(par, train, state_host, ds, batch_size, steps, rng=1):
   """``steps`` train steps from a host state -> (host state, [loss per step])."""
   state = par.replicate(state_host)
   losses = []
-  batches = batches_lib.iterate_batches(ds.splits["train"], MODS, batch_size, par.num_shards, shuffle_seed=3)
+  batches = batches_lib.iterate_batches(ds.splits["train"], MODS, batch_size, par.num_shards, 3, HEADS)
   for _ in range(steps):
     state, m = train(state, next(batches), jax.random.key(rng))
     losses.append(float(np.asarray(m["loss"])[0]))
@@ -69,7 +72,7 @@ def task_steps(out: Path, ckpt_dir: Path):
   from jmoe.train.checkpoints import Checkpoints
 
   ds = dataset()
-  tx = steps_lib.make_optimizer(1e-2, 1e-4, 1.0)
+  tx = state_lib.make_optimizer(1e-2, 1e-4, 1.0)
   res = {}
   # Deterministic model (MLP experts, no dropout, beta=0): one step must not depend on the device count.
   # B=12 on 8 devices is padded to 16 rows (4 weight-0 rows), on 1 and 2 devices it is not padded.
@@ -77,7 +80,7 @@ def task_steps(out: Path, ckpt_dir: Path):
   s0 = init_state(det, ds, tx, 12)
   pars = {("pmap", n): parallel.DataParallel.create("pmap", n) for n in (1, 2, 8)}
   pars[("jit", 8)] = parallel.DataParallel.create("jit", 8)
-  trains = {key: p.make_steps(det, DET_LOSS, tx)[0] for key, p in pars.items()}
+  trains = {key: p.make_steps(det, TASKS)[0] for key, p in pars.items()}
   ref_state, ref_loss = run_steps(pars[("pmap", 1)], trains[("pmap", 1)], s0, ds, 12, 1)
   res["det"] = {}
   for (kind, n), par in pars.items():
@@ -90,7 +93,7 @@ def task_steps(out: Path, ckpt_dir: Path):
   # The same model with expert-parallel routing (experts sharded over the 8 data-parallel devices).
   ep_model = det.clone(dispatch="expert_parallel")
   ep_par = pars[("pmap", 8)]
-  st, loss = run_steps(ep_par, ep_par.make_steps(ep_model, DET_LOSS, tx)[0], s0, ds, 12, 1)
+  st, loss = run_steps(ep_par, ep_par.make_steps(ep_model, TASKS)[0], s0, ds, 12, 1)
   res["det"]["pmap8_expert_parallel"] = {
     "loss": loss[0],
     "param_diff": max_diff(st.params, ref_state.params),
@@ -120,10 +123,44 @@ def task_steps(out: Path, ckpt_dir: Path):
   # With dropout and beta > 0: pmap and jit on the same 8 devices draw the same per-device RNG streams, so they
   # must agree; 1 vs 8 devices legitimately differ (other streams). Same parameters as `det` (no new init).
   sto = det.clone(dropout=0.1)
-  a, la = run_steps(pars[("pmap", 8)], pars[("pmap", 8)].make_steps(sto, STO_LOSS, tx)[0], s0, ds, 12, 2)
-  b, lb = run_steps(pars[("jit", 8)], pars[("jit", 8)].make_steps(sto, STO_LOSS, tx)[0], s0, ds, 12, 2)
+  s0s = s0.replace(hparams=state_lib.default_hparams(TASKS, STO_LOSS))
+  a, la = run_steps(pars[("pmap", 8)], pars[("pmap", 8)].make_steps(sto, TASKS)[0], s0s, ds, 12, 2)
+  b, lb = run_steps(pars[("jit", 8)], pars[("jit", 8)].make_steps(sto, TASKS)[0], s0s, ds, 12, 2)
   res["sto"] = {"pmap8_vs_jit8": max_diff(a.params, b.params), "loss_pmap": la, "loss_jit": lb}
+  res["members"] = task_members(ds, tx, sto, pars)
   out.write_text(json.dumps(res, indent=1))
+
+
+def task_members(ds, tx, model, pars):
+  """Three members (different seeds, learning rates and loss weights) vmapped in one program on 8 devices (pmap and
+  jit) vs each trained alone on 8 devices: two steps; member 1 inactive (early-stopped) must not move."""
+  losses = [STO_LOSS, {**STO_LOSS, "kl": 0.0}, {**STO_LOSS, "uloss": 1e-1}]
+  states = [
+    state_lib.with_learning_rate(init_state(model, ds, tx, 12, loss, seed=m), lr)
+    for m, (loss, lr) in enumerate(zip(losses, (1e-2, 3e-3, 1e-3)))
+  ]
+  rngs = [jax.random.key(100 + m) for m in range(3)]
+  active = np.array([True, False, True])
+  out = {}
+  for kind in ("pmap", "jit"):
+    par = pars[(kind, 8)]
+    single = par.make_steps(model, TASKS)[0]
+    members = par.make_steps(model, TASKS, members=True)[0]
+    state = par.replicate(jax.tree.map(lambda *xs: np.stack(xs), *states))
+    it = batches_lib.iterate_member_batches([ds.splits["train"]] * 3, MODS, 12, par.num_shards, (3, 4, 5), HEADS)
+    stacked_rng = jax.random.wrap_key_data(np.stack([jax.random.key_data(r) for r in rngs]))
+    for _ in range(2):
+      state, _ = members(state, next(it), stacked_rng, active)
+    state = par.unreplicate(state)
+    diffs = []
+    for m in range(3):
+      alone = par.replicate(states[m])
+      it_m = batches_lib.iterate_batches(ds.splits["train"], MODS, 12, par.num_shards, 3 + m, HEADS)
+      for _ in range(2 if active[m] else 0):
+        alone, _ = single(alone, next(it_m), rngs[m])
+      diffs.append(max_diff(jax.tree.map(lambda a: a[m], state.params), par.unreplicate(alone).params))
+    out[kind] = diffs
+  return out
 
 
 def task_experts(out: Path):
@@ -225,12 +262,13 @@ def task_train(out: Path, kind: str, steps: int = 3, batch_size: int = 10):
   """A few steps of the stochastic model; process 0 writes the final params (npz) — also under jax.distributed."""
   distributed = parallel.maybe_initialize_distributed()
   ds = dataset()
-  tx = steps_lib.make_optimizer(1e-2, 1e-4, 1.0)
+  tx = state_lib.make_optimizer(1e-2, 1e-4, 1.0)
   model = EUAR(modalities=MODS, width=8, num_experts=4, k=2, expert="gaussian", dropout=0.1, dispatch="dense")
   par = parallel.DataParallel.create(kind)
   s0 = init_state(model, ds, tx, batch_size)
   t0 = time.perf_counter()
-  state, losses = run_steps(par, par.make_steps(model, STO_LOSS, tx)[0], s0, ds, batch_size, steps)
+  s0 = s0.replace(hparams=state_lib.default_hparams(TASKS, STO_LOSS))
+  state, losses = run_steps(par, par.make_steps(model, TASKS)[0], s0, ds, batch_size, steps)
   seconds = time.perf_counter() - t0
   if jax.process_index() == 0:
     flat = {
@@ -256,18 +294,17 @@ def task_train(out: Path, kind: str, steps: int = 3, batch_size: int = 10):
 def task_app(workdir: Path, kind: str):
   """The EUAR training app in its smoke setting (2 epochs, checkpoints, metrics, plots) on the given path."""
   from experiments import euar_mosi
-  from experiments.common import run_experiment
+  from experiments.common import smoke
+  from jmoe.train import app
 
   cfg = euar_mosi.get_config()
   cfg.workdir, cfg.smoke, cfg.quiet, cfg.parallel = str(workdir), True, True, kind
   cfg.optim.batch_size = 10  # 4 devices: padded to 12 rows
   cfg.data.synthetic_dims = (16, 5, 6)
   cfg.model.width = 8
-  out = run_experiment(cfg)  # jax.distributed is initialised by the app when JAX_COORDINATOR_ADDRESS is set
-  print(
-    f"process {jax.process_index()}/{jax.process_count()} app done: test MAE {out['seeds'][0]['test']['MAE']}",
-    flush=True,
-  )
+  out = app.run(cfg, smoke)  # jax.distributed is initialised by the app when JAX_COORDINATOR_ADDRESS is set
+  mae = out["folds"][0]["seeds"][0]["test"]["sentiment"]["MAE"]
+  print(f"process {jax.process_index()}/{jax.process_count()} app done: test MAE {mae}", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jmoe.train import sentiment
+from jmoe.train import state as state_lib
 from jmoe.train import steps as steps_lib
 from tools import bench_euar_train as bench
 
@@ -125,7 +125,7 @@ def test_categorize_op_names():
 def _setup(seq_len: int, seed: int = 0):
   cfg = bench.BenchConfig(batch_size=6, seq_len=seq_len, dims=TINY_DIMS, width=TINY_WIDTH)
   c = bench.app_config(cfg)
-  model = sentiment.build_model(c.model, bench.MODALITIES)
+  model = bench.build_model(c, bench.MODALITIES)
   batch = bench.make_batches(cfg, 1, seed)[0]
   batch["weight"][0, -1] = 0.0  # a padding row: weights must be honoured by both
   params = bench.init_params(model, batch, seed)
@@ -138,12 +138,12 @@ def _setup(seq_len: int, seed: int = 0):
   return cfg, c, model, batch, params
 
 
-def _jax_eval_loss(model, params, batch, loss_cfg):
-  """Loss terms through the library's own loss (steps._loss_terms), deterministic, one device (vmap'ed axis)."""
+def _jax_eval_loss(model, params, batch, hp):
+  """Loss terms through the library's own loss (steps.loss_terms), deterministic, one device (vmap'ed axis)."""
 
   def f(p, b):
-    loss, (terms, _, _) = steps_lib._loss_terms(model, p, b, None, False, loss_cfg)  # pylint: disable=protected-access
-    return loss, terms
+    terms = steps_lib.loss_terms(model, p, b, None, False, bench.TASKS)[0]
+    return steps_lib.objective(terms, hp), terms
 
   return jax.vmap(f, in_axes=(None, 0), axis_name=steps_lib.AXIS)(params, batch)
 
@@ -154,12 +154,15 @@ def test_torch_reference_matches_jax(seq_len):
   from tools import torch_euar  # pylint: disable=import-outside-toplevel
 
   cfg, c, model, batch, params = _setup(seq_len)
-  loss_cfg = dict(c.loss)
+  loss_cfg = bench.torch_loss_cfg(c)
   dims = dict(zip(bench.MODALITIES, cfg.dims))
+  hp = bench.hparams(c)
 
   (loss_j, terms_j), grads_j = jax.jit(
-    jax.value_and_grad(lambda p: jax.tree.map(lambda a: a[0], _jax_eval_loss(model, p, batch, loss_cfg)), has_aux=True)
+    jax.value_and_grad(lambda p: jax.tree.map(lambda a: a[0], _jax_eval_loss(model, p, batch, hp)), has_aux=True)
   )(params)
+  names = {"task": "task/sentiment", "kl": "loss/kl", "uloss": "loss/uloss", "aux": "loss/auxiliary_loss"}
+  terms_j = {k: terms_j[v] for k, v in names.items()}
   assert float(terms_j["aux"]) > 0 and float(terms_j["kl"]) > 0 and float(terms_j["uloss"]) > 0
 
   tb = torch_euar.to_torch_batch(batch)
@@ -195,15 +198,15 @@ def test_torch_optimizer_step_matches_optax():
   )
   torch_euar.load_jax_params(tm, params)
   tm.eval()
-  loss, _ = torch_euar.loss_terms(tm, torch_euar.to_torch_batch(batch), dict(c.loss))
+  loss, _ = torch_euar.loss_terms(tm, torch_euar.to_torch_batch(batch), bench.torch_loss_cfg(c))
   loss.backward()
   grads = jax.tree.map(jnp.asarray, torch_euar.to_jax_tree(tm, params, grads=True))
   saved = [q.grad.clone() for q in tm.parameters()]
   clip = 0.5 * float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads))))  # clipping active
   lr, wd = 1e-2, 0.1  # larger than the app's so that decay and the Adam update both move the weights visibly
   opt = torch_euar.make_optimizer(tm, lr, wd)
-  tx = steps_lib.make_optimizer(lr, wd, clip)
-  state = steps_lib.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  tx = state_lib.make_optimizer(lr, wd, clip)
+  state = state_lib.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
   apply = jax.jit(lambda s, g: s.apply_gradients(grads=g))
   for _ in range(2):  # two steps with the same gradient: moments and bias correction both matter
     for q, g in zip(tm.parameters(), saved):

@@ -21,7 +21,7 @@ device axis [1, B, ...]), a fixed cycle of ``--num-batches`` of them, the same s
 
 Rows (each runs warm-up steps, then ``--steps`` timed training steps):
 
-* ``jmoe/pmap/<dispatch>``: ``jmoe.train.steps.make_steps(model, loss_cfg, tx, devices[:1])`` -- the ``jax.pmap``
+* ``jmoe/pmap/<dispatch>``: ``jmoe.train.parallel.make_pmap_steps(model, tasks, devices[:1])`` -- the ``jax.pmap``
   train step of the training app, on one device, called with the host numpy batch like the app's epoch loop.
 * ``jmoe/jit/<dispatch>``: the same per-device step function under a plain ``jax.jit`` (``vmap`` with the batch
   axis name over the size-1 device axis so the step's ``pmean``s bind; state donated, numpy batch).
@@ -78,10 +78,35 @@ import numpy as np
 
 from experiments.common import euar_config
 from jmoe import data as data_lib
+from jmoe.data import format as fmt
+from jmoe.models import euar as euar_lib
 from jmoe.train import batches as batches_lib
-from jmoe.train import sentiment
+from jmoe.train import parallel as parallel_lib
+from jmoe.train import state as state_lib
 from jmoe.train import steps as steps_lib
+from jmoe.train import tasks as tasks_lib
 from tools import benchlib, torch_euar
+
+TASKS = tasks_lib.from_config({"sentiment": {"kind": "sentiment"}}, {"sentiment": fmt.SENTIMENT_SPEC})
+
+
+def build_model(c, modalities):
+  """The app's EUAR for config ``c`` over ``modalities``."""
+  c = c.copy_and_resolve_references()
+  c.data.modalities = ",".join(modalities)
+  return euar_lib.build(c, None, TASKS)
+
+
+def hparams(c):
+  """The train state's objective weights for config ``c`` (EUAR eq. 12)."""
+  return state_lib.default_hparams(TASKS, dict(c.loss_weights))
+
+
+def torch_loss_cfg(c) -> dict[str, Any]:
+  """The PyTorch reference's loss config (alpha, beta, lambda of eq. 12) from the app config ``c``."""
+  w = c.loss_weights
+  return {"alpha": w.kl, "beta": w.auxiliary_loss, "lam": w.uloss, "use_kl": True, "use_uloss": True}
+
 
 MODALITIES = ("text", "audio", "vision")
 DEFAULT_DIMS = (768, 5, 20)
@@ -129,7 +154,7 @@ def make_batches(cfg: BenchConfig, num_batches: int, seed: int = 0) -> list[dict
   """``num_batches`` full training batches [1, B, ...] of synthetic MOSI-like data, as the app builds them."""
   b = cfg.batch_size
   ds = data_lib.synthetic_mosi(seed=seed, dims=cfg.dim_of, seq_len=cfg.seq_len or None, sizes=(b * num_batches, b, b))
-  return list(batches_lib.iterate_batches(ds.splits["train"], cfg.modalities, b, 1))
+  return list(batches_lib.iterate_batches(ds.splits["train"], cfg.modalities, b, 1, heads=("sentiment",)))
 
 
 def init_params(model, batch: dict[str, np.ndarray], seed: int = 0):
@@ -137,9 +162,9 @@ def init_params(model, batch: dict[str, np.ndarray], seed: int = 0):
   return jax.jit(model.init)(jax.random.key(seed), jax.tree.map(lambda a: a[0], batch))["params"]
 
 
-def create_state(model, tx, params) -> steps_lib.TrainState:
+def create_state(model, tx, params, hp) -> state_lib.TrainState:
   """``TrainState.create`` (optimizer init) in one compiled call rather than one eager op per leaf shape."""
-  return jax.jit(lambda p: steps_lib.TrainState.create(apply_fn=model.apply, params=p, tx=tx))(params)
+  return jax.jit(lambda p: state_lib.TrainState.create(apply_fn=model.apply, params=p, tx=tx, hparams=hp))(params)
 
 
 def stack1(tree):
@@ -147,15 +172,9 @@ def stack1(tree):
   return jax.device_put(jax.tree.map(lambda x: np.asarray(x)[None], tree))
 
 
-def per_device_train_step(model, loss_cfg, p_train=None):
-  """The app's per-device train step function (what make_steps pmaps)."""
-  fn = getattr(steps_lib, "train_step_fn", None)
-  if fn is not None:
-    return fn(model, dict(loss_cfg))
-  if p_train is None:
-    tx = steps_lib.make_optimizer(1e-3, 0.0, 1.0)
-    p_train = steps_lib.make_steps(model, dict(loss_cfg), tx, jax.local_devices()[:1])[0]
-  return p_train.__wrapped__  # jax.pmap keeps the wrapped function
+def per_device_train_step(model):
+  """The app's per-device train step function (what the app pmaps)."""
+  return steps_lib.train_step_fn(model, TASKS)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -194,23 +213,23 @@ def jmoe_rows(
   ``params``: initial parameters (default: ``init_params`` of this model; the tree does not depend on the
   dispatch strategy, so one init serves every row)."""
   c = app_config(cfg, dispatch, fusion)
-  model = sentiment.build_model(c.model, cfg.modalities)
-  tx = steps_lib.make_optimizer(c.optim.lr, c.optim.weight_decay, c.optim.grad_clip)
+  model = build_model(c, cfg.modalities)
+  tx = state_lib.make_optimizer(c.optim.lr, c.optim.weight_decay, c.optim.grad_clip)
   devices = jax.local_devices()[:1]
-  p_train, _ = steps_lib.make_steps(model, dict(c.loss), tx, devices)
+  p_train, _ = parallel_lib.make_pmap_steps(model, TASKS, devices)
   params = init_params(model, batches[0], seed) if params is None else params
   rng = jax.random.key(10_000 + seed)
   n_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
   suffix = dispatch if fusion == "moe" else f"{dispatch}/{fusion}"
-  state = create_state(model, tx, params)
+  state = create_state(model, tx, params, hparams(c))
   rows = []
   for variant in variants:
     if variant == "pmap":
       step = p_train
-      holder = {"state": steps_lib.replicate(state, devices), "metrics": None}
+      holder = {"state": parallel_lib.DataParallel("pmap", devices).replicate(state), "metrics": None}
     elif variant == "jit":
       step = jax.jit(
-        jax.vmap(per_device_train_step(model, c.loss, p_train), in_axes=(0, 0, None), axis_name=steps_lib.AXIS),
+        jax.vmap(per_device_train_step(model), in_axes=(0, 0, None), axis_name=steps_lib.AXIS),
         donate_argnums=(0,),
       )
       holder = {"state": stack1(state), "metrics": None}
@@ -249,7 +268,7 @@ def torch_row(
   torch_euar.load_jax_params(model, jax_params)
   model.train()
   opt = torch_euar.make_optimizer(model, c.optim.lr, c.optim.weight_decay)
-  loss_cfg, clip = dict(c.loss), c.optim.grad_clip
+  loss_cfg, clip = torch_loss_cfg(c), c.optim.grad_clip
   cyc = _Cycle(len(batches))
   holder = {"loss": None}
 
@@ -304,7 +323,7 @@ def run_config(cfg: BenchConfig, args, torch_mod) -> dict[str, Any]:
   variants = [v for v in args.jax_variants.split(",") if v]
   rows: list[Row] = []
   # One initialisation (as the app: jax.jit(model.init) with the run's seed) that every row starts from.
-  jax_params = init_params(sentiment.build_model(app_config(cfg).model, cfg.modalities), batches[0], args.seed)
+  jax_params = init_params(build_model(app_config(cfg), cfg.modalities), batches[0], args.seed)
   for d in args.dispatch_list:
     rows += jmoe_rows(cfg, d, batches, variants, args.seed, params=jax_params)
   if torch_mod is not None:
@@ -623,18 +642,19 @@ def profile_config(cfg: BenchConfig, args, torch_mod) -> dict[str, Any]:
   batches = make_batches(cfg, args.num_batches, args.seed)
   batch = batches[0]
   c = app_config(cfg, args.dispatch_list[0])
-  model = sentiment.build_model(c.model, cfg.modalities)
-  loss_cfg = dict(c.loss)
-  tx = steps_lib.make_optimizer(c.optim.lr, c.optim.weight_decay, c.optim.grad_clip)
+  model = build_model(c, cfg.modalities)
+  loss_cfg = torch_loss_cfg(c)
+  hp = hparams(c)
+  tx = state_lib.make_optimizer(c.optim.lr, c.optim.weight_decay, c.optim.grad_clip)
   params = init_params(model, batch, args.seed)
-  state = create_state(model, tx, params)
+  state = create_state(model, tx, params, hp)
   rng = jax.random.key(1)
   ax = steps_lib.AXIS
   devices = jax.local_devices()[:1]
   vm = lambda f: jax.vmap(f, in_axes=(None, 0, None), axis_name=ax)
 
   def loss_fn(p, b, r):
-    return steps_lib._loss_terms(model, p, b, r, True, loss_cfg)[0]  # pylint: disable=protected-access
+    return steps_lib.objective(steps_lib.loss_terms(model, p, b, r, True, TASKS)[0], hp)
 
   fwd = jax.jit(vm(loss_fn))
   grad = jax.jit(vm(jax.grad(loss_fn)))
@@ -644,12 +664,12 @@ def profile_config(cfg: BenchConfig, args, torch_mod) -> dict[str, Any]:
   holders = {
     "jit": stack1(state),
     "jit_empty": stack1(state),
-    "pmap": steps_lib.replicate(state, devices),
-    "pmap_empty": steps_lib.replicate(state, devices),
+    "pmap": parallel_lib.DataParallel("pmap", devices).replicate(state),
+    "pmap_empty": parallel_lib.DataParallel("pmap", devices).replicate(state),
   }
-  jit_step = donated(per_device_train_step(model, loss_cfg))
+  jit_step = donated(per_device_train_step(model))
   jit_empty = donated(lambda s, b, r: (s, jnp.zeros(())))
-  p_train, _ = steps_lib.make_steps(model, loss_cfg, tx, devices)
+  p_train, _ = parallel_lib.make_pmap_steps(model, TASKS, devices)
   p_empty = jax.pmap(
     lambda s, b, r: (s, jnp.zeros(())), axis_name=ax, in_axes=(0, 0, None), devices=devices, donate_argnums=(0,)
   )
@@ -661,10 +681,10 @@ def profile_config(cfg: BenchConfig, args, torch_mod) -> dict[str, Any]:
 
     return call
 
-  late = sentiment.build_model(app_config(cfg, args.dispatch_list[0], fusion="late").model, cfg.modalities)
+  late = build_model(app_config(cfg, args.dispatch_list[0], fusion="late"), cfg.modalities)
   late_params = init_params(late, batch, args.seed)
-  holders["late"] = stack1(create_state(late, tx, late_params))
-  late_step = donated(per_device_train_step(late, loss_cfg))
+  holders["late"] = stack1(create_state(late, tx, late_params, hp))
+  late_step = donated(per_device_train_step(late))
   batch_dev = jax.device_put(batch)
   r = args.profile_repeats
   pieces = [

@@ -58,8 +58,10 @@ def child(args) -> dict:
   from jmoe.data import synthetic_mosi
   from jmoe.models.euar import EUAR
   from jmoe.train import batches as batches_lib
+  from jmoe.data import format as fmt
   from jmoe.train import parallel
-  from jmoe.train import steps as steps_lib
+  from jmoe.train import state as state_lib
+  from jmoe.train import tasks as tasks_lib
 
   cfg = euar_config("bench", "mosi", 768, 5, 20)
   m = cfg.model
@@ -75,15 +77,18 @@ def child(args) -> dict:
     dispatch="expert_parallel" if ep else m.dispatch,
     dropout=m.dropout,
   )
-  tx = steps_lib.make_optimizer(cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.grad_clip)
+  tx = state_lib.make_optimizer(cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.grad_clip)
+  tasks = tasks_lib.from_config(dict(cfg.tasks), {"sentiment": fmt.SENTIMENT_SPEC})
   par = parallel.DataParallel.create(kind, args.n)
   ds = synthetic_mosi(seed=0, sizes=(args.batch * args.num_batches, 8, 8))
   mods = ("text", "audio", "vision")
-  batches = list(batches_lib.iterate_batches(ds.splits["train"], mods, args.batch, par.num_shards))
+  batches = list(
+    batches_lib.iterate_batches(ds.splits["train"], mods, args.batch, par.num_shards, heads=("sentiment",))
+  )
   sample = jax.tree.map(lambda a: a[0], next(batches_lib.iterate_batches(ds.splits["train"], mods, 8, 1)))
-  params = jax.jit(model.init)(jax.random.key(0), sample)["params"]
-  state = par.replicate(jax.device_get(steps_lib.TrainState.create(apply_fn=model.apply, params=params, tx=tx)))
-  train, _ = par.make_steps(model, dict(cfg.loss), tx)
+  hp = state_lib.default_hparams(tasks, dict(cfg.loss_weights))
+  state = par.replicate(state_lib.create_state(model, tx, sample, jax.random.key(0), hp))
+  train, _ = par.make_steps(model, tasks)
   rng = jax.random.key(1)
   i = 0
 

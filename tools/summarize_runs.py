@@ -1,6 +1,8 @@
-"""Compare finished runs: one row per run dir (test split, mean ± std over its seeds, best epoch on validation).
+"""Compare finished runs: one row per run dir (test split, mean ± std over its seeds -- or over its folds -- at the
+best epoch on validation), for one task.
 
 python -m tools.summarize_runs runs/syn_euar runs/syn_mlp runs/syn_late [--metrics Non0_acc_2,Non0_F1,MAE]
+python -m tools.summarize_runs runs/himoe_deap --task vadl --metrics CCC_valence,CCC_arousal
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ def main(argv=None) -> int:
   ap.add_argument("runs", nargs="+", help="run directories written by the training app")
   ap.add_argument("--metrics", default=DEFAULT)
   ap.add_argument("--split", default="test", choices=["valid", "test"])
+  ap.add_argument("--task", default="", help="task name (default: the run's first task)")
   args = ap.parse_args(argv)
   metrics = args.metrics.split(",")
   rows = []
@@ -29,7 +32,11 @@ def main(argv=None) -> int:
       print(f"error: {path}: no results.json (is the run finished?)", file=sys.stderr)
       return 2
     res = json.loads(path.read_text())
-    summary = res["summary"][args.split]
+    task = args.task or next(iter(res["tasks"]))
+    if task not in res["summary"]:
+      print(f"error: {path}: no task {task!r}; has {sorted(res['summary'])}", file=sys.stderr)
+      return 2
+    summary = {k: v for k, v in res["summary"][task][args.split].items() if v is not None}
     unknown = [m for m in metrics if m not in summary]
     if unknown:
       print(f"error: {path}: no metric(s) {unknown}; has {sorted(summary)}", file=sys.stderr)
@@ -38,11 +45,13 @@ def main(argv=None) -> int:
       {
         "run": run.name,
         "data": res["dataset"] + (" (synthetic)" if res["synthetic"] else ""),
-        "seeds": len(res["seeds"]),
+        "seeds": len(res["folds"][0]["seeds"]),
+        "folds": len(res["folds"]),
         **{m: tuple(summary[m]) for m in metrics},
       }
     )
-  print(format_table(rows, ["run", "data", "seeds", *metrics], title=f"{args.split} split, mean ± std over seeds"))
+  title = f"{args.split} split, mean ± std over seeds (one fold) or over fold means (several folds)"
+  print(format_table(rows, ["run", "data", "folds", "seeds", *metrics], title=title))
   return 0
 
 

@@ -192,7 +192,7 @@ def loss_terms(model, batch, loss_cfg: Mapping[str, Any]):
   w = batch["weight"]
   total = w.sum()
   terms = {
-    "task": (w * (pred - batch["label"]).square()).sum() / total,
+    "task": (w * (pred - batch["label/sentiment"]).square()).sum() / total,
     "kl": (w * aux["kl"]).sum() / total,
     "uloss": (w * aux["uloss"]).sum() / total,
     "aux": aux["aux"],

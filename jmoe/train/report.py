@@ -57,6 +57,7 @@ def table(tasks, summary, title: str) -> str:
       "regression": "CCC/PCC/MAE per dimension",
       "classification": "UA = mean recall, WA = accuracy, weighted F1",
       "high_low": f"binary high (> {t.threshold}) vs low: accuracy and weighted F1",
+      "sentiment_class": f"{len(t.classes or ())}-class view of the score: UA, WA = accuracy, weighted F1",
     }[t.kind]
     parts.append(metrics_lib.format_table(rows, ["split", *cols], title=f"{title} — task {t.name} ({variant})"))
   return "\n".join(parts)
@@ -124,7 +125,7 @@ def plots(workdir: Path, tasks, folds: list[dict], synthetic: bool, select: str)
           outs.append((f, r, path))
     if not outs:
       continue
-    if t.kind == "classification":
+    if t.kind in ("classification", "sentiment_class"):
       conf = sum(np.asarray(r["test"][t.name]["confusion"]) for _, r, _ in outs)
       fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(t.classes), 0.8 + 0.7 * len(t.classes)))
       norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)

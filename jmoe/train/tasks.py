@@ -13,6 +13,10 @@ Kinds (``Task.kind``):
 * ``high_low``: binary high/low per dimension of a rating head (``label`` names it, ``threshold`` splits it:
   rating > threshold is high), logits [B, K, 2]; loss ``xent`` averaged over K; ACC and F1 per dimension and
   their means; selection ``ACC_mean`` (max).
+* ``sentiment_class``: a classification view of a sentiment score head (``label`` names the [B] score head,
+  ``num_classes`` 2 or 7): 7 classes = round(clip(score, -3, 3)) + 3 (the MMSA Acc7 binning), 2 classes =
+  score >= 0 (the Has0 convention: negative vs non-negative); logits [B, C]; loss ``xent``; WA, UA, weighted/macro
+  F1, confusion matrix; selection ``UA`` (max). (Added for HAEMSA's MOSI 2- and 7-class tasks.)
 
 Label masks: a sample without a label for a task's head (``label_mask/<head>`` False) enters neither its loss nor
 its metrics. A task's weight in the objective lives in the train state (``hparams['task/<name>']``), so members
@@ -32,15 +36,18 @@ from jmoe import metrics as metrics_lib
 from jmoe import objectives
 from jmoe.data import format as fmt
 
-KINDS = ("sentiment", "regression", "classification", "high_low")
+KINDS = ("sentiment", "regression", "classification", "high_low", "sentiment_class")
 LOSSES = {
   "sentiment": ("mse", "l1"),
   "regression": ("mse", "l1", "ccc"),
   "classification": ("xent",),
   "high_low": ("xent",),
+  "sentiment_class": ("xent",),
 }
 SELECT = {"sentiment": ("MAE", "min"), "regression": ("CCC_mean", "max"), "classification": ("UA", "max")}
 SELECT["high_low"] = ("ACC_mean", "max")
+SELECT["sentiment_class"] = ("UA", "max")
+SENTIMENT_CLASSES = {2: ("negative", "non-negative"), 7: ("-3", "-2", "-1", "0", "1", "2", "3")}
 LOWER_IS_BETTER = ("MAE", "loss")
 
 
@@ -75,7 +82,7 @@ class Task:
   @property
   def num_outputs(self) -> tuple[int, ...]:
     """The trailing shape of the model's head: () score, (K,) ratings, (C,) logits, (K, 2) high/low logits."""
-    if self.kind == "classification":
+    if self.kind in ("classification", "sentiment_class"):
       return (len(self.classes),)
     if self.kind == "high_low":
       return (len(self.names or ("0",)), 2)
@@ -106,13 +113,19 @@ def make_task(name: str, cfg: Mapping[str, Any], specs: Mapping[str, fmt.LabelSp
   want = "classification" if kind == "classification" else "regression"
   if spec.kind != want:
     raise ValueError(f"task {name!r} ({kind}) needs a {want} label head, but {label!r} is {spec.kind}")
+  classes = spec.classes
+  if kind == "sentiment_class":
+    num_classes = cfg.get("num_classes")
+    if num_classes not in SENTIMENT_CLASSES:
+      raise ValueError(f"task {name!r}: a sentiment_class task needs num_classes 2 or 7, got {num_classes!r}")
+    classes = SENTIMENT_CLASSES[num_classes]
   threshold = cfg.get("threshold")
   if kind == "high_low" and threshold is None:
     raise ValueError(f"task {name!r}: a high_low task needs a threshold (e.g. 5 on a 1-9 scale)")
   select, mode = cfg.get("select") or SELECT[kind][0], SELECT[kind][1]
   if cfg.get("select"):
     mode = "min" if select.split("_")[0] in LOWER_IS_BETTER else "max"
-  check_select(Task(name, kind, head, label, loss, names=spec.names, classes=spec.classes), select)
+  check_select(Task(name, kind, head, label, loss, names=spec.names, classes=classes), select)
   weight = float(cfg.get("weight", 1.0))
   if weight < 0:
     raise ValueError(f"task {name!r}: weight must be >= 0, got {weight}")
@@ -124,7 +137,7 @@ def make_task(name: str, cfg: Mapping[str, Any], specs: Mapping[str, fmt.LabelSp
     loss=loss,
     weight=weight,
     names=spec.names,
-    classes=spec.classes,
+    classes=classes,
     threshold=None if threshold is None else float(threshold),
     select=select,
     mode=mode,
@@ -143,7 +156,17 @@ def _labels(task: Task, batch) -> jax.Array:
   y = batch[f"label/{task.label}"]
   if task.kind == "high_low":
     return (y > task.threshold).astype(jnp.int32)
+  if task.kind == "sentiment_class":
+    return sentiment_classes(y, len(task.classes))
   return y
+
+
+def sentiment_classes(y, num_classes: int):
+  """Sentiment scores [B] -> int32 classes: 7 = round(clip(y, -3, 3)) + 3; 2 = (y >= 0). numpy or jax in/out."""
+  xp = jnp if isinstance(y, jax.Array) else np
+  if num_classes == 7:
+    return (xp.round(xp.clip(y, -3.0, 3.0)) + 3).astype(xp.int32)
+  return (y >= 0).astype(xp.int32)
 
 
 def task_loss(task: Task, outputs, batch, axis_name: str | None) -> jax.Array:
@@ -190,6 +213,8 @@ def evaluate(task: Task, pred: np.ndarray, split: fmt.Split) -> dict[str, Any]:
     return metrics_lib.regression_metrics(pred, y, task.names)
   if task.kind == "classification":
     return metrics_lib.classification_metrics(pred, y, class_names=task.classes)
+  if task.kind == "sentiment_class":
+    return metrics_lib.classification_metrics(pred, sentiment_classes(y, len(task.classes)), class_names=task.classes)
   labels = metrics_lib.high_low(y, task.threshold)  # [B, K]
   names = task.names or ("0",)
   out: dict[str, Any] = {}
@@ -209,14 +234,14 @@ def headline_metrics(task: Task) -> tuple[str, ...]:
     names = task.names or ()
     per = [f"CCC_{n}" for n in names]
     return (*per, "CCC_mean", "PCC_mean", "MAE_mean") if names else ("CCC", "PCC", "MAE")
-  if task.kind == "classification":
+  if task.kind in ("classification", "sentiment_class"):
     return ("UA", "WA", "weighted_F1", "macro_F1")
   return (*(f"ACC_{n}" for n in task.names or ("0",)), "ACC_mean", "F1_mean")
 
 
 def metric_names(task: Task) -> tuple[str, ...]:
   """Every scalar metric :func:`evaluate` reports for ``task`` (what ``select`` may name)."""
-  if task.kind == "classification":
+  if task.kind in ("classification", "sentiment_class"):
     return ("UA", "WA", "weighted_F1", "macro_F1")
   if task.kind == "high_low":
     names = task.names or ("0",)

@@ -1,0 +1,552 @@
+"""Evolution of a population of P individuals trained as one program (HAEMSA eq. 8-10; generic over models).
+
+Axis alphabet: P population (the member axis M of :mod:`jmoe.train.steps`), D data-parallel devices, b rows per
+device, G generations.
+
+An individual is one :class:`~jmoe.train.state.TrainState`: weights, optimizer state and its hyperparameter genes
+(``hparams['task/<t>' | 'loss/<name>' | 'gene/<name>']``, and ``lr``: the injected learning rate). The population
+is those P states stacked on a leading axis, trained by the platform's member step
+(``DataParallel.make_steps(model, tasks, members=True)``: ``steps.members_train_step``, one compiled program for
+every individual, no Python loop over individuals). Architecture genes ``gene/<name>`` are masks the model reads
+from the batch (``batch['gene/<name>']`` [D, P, b], constant per individual; see :mod:`jmoe.models.haemsa`): the
+host adds them to every batch, so different architectures share one program.
+
+One generation (:func:`evolve_run`): train every individual ``epochs_per_generation`` epochs -> fitness on the
+validation split (eq. 8) -> log a JSONL line per individual -> unless it is the last generation: elitism,
+tournament selection, crossover (eq. 9) and mutation (eq. 10) as one jitted function of the stacked state ->
+checkpoint (orbax, the generation boundary; a re-run resumes there). The fittest individual of the last
+generation is the model: evaluated on validation and, once, on test.
+
+Choices the paper leaves open:
+
+* fitness (eq. 8) = the validation loss sum_t w_t L_t with the config's fixed task weights w_t (not the
+  individual's evolved weights, which could otherwise win by shrinking them) and without auxiliary losses; each
+  batch's mean loss weighted by its real-sample count; lower is fitter; a non-finite fitness is +inf.
+* tournament: k candidates drawn uniformly *with* replacement (``jax.random.randint``), the fittest wins; two
+  independent tournaments give the two parents of each offspring.
+* crossover (eq. 9): one alpha ~ U(0, 1) per offspring, p_o = alpha p_i + (1 - alpha) p_j on every float leaf of
+  the state (weights, Adam moments, hyperparameters); integer leaves (step counts) from p_i. Genes marked ``log``
+  (the learning rate) cross over as log10 values.
+* mutation (eq. 10): weights p' = p + N(0, sigma) (``population.sigma``); each gene g' = g + N(0, sigma_g) in its
+  encoding (log10 for ``log`` genes), clipped to [low, high]; Adam moments are not mutated.
+* init: ``'shared'`` (default) starts every individual from the same initial weights (seed s): averaging the weights
+  of networks from different initialisations averages unaligned hidden units, from one initialisation eq. 9 gives a
+  working network; individuals then differ by genes, data order and dropout. ``'independent'``: one init each.
+* elitism: the ``elite`` fittest individuals pass unchanged (slots 0..elite-1 of the next generation).
+* genes start uniform in ``init`` = (lo, hi) per individual; a gene with lo == hi starts fixed at that value.
+
+Bad input (one line, before anything trains): P < 2, tournament > P, sigma < 0, genes that switch off every
+modality (the model's ``validate_genes``), a population whose state does not fit the device memory (estimate:
+P x the bytes of one state x 3, state + offspring + gradients, against the free memory of the device, or
+``population.memory_bytes`` when set).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jmoe.data import format as fmt
+from jmoe.data import sources
+from jmoe.train import app
+from jmoe.train import batches as batches_lib
+from jmoe.train import loop
+from jmoe.train import report
+from jmoe.train import state as state_lib
+from jmoe.train import steps as steps_lib
+from jmoe.train import tasks as tasks_lib
+from jmoe.train.checkpoints import Checkpoints
+
+log = loop.log
+LR = "lr"  # the learning-rate gene: opt_state.hyperparams['learning_rate']
+
+
+def population_config() -> ml_collections.ConfigDict:
+  """``config.population``: the fields an experiment sets (genes: {name: dict(init, low, high, sigma, log)})."""
+  return ml_collections.ConfigDict(
+    dict(
+      enabled=True,
+      size=8,  # P
+      generations=4,  # G
+      epochs_per_generation=2,
+      tournament=3,  # k
+      sigma=1e-3,  # eq. 10 on the weights
+      elite=1,
+      init="shared",  # 'shared' | 'independent'
+      memory_bytes=0,  # 0 = detect the device's free memory
+      genes=ml_collections.ConfigDict(),
+    )
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class Gene:
+  """A hyperparameter gene: ``name`` is an hparams key or ``'lr'``; values live in [low, high]."""
+
+  name: str
+  init: tuple[float, float]
+  low: float
+  high: float
+  sigma: float
+  log: bool = False
+
+
+def genes_from_config(cfg_genes) -> tuple[Gene, ...]:
+  out = []
+  for name, g in dict(cfg_genes).items():
+    g = dict(g)
+    init = tuple(float(v) for v in g.get("init", (g["low"], g["high"])))
+    out.append(Gene(name, init, float(g["low"]), float(g["high"]), float(g.get("sigma", 0.0)), bool(g.get("log"))))
+  return tuple(out)
+
+
+# --------------------------------------------------------------------------- evolution operators (pure, jittable)
+def tournament(fitness: jax.Array, candidates: jax.Array) -> jax.Array:
+  """candidates [..., k] indices into fitness [P] -> [...] the candidate with the lowest fitness (the winner)."""
+  return jnp.take_along_axis(candidates, jnp.argmin(fitness[candidates], axis=-1)[..., None], axis=-1)[..., 0]
+
+
+def crossover(tree_i, tree_j, alpha: jax.Array):
+  """Eq. 9 on every float leaf: alpha * p_i + (1 - alpha) * p_j (alpha [P] broadcast on leading axis); int leaves
+  from p_i."""
+
+  def mix(a, b):
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+      return a
+    al = alpha.reshape(alpha.shape + (1,) * (a.ndim - alpha.ndim)).astype(a.dtype)
+    return al * a + (1 - al) * b
+
+  return jax.tree.map(mix, tree_i, tree_j)
+
+
+def mutate(tree, key: jax.Array, sigma: float | jax.Array):
+  """Eq. 10: p + N(0, sigma) on every float leaf (independent noise per leaf)."""
+  leaves, treedef = jax.tree.flatten(tree)
+  keys = jax.random.split(key, max(1, len(leaves)))
+  out = [
+    leaf + sigma * jax.random.normal(k, leaf.shape, leaf.dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
+    for leaf, k in zip(leaves, keys)
+  ]
+  return jax.tree.unflatten(treedef, out)
+
+
+def get_gene(states, gene: Gene) -> jax.Array:
+  v = states.opt_state.hyperparams["learning_rate"] if gene.name == LR else states.hparams[gene.name]
+  return jnp.log10(v) if gene.log else v
+
+
+def set_gene(states, gene: Gene, encoded: jax.Array):
+  lo, hi = (math.log10(gene.low), math.log10(gene.high)) if gene.log else (gene.low, gene.high)
+  v = jnp.clip(encoded, lo, hi)
+  v = (10.0**v if gene.log else v).astype(jnp.float32)
+  if gene.name == LR:
+    hp = dict(states.opt_state.hyperparams, learning_rate=v)
+    return states.replace(opt_state=states.opt_state._replace(hyperparams=hp))
+  return states.replace(hparams=dict(states.hparams, **{gene.name: v}))
+
+
+def next_generation(states, fitness: jax.Array, key: jax.Array, genes: tuple[Gene, ...], k: int, sigma, elite: int):
+  """Selection, crossover, mutation and elitism on stacked states [P] -> the next generation's states [P]."""
+  p = fitness.shape[0]
+  fitness = jnp.where(jnp.isfinite(fitness), fitness, jnp.inf)
+  k_sel, k_alpha, k_mut, k_gene = jax.random.split(key, 4)
+  parents = tournament(fitness, jax.random.randint(k_sel, (p, 2, k), 0, p))  # [P, 2]
+  alpha = jax.random.uniform(k_alpha, (p,))
+  take = lambda idx: jax.tree.map(lambda a: a[idx], states)
+  si, sj = take(parents[:, 0]), take(parents[:, 1])
+  child = crossover(si, sj, alpha)
+  child = child.replace(params=mutate(child.params, k_mut, sigma))
+  gkeys = jax.random.split(k_gene, max(1, len(genes)))
+  for gene, gk in zip(genes, gkeys):
+    enc = alpha * get_gene(si, gene) + (1 - alpha) * get_gene(sj, gene)  # eq. 9 in the gene's encoding
+    enc = enc + gene.sigma * jax.random.normal(gk, (p,))  # eq. 10
+    child = set_gene(child, gene, enc)
+  if elite:
+    order = jnp.argsort(fitness)
+    keep = jnp.arange(p) < elite
+    elites = take(jnp.where(keep, order[jnp.minimum(jnp.arange(p), p - 1)], 0))
+    child = jax.tree.map(lambda e, c: jnp.where(keep.reshape((p,) + (1,) * (c.ndim - 1)), e, c), elites, child)
+  return child
+
+
+# --------------------------------------------------------------------------- validation of the inputs
+def state_bytes(tree) -> int:
+  return int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree)))
+
+
+def available_bytes(device=None) -> int | None:
+  """Free memory of ``device`` (accelerators: bytes_limit - bytes_in_use; CPU: MemAvailable), None if unknown."""
+  device = device or jax.devices()[0]
+  try:
+    st = device.memory_stats()
+    if st and "bytes_limit" in st:
+      return int(st["bytes_limit"] - st.get("bytes_in_use", 0))
+  except Exception:  # noqa: BLE001 - CPU devices have no memory_stats
+    pass
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    return None
+  return None
+
+
+def validate_population(cfg, one_state_bytes: int | None = None, genes_check: Callable | None = None) -> None:
+  """One-line ValueError for a population that cannot run (see the module docstring)."""
+  pc = cfg.population
+
+  def need(ok, key, value, allowed):
+    if not ok:
+      raise ValueError(f"config.population.{key}={value!r} is invalid: {allowed}")
+
+  need(isinstance(pc.size, int) and pc.size >= 2, "size", pc.size, "a population needs P >= 2 individuals")
+  need(
+    isinstance(pc.tournament, int) and 1 <= pc.tournament <= pc.size,
+    "tournament",
+    pc.tournament,
+    f"use 1 <= tournament <= size={pc.size}",
+  )
+  need(pc.sigma >= 0, "sigma", pc.sigma, "mutation sigma must be >= 0")
+  need(isinstance(pc.generations, int) and pc.generations >= 1, "generations", pc.generations, "use an int >= 1")
+  need(pc.epochs_per_generation >= 1, "epochs_per_generation", pc.epochs_per_generation, "use an int >= 1")
+  need(0 <= pc.elite < pc.size, "elite", pc.elite, f"use 0 <= elite < size={pc.size}")
+  need(pc.init in ("shared", "independent"), "init", pc.init, "choose 'shared' or 'independent'")
+  for g in genes_from_config(pc.genes):
+    need(g.sigma >= 0, f"genes.{g.name}.sigma", g.sigma, "mutation sigma must be >= 0")
+    need(g.low <= g.init[0] <= g.init[1] <= g.high, f"genes.{g.name}.init", g.init, f"use low <= lo <= hi <= high")
+    need(not g.log or g.low > 0, f"genes.{g.name}.low", g.low, "a log gene needs low > 0")
+  if genes_check is not None:
+    genes_check({g.name: np.array(g.init) for g in genes_from_config(pc.genes)})
+  if one_state_bytes is not None:
+    need_bytes = 3 * pc.size * one_state_bytes
+    avail = pc.memory_bytes or available_bytes()
+    if avail is not None and need_bytes > avail:
+      raise ValueError(
+        f"config.population.size={pc.size} does not fit the device memory: ~{need_bytes / 2**20:.1f} MiB "
+        f"(P x {one_state_bytes / 2**20:.2f} MiB per state x 3: state, offspring, gradients) > "
+        f"{avail / 2**20:.1f} MiB available; use a smaller population or model"
+      )
+
+
+# --------------------------------------------------------------------------- training
+def _stack(trees):
+  return jax.tree.map(lambda *xs: np.stack(xs), *trees)
+
+
+def _gene_arrays(host_states, names) -> dict[str, np.ndarray]:
+  return {n: np.asarray(host_states.hparams[n], np.float32) for n in names}
+
+
+def _with_genes(batch, genes: dict[str, np.ndarray], members: bool):
+  """Add ``gene/<name>`` [D, P, b] (members) or [D, b] (one individual: genes are scalars) to a host batch."""
+  if not genes:
+    return batch
+  w = batch["weight"]
+  out = dict(batch)
+  for name, v in genes.items():
+    v = np.asarray(v, np.float32)
+    out[name] = np.broadcast_to(v[None, :, None] if members else v, w.shape).copy()
+  return out
+
+
+def make_fitness_fn(model, tasks, weights: dict[str, float]):
+  """pmap(vmap): (params [D, P, ...], batch [D, P, b, ...]) -> (weighted task loss [D, P], real samples [D, P])."""
+
+  def one(params, batch):
+    terms, _, _ = steps_lib.loss_terms(model, params, batch, None, False, tasks, steps_lib.AXIS)
+    loss = sum(weights[t.name] * terms[f"task/{t.name}"] for t in tasks)
+    return jax.lax.pmean(loss, steps_lib.AXIS), jax.lax.psum(jnp.sum(batch["weight"]), steps_lib.AXIS)
+
+  return jax.pmap(jax.vmap(one), axis_name=steps_lib.AXIS)
+
+
+def fitness(setup: loop.Setup, fitness_fn, params_r, split: fmt.Split, genes, p: int) -> np.ndarray:
+  """Eq. 8: the mean validation loss of every individual [P] (+inf where not finite)."""
+  opt = setup.cfg.optim
+  total, count = np.zeros(p), 0.0
+  for batch in batches_lib.iterate_member_batches(
+    [split] * p, setup.modalities, opt.batch_size, setup.dp.num_shards, [None] * p, setup.heads
+  ):
+    loss, n = jax.device_get(fitness_fn(params_r, _with_genes(batch, genes, True)))
+    total += np.asarray(loss)[0] * np.asarray(n)[0]
+    count = float(np.asarray(n)[0][0])  + count
+  f = total / max(count, 1.0)
+  return np.where(np.isfinite(f), f, np.inf)
+
+
+def init_population(setup: loop.Setup, fold: loop.FoldData, seed: int, genes: tuple[Gene, ...], p: int):
+  """P host states: weights from seed (``init='shared'``) or seed*P+i, genes drawn uniform in their init range."""
+  opt = setup.cfg.optim
+  sample = next(batches_lib.iterate_batches(fold.train, setup.modalities, opt.batch_size, 1))
+  sample = jax.tree.map(lambda a: a[0], sample)
+  shared = setup.cfg.population.init == "shared"
+  hp = dict(setup.hparams)
+  for g in genes:
+    if g.name.startswith("gene/"):
+      hp[g.name] = jnp.float32(g.init[1])
+  base = state_lib.create_state(setup.model, setup.tx, sample, jax.random.key(seed), hp, setup.init_fn)
+  states = [
+    base if shared else state_lib.create_state(setup.model, setup.tx, sample, jax.random.key(seed * p + i + 1), hp, setup.init_fn)
+    for i in range(p)
+  ]
+  stacked = _stack(states)
+  rng = np.random.default_rng(seed + 7919)
+  for g in genes:
+    lo, hi = (math.log10(g.init[0]), math.log10(g.init[1])) if g.log else g.init
+    enc = rng.uniform(lo, hi, size=p).astype(np.float32)
+    stacked = jax.device_get(set_gene(stacked, g, jnp.asarray(enc)))
+  return jax.tree.map(np.asarray, stacked)
+
+
+def evolve_run(setup: loop.Setup, fold: loop.FoldData, seed: int, run_dir: Path, member_steps=None, fitness_fn=None):
+  """Evolve one population on ``fold`` with seed ``seed``; resumes from ``run_dir/latest``. -> result dict
+  (``seed``, ``status``, ``best_epoch`` (the last generation), ``valid``, ``test``, ``individual``, ``fitness``)."""
+  cfg, pc, opt, dp = setup.cfg, setup.cfg.population, setup.cfg.optim, setup.dp
+  if dp.kind != "pmap":
+    raise ValueError("population: only parallel='pmap' is supported (the fitness step is pmap(vmap))")
+  p = pc.size
+  genes = genes_from_config(pc.genes)
+  arch = tuple(g.name for g in genes if g.name.startswith("gene/"))
+  train_fn, _ = member_steps or dp.make_steps(setup.model, setup.tasks, members=True)
+  fitness_fn = fitness_fn or make_fitness_fn(setup.model, setup.tasks, {t.name: t.weight for t in setup.tasks})
+  evolve = jax.jit(
+    lambda s, f, key: next_generation(s, f, key, genes, pc.tournament, jnp.float32(pc.sigma), pc.elite)
+  )
+  states = init_population(setup, fold, seed, genes, p)
+  run_dir = Path(run_dir)
+  run_dir.mkdir(parents=True, exist_ok=True)
+  ckpt = Checkpoints(run_dir)
+  start = 0
+  restored = ckpt.restore_latest(states)
+  if restored is not None:
+    states, meta = restored
+    start = int(meta["generation"])
+    log(f"  {fold.name} seed {seed}: resuming the population at generation {start} from {run_dir / 'latest'}")
+  jsonl = run_dir / "fitness.jsonl"
+  lines = jsonl.read_text().splitlines() if jsonl.exists() else []
+  jsonl.write_text("".join(l + "\n" for l in lines if json.loads(l)["generation"] < start))
+  heads = setup.heads
+  root = jax.random.key(seed)
+  fit = None
+  for gen in range(start, pc.generations):
+    if 0 <= cfg.get("stop_after_epochs", -1) <= gen - start:  # debug: simulated interruption at a boundary
+      ckpt.close()
+      raise KeyboardInterrupt(f"stop_after_epochs={cfg.stop_after_epochs} (simulated interruption)")
+    gkey = jax.random.fold_in(root, gen)
+    g_arrays = _gene_arrays(states, arch)
+    state_r = dp.replicate(states)
+    rngs = jax.random.split(jax.random.fold_in(gkey, 1), p)
+    active = np.ones(p, bool)
+    losses = []
+    t0 = time.time()
+    for e in range(pc.epochs_per_generation):
+      epoch = gen * pc.epochs_per_generation + e
+      shuffles = [seed * 1_000_003 + epoch * 1009 + i for i in range(p)]
+      for batch in batches_lib.iterate_member_batches([fold.train] * p, setup.modalities, opt.batch_size, dp.num_shards, shuffles, heads):
+        state_r, m = train_fn(state_r, _with_genes(batch, g_arrays, True), rngs, active)
+        losses.append(m["loss"])
+    train_loss = np.mean(np.stack([np.asarray(x)[0] for x in jax.device_get(losses)]), axis=0)
+    fit = fitness(setup, fitness_fn, state_r.params, fold.valid, g_arrays, p)
+    states = dp.unreplicate(state_r)
+    lr = np.asarray(states.opt_state.hyperparams["learning_rate"])
+    if jax.process_index() == 0:
+      with jsonl.open("a") as f:
+        for i in range(p):
+          row = {"generation": gen, "individual": i, "fitness": fit[i], "train_loss": train_loss[i], "lr": lr[i]}
+          row.update({k: np.asarray(v)[i] for k, v in states.hparams.items()})
+          f.write(json.dumps(loop.jsonable(row)) + "\n")
+    log(
+      f"  {fold.name} seed {seed} generation {gen}: fitness best {np.min(fit):.4f} median {np.median(fit):.4f} "
+      f"worst {np.max(fit):.4f} ({time.time() - t0:.1f} s)"
+    )
+    if gen + 1 < pc.generations:
+      states = jax.tree.map(np.asarray, jax.device_get(evolve(states, jnp.asarray(fit), jax.random.fold_in(gkey, 2))))
+      ckpt.save_latest(gen + 1, states, {"generation": gen + 1})
+  if fit is None:  # resumed after the last generation: recompute the last fitness
+    g_arrays = _gene_arrays(states, arch)
+    fit = fitness(setup, fitness_fn, dp.replicate(states).params, fold.valid, g_arrays, p)
+  best = int(np.argmin(fit))
+  individual = jax.tree.map(lambda a: a[best], states)
+  ckpt.save_best(pc.generations, individual, {"generation": pc.generations - 1, "individual": best})
+  ckpt.close()
+  genes_best = {n: np.asarray(individual.hparams[n]) for n in arch}
+  _, eval_fn = setup.steps
+  ev = lambda params, batch: eval_fn(params, _with_genes(batch, genes_best, False))
+  params_r = dp.replicate(individual.params)
+  val = loop.jsonable(loop.evaluate(setup, loop.predict(setup, ev, params_r, fold.valid, None)[0], fold.valid))
+  test_out = loop.predict(setup, ev, params_r, fold.test, None)[0]  # the one test evaluation
+  test = loop.jsonable(loop.evaluate(setup, test_out, fold.test))
+  if jax.process_index() == 0:
+    arrays = {k.replace("/", "."): v for k, v in test_out.items()}
+    arrays.update({f"label.{h}": np.asarray(fold.test.labels[h]) for h in setup.heads})
+    np.savez(run_dir / "test_outputs.npz", ids=np.asarray(fold.test.ids).astype(str), **arrays)
+  chosen = {"individual": best, "fitness": float(fit[best]), "lr": float(individual.opt_state.hyperparams["learning_rate"])}
+  chosen.update({k: float(v) for k, v in individual.hparams.items()})
+  status = "ok" if np.isfinite(fit[best]) else "diverged"
+  return {
+    "seed": seed,
+    "status": status,
+    "best_epoch": pc.generations * pc.epochs_per_generation - 1,
+    "valid": val,
+    "test": test,
+    "chosen": loop.jsonable(chosen),
+    "state": individual,
+  }
+
+
+# --------------------------------------------------------------------------- the app
+def run(cfg: ml_collections.ConfigDict, smoke: Callable | None = None) -> dict:
+  """Like :func:`jmoe.train.app.run`, with one evolved population per fold x seed instead of one model."""
+  t0 = time.time()
+  if cfg.smoke:
+    cfg.seeds = min(cfg.seeds, 1)
+    cfg.folds.max_folds = cfg.folds.max_folds or 2
+    if smoke is not None:
+      smoke(cfg)
+  app.validate_config(cfg)
+  model_mod = importlib.import_module(f"jmoe.models.{cfg.model_name}")
+  mods = [x for x in cfg.data.modalities.split(",") if x]
+  check = None
+  if hasattr(model_mod, "validate_genes"):
+    check = lambda g: model_mod.validate_genes(g, mods, cfg.model.get("shared", True))
+  validate_population(cfg, genes_check=check)
+  ds = sources.load(cfg.data)
+  if ds.synthetic:
+    log(f"*** SYNTHETIC DATA: {ds.name} ({ds.source}) — numbers are not results on a real dataset. ***")
+  log(f"data: {fmt.describe(ds)}")
+  folds = app.make_folds(cfg.folds, ds)
+  st = app.setup(cfg, ds)
+  genes = genes_from_config(cfg.population.genes)
+  unknown = [g.name for g in genes if g.name != LR and not g.name.startswith("gene/") and g.name not in st.hparams]
+  if unknown:
+    raise ValueError(f"config.population.genes: {unknown} are not hyperparameters of this run ({sorted(st.hparams)} or lr)")
+  sample = next(batches_lib.iterate_batches(folds[0].train, st.modalities, cfg.optim.batch_size, 1))
+  one = state_lib.create_state(st.model, st.tx, jax.tree.map(lambda a: a[0], sample), jax.random.key(0), st.hparams, st.init_fn)
+  validate_population(cfg, state_bytes(one))
+  workdir = Path(cfg.workdir)
+  saved = workdir / "config.json"
+  if saved.exists():
+    diff = app._config_diff(json.loads(saved.read_text()), json.loads(cfg.to_json()))
+    if diff:
+      raise ValueError(f"{workdir} holds a run with another config ({'; '.join(diff[:4])}); use another --config.workdir")
+  workdir.mkdir(parents=True, exist_ok=True)
+  saved.write_text(cfg.to_json(indent=2))
+  pc = cfg.population
+  log(f"model: {cfg.model_name} {cfg.model.to_dict()} | population P={pc.size} x G={pc.generations} generations")
+  member_steps = st.dp.make_steps(st.model, st.tasks, members=True)
+  fitness_fn = make_fitness_fn(st.model, st.tasks, {t.name: t.weight for t in st.tasks})
+  seeds = [cfg.seed_offset + i for i in range(cfg.seeds)]
+  fold_results = []
+  for i, fold in enumerate(folds):
+    res = []
+    for s in seeds:
+      r = evolve_run(st, fold, s, workdir / f"fold_{i}" / f"seed_{s}", member_steps, fitness_fn)
+      r.pop("state")
+      res.append(r)
+    fold_results.append({"fold": i, "name": fold.name, "dir": f"fold_{i}", "sizes": app._sizes(fold), "seeds": res})
+    plot_fitness(workdir / f"fold_{i}", seeds)
+  summary = report.summarize(st.tasks, fold_results)
+  title = (
+    f"{cfg.name}: {ds.name}{' (SYNTHETIC)' if ds.synthetic else ''}, {len(seeds)} seeds, population P={pc.size}, "
+    f"G={pc.generations}, mean ± std over {'seeds' if len(folds) == 1 else f'{len(folds)} folds'}, fittest "
+    "individual of the last generation (validation loss)"
+  )
+  table = report.table(st.tasks, summary, title)
+  out = {
+    "name": cfg.name,
+    "dataset": ds.name,
+    "synthetic": ds.synthetic,
+    "source": ds.source,
+    "select": "population fitness (validation loss)",
+    "tasks": {t.name: {"kind": t.kind, "head": t.head, "label": t.label, "loss": t.loss} for t in st.tasks},
+    "folds": fold_results,
+    "summary": summary,
+    "seconds": time.time() - t0,
+  }
+  if jax.process_index() == 0:
+    (workdir / "results.json").write_text(json.dumps(loop.jsonable(out), indent=2))
+    (workdir / "results.md").write_text(table + "\n")
+    if not cfg.get("quiet", False):
+      print(table)
+      print(f"\nrun dir: {workdir} (results.json, fold_*/fitness.png); {out['seconds']:.0f} s")
+  return out
+
+
+def plot_fitness(fold_dir: Path, seeds) -> list[Path]:
+  """``fitness.png`` per seed: best / median / worst fitness per generation and the genes' distribution."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  written = []
+  for s in seeds:
+    path = Path(fold_dir) / f"seed_{s}" / "fitness.jsonl"
+    if not path.exists():
+      continue
+    rows = [json.loads(l) for l in path.read_text().splitlines()]
+    gens = sorted({r["generation"] for r in rows})
+    fit = {g: np.array([np.inf if r["fitness"] is None else r["fitness"] for r in rows if r["generation"] == g]) for g in gens}
+    gene_keys = [k for k in rows[0] if k.startswith("gene/") or k.startswith("task/") or k.startswith("loss/") or k == "lr"]
+    fig, axes = plt.subplots(1, 1 + max(1, len(gene_keys)), figsize=(4 * (1 + max(1, len(gene_keys))), 3.2))
+    ax = axes[0]
+    for label, fn in (("best", np.min), ("median", np.median), ("worst", np.max)):
+      ax.plot(gens, [fn(fit[g][np.isfinite(fit[g])]) if np.isfinite(fit[g]).any() else np.nan for g in gens], label=label)
+    ax.set_xlabel("generation")
+    ax.set_ylabel("validation loss (fitness)")
+    ax.legend(fontsize=8)
+    for ax, k in zip(axes[1:], gene_keys):
+      vals = [[r[k] for r in rows if r["generation"] == g] for g in gens]
+      ax.violinplot(vals, positions=gens, showmedians=True) if len(vals[0]) > 1 else ax.plot(gens, vals)
+      ax.set_title(k, fontsize=8)
+      ax.set_xlabel("generation")
+      if k == "lr":
+        ax.set_yscale("log")
+    fig.tight_layout()
+    out = path.with_name("fitness.png")
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    written.append(out)
+  return written
+
+
+def cli(get_config, smoke=None) -> None:
+  """``python -m experiments.<name>``: population.run when ``config.population.enabled``, else the app's run."""
+  import sys
+
+  from absl import app as absl_app
+  from absl import logging
+  from ml_collections import config_flags
+
+  flag = config_flags.DEFINE_config_dict("config", get_config())
+
+  def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    cfg = flag.value
+    try:
+      (run if cfg.population.enabled else app.run)(cfg, smoke)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+      if cfg.get("debug", False):
+        raise
+      print(f"error: {e}", file=sys.stderr)
+      print("(add --config.debug=True for the traceback)", file=sys.stderr)
+      sys.exit(2)
+
+  absl_app.run(main)
+
+
+__all__ = ["run", "evolve_run", "next_generation", "tournament", "crossover", "mutate", "validate_population", "os"]
