@@ -47,10 +47,9 @@ import dataclasses
 import importlib
 import json
 import math
-import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -59,13 +58,10 @@ import numpy as np
 
 from jmoe.data import format as fmt
 from jmoe.data import sources
-from jmoe.train import app
+from jmoe.train import app, loop, report
 from jmoe.train import batches as batches_lib
-from jmoe.train import loop
-from jmoe.train import report
 from jmoe.train import state as state_lib
 from jmoe.train import steps as steps_lib
-from jmoe.train import tasks as tasks_lib
 from jmoe.train.checkpoints import Checkpoints
 
 log = loop.log
@@ -226,7 +222,7 @@ def validate_population(cfg, one_state_bytes: int | None = None, genes_check: Ca
   need(pc.init in ("shared", "independent"), "init", pc.init, "choose 'shared' or 'independent'")
   for g in genes_from_config(pc.genes):
     need(g.sigma >= 0, f"genes.{g.name}.sigma", g.sigma, "mutation sigma must be >= 0")
-    need(g.low <= g.init[0] <= g.init[1] <= g.high, f"genes.{g.name}.init", g.init, f"use low <= lo <= hi <= high")
+    need(g.low <= g.init[0] <= g.init[1] <= g.high, f"genes.{g.name}.init", g.init, "use low <= lo <= hi <= high")
     need(not g.log or g.low > 0, f"genes.{g.name}.low", g.low, "a log gene needs low > 0")
   if genes_check is not None:
     genes_check({g.name: np.array(g.init) for g in genes_from_config(pc.genes)})
@@ -282,7 +278,7 @@ def fitness(setup: loop.Setup, fitness_fn, params_r, split: fmt.Split, genes, p:
   ):
     loss, n = jax.device_get(fitness_fn(params_r, _with_genes(batch, genes, True)))
     total += np.asarray(loss)[0] * np.asarray(n)[0]
-    count = float(np.asarray(n)[0][0])  + count
+    count = float(np.asarray(n)[0][0]) + count
   f = total / max(count, 1.0)
   return np.where(np.isfinite(f), f, np.inf)
 
@@ -299,7 +295,9 @@ def init_population(setup: loop.Setup, fold: loop.FoldData, seed: int, genes: tu
       hp[g.name] = jnp.float32(g.init[1])
   base = state_lib.create_state(setup.model, setup.tx, sample, jax.random.key(seed), hp, setup.init_fn)
   states = [
-    base if shared else state_lib.create_state(setup.model, setup.tx, sample, jax.random.key(seed * p + i + 1), hp, setup.init_fn)
+    base
+    if shared
+    else state_lib.create_state(setup.model, setup.tx, sample, jax.random.key(seed * p + i + 1), hp, setup.init_fn)
     for i in range(p)
   ]
   stacked = _stack(states)
@@ -322,9 +320,7 @@ def evolve_run(setup: loop.Setup, fold: loop.FoldData, seed: int, run_dir: Path,
   arch = tuple(g.name for g in genes if g.name.startswith("gene/"))
   train_fn, _ = member_steps or dp.make_steps(setup.model, setup.tasks, members=True)
   fitness_fn = fitness_fn or make_fitness_fn(setup.model, setup.tasks, {t.name: t.weight for t in setup.tasks})
-  evolve = jax.jit(
-    lambda s, f, key: next_generation(s, f, key, genes, pc.tournament, jnp.float32(pc.sigma), pc.elite)
-  )
+  evolve = jax.jit(lambda s, f, key: next_generation(s, f, key, genes, pc.tournament, jnp.float32(pc.sigma), pc.elite))
   states = init_population(setup, fold, seed, genes, p)
   run_dir = Path(run_dir)
   run_dir.mkdir(parents=True, exist_ok=True)
@@ -355,7 +351,9 @@ def evolve_run(setup: loop.Setup, fold: loop.FoldData, seed: int, run_dir: Path,
     for e in range(pc.epochs_per_generation):
       epoch = gen * pc.epochs_per_generation + e
       shuffles = [seed * 1_000_003 + epoch * 1009 + i for i in range(p)]
-      for batch in batches_lib.iterate_member_batches([fold.train] * p, setup.modalities, opt.batch_size, dp.num_shards, shuffles, heads):
+      for batch in batches_lib.iterate_member_batches(
+        [fold.train] * p, setup.modalities, opt.batch_size, dp.num_shards, shuffles, heads
+      ):
         state_r, m = train_fn(state_r, _with_genes(batch, g_arrays, True), rngs, active)
         losses.append(m["loss"])
     train_loss = np.mean(np.stack([np.asarray(x)[0] for x in jax.device_get(losses)]), axis=0)
@@ -393,7 +391,11 @@ def evolve_run(setup: loop.Setup, fold: loop.FoldData, seed: int, run_dir: Path,
     arrays = {k.replace("/", "."): v for k, v in test_out.items()}
     arrays.update({f"label.{h}": np.asarray(fold.test.labels[h]) for h in setup.heads})
     np.savez(run_dir / "test_outputs.npz", ids=np.asarray(fold.test.ids).astype(str), **arrays)
-  chosen = {"individual": best, "fitness": float(fit[best]), "lr": float(individual.opt_state.hyperparams["learning_rate"])}
+  chosen = {
+    "individual": best,
+    "fitness": float(fit[best]),
+    "lr": float(individual.opt_state.hyperparams["learning_rate"]),
+  }
   chosen.update({k: float(v) for k, v in individual.hparams.items()})
   status = "ok" if np.isfinite(fit[best]) else "diverged"
   return {
@@ -432,16 +434,22 @@ def run(cfg: ml_collections.ConfigDict, smoke: Callable | None = None) -> dict:
   genes = genes_from_config(cfg.population.genes)
   unknown = [g.name for g in genes if g.name != LR and not g.name.startswith("gene/") and g.name not in st.hparams]
   if unknown:
-    raise ValueError(f"config.population.genes: {unknown} are not hyperparameters of this run ({sorted(st.hparams)} or lr)")
+    raise ValueError(
+      f"config.population.genes: {unknown} are not hyperparameters of this run ({sorted(st.hparams)} or lr)"
+    )
   sample = next(batches_lib.iterate_batches(folds[0].train, st.modalities, cfg.optim.batch_size, 1))
-  one = state_lib.create_state(st.model, st.tx, jax.tree.map(lambda a: a[0], sample), jax.random.key(0), st.hparams, st.init_fn)
+  one = state_lib.create_state(
+    st.model, st.tx, jax.tree.map(lambda a: a[0], sample), jax.random.key(0), st.hparams, st.init_fn
+  )
   validate_population(cfg, state_bytes(one))
   workdir = Path(cfg.workdir)
   saved = workdir / "config.json"
   if saved.exists():
     diff = app._config_diff(json.loads(saved.read_text()), json.loads(cfg.to_json()))
     if diff:
-      raise ValueError(f"{workdir} holds a run with another config ({'; '.join(diff[:4])}); use another --config.workdir")
+      raise ValueError(
+        f"{workdir} holds a run with another config ({'; '.join(diff[:4])}); use another --config.workdir"
+      )
   workdir.mkdir(parents=True, exist_ok=True)
   saved.write_text(cfg.to_json(indent=2))
   pc = cfg.population
@@ -499,12 +507,19 @@ def plot_fitness(fold_dir: Path, seeds) -> list[Path]:
       continue
     rows = [json.loads(l) for l in path.read_text().splitlines()]
     gens = sorted({r["generation"] for r in rows})
-    fit = {g: np.array([np.inf if r["fitness"] is None else r["fitness"] for r in rows if r["generation"] == g]) for g in gens}
-    gene_keys = [k for k in rows[0] if k.startswith("gene/") or k.startswith("task/") or k.startswith("loss/") or k == "lr"]
+    fit = {
+      g: np.array([np.inf if r["fitness"] is None else r["fitness"] for r in rows if r["generation"] == g])
+      for g in gens
+    }
+    gene_keys = [
+      k for k in rows[0] if k.startswith("gene/") or k.startswith("task/") or k.startswith("loss/") or k == "lr"
+    ]
     fig, axes = plt.subplots(1, 1 + max(1, len(gene_keys)), figsize=(4 * (1 + max(1, len(gene_keys))), 3.2))
     ax = axes[0]
     for label, fn in (("best", np.min), ("median", np.median), ("worst", np.max)):
-      ax.plot(gens, [fn(fit[g][np.isfinite(fit[g])]) if np.isfinite(fit[g]).any() else np.nan for g in gens], label=label)
+      ax.plot(
+        gens, [fn(fit[g][np.isfinite(fit[g])]) if np.isfinite(fit[g]).any() else np.nan for g in gens], label=label
+      )
     ax.set_xlabel("generation")
     ax.set_ylabel("validation loss (fitness)")
     ax.legend(fontsize=8)
@@ -523,8 +538,15 @@ def plot_fitness(fold_dir: Path, seeds) -> list[Path]:
   return written
 
 
-def cli(get_config, smoke=None) -> None:
-  """``python -m experiments.<name>``: population.run when ``config.population.enabled``, else the app's run."""
+def run_or_app(cfg, smoke=None, prepare=None) -> dict:
+  """``prepare(cfg)`` (e.g. an ablation), then :func:`run` when ``config.population.enabled``, else ``app.run``."""
+  if prepare is not None:
+    prepare(cfg)
+  return (run if cfg.population.enabled else app.run)(cfg, smoke)
+
+
+def cli(get_config, smoke=None, prepare=None) -> None:
+  """``python -m experiments.<name>``: :func:`run_or_app` with one-line errors (exit status 2)."""
   import sys
 
   from absl import app as absl_app
@@ -538,7 +560,7 @@ def cli(get_config, smoke=None) -> None:
     logging.set_verbosity(logging.WARNING)
     cfg = flag.value
     try:
-      (run if cfg.population.enabled else app.run)(cfg, smoke)
+      run_or_app(cfg, smoke, prepare)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
       if cfg.get("debug", False):
         raise
@@ -547,6 +569,3 @@ def cli(get_config, smoke=None) -> None:
       sys.exit(2)
 
   absl_app.run(main)
-
-
-__all__ = ["run", "evolve_run", "next_generation", "tournament", "crossover", "mutate", "validate_population", "os"]
