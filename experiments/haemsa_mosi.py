@@ -72,8 +72,8 @@ def apply_ablation(c) -> None:
     for k in [k for k in c.population.genes if k.startswith("gene/shared_in/") or k == "loss/kl"]:
       del c.population.genes[k]
   elif c.ablation == "no_mtl":
-    first = next(iter(c.tasks))
-    for t in [t for t in c.tasks if t != first]:
+    keep = c.select.split("/")[0] if c.select else next(iter(c.tasks))  # the selected (main) task
+    for t in [t for t in c.tasks if t != keep]:
       del c.tasks[t]
     c.model.shared = False  # without the unified task the KL teacher is untrained: the transfer goes too
     c.loss_weights.kl = 0.0

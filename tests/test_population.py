@@ -1,0 +1,123 @@
+"""Population evolution: tournament / crossover / mutation / elitism on tiny pytrees by hand, determinism, resume at
+a generation boundary equals an uninterrupted run, and one-line errors for bad input."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import haemsa_mosi
+from jmoe.train import population as pop
+from jmoe.train import state as state_lib
+
+
+def test_tournament_by_hand():
+  fitness = jnp.array([3.0, 1.0, 2.0, 0.0])
+  cand = jnp.array([[0, 1], [2, 3], [0, 2], [1, 1]])
+  np.testing.assert_array_equal(np.asarray(pop.tournament(fitness, cand)), [1, 3, 2, 1])
+
+
+def test_crossover_by_hand():
+  a = {"w": jnp.array([[4.0, 0.0], [1.0, 1.0]]), "n": jnp.array([7, 8])}
+  b = {"w": jnp.array([[8.0, 4.0], [3.0, 5.0]]), "n": jnp.array([1, 2])}
+  out = pop.crossover(a, b, jnp.array([0.25, 1.0]))
+  np.testing.assert_allclose(np.asarray(out["w"]), [[7.0, 3.0], [1.0, 1.0]])
+  np.testing.assert_array_equal(np.asarray(out["n"]), [7, 8])  # integer leaves from p_i
+
+
+def test_mutation():
+  tree = {"w": jnp.zeros((4000,)), "n": jnp.array([3])}
+  same = pop.mutate(tree, jax.random.key(0), 0.0)
+  np.testing.assert_array_equal(np.asarray(same["w"]), 0.0)
+  out = pop.mutate(tree, jax.random.key(0), 0.5)
+  assert abs(float(jnp.std(out["w"])) - 0.5) < 0.03 and int(out["n"][0]) == 3
+  again = pop.mutate(tree, jax.random.key(0), 0.5)
+  np.testing.assert_array_equal(np.asarray(out["w"]), np.asarray(again["w"]))
+
+
+def _states(p=4):
+  tx = state_lib.make_optimizer(1e-3, 0.0, 1.0)
+  states = []
+  for i in range(p):
+    params = {"w": jnp.full((2,), float(i))}
+    hp = {"task/a": jnp.float32(1.0), "gene/levels": jnp.float32(i / 2)}
+    states.append(state_lib.TrainState.create(apply_fn=None, params=params, tx=tx, hparams=hp))
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
+def test_next_generation_elitism_bounds_determinism():
+  states = _states()
+  genes = (pop.Gene("gene/levels", (0, 2), 0.0, 2.0, 10.0), pop.Gene("lr", (1e-4, 1e-2), 1e-4, 1e-2, 5.0, log=True))
+  fit = jnp.array([3.0, 0.5, 2.0, jnp.nan])
+  new = pop.next_generation(states, fit, jax.random.key(1), genes, k=2, sigma=0.0, elite=1)
+  np.testing.assert_array_equal(np.asarray(new.params["w"][0]), [1.0, 1.0])  # the elite: individual 1, unchanged
+  assert float(new.hparams["gene/levels"][0]) == 0.5
+  lv = np.asarray(new.hparams["gene/levels"])
+  lr = np.asarray(new.opt_state.hyperparams["learning_rate"])
+  assert np.all((lv >= 0) & (lv <= 2)) and np.all((lr >= 1e-4 * 0.999) & (lr <= 1e-2 * 1.001))
+  w = np.asarray(new.params["w"])[:, 0]
+  assert np.all((w >= 0) & (w <= 2))  # sigma=0: convex mixtures of parents; the NaN individual (3) never wins
+  again = pop.next_generation(states, fit, jax.random.key(1), genes, k=2, sigma=0.0, elite=1)
+  for x, y in zip(jax.tree.leaves(new), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _cfg(tmp_path, name="run"):
+  c = haemsa_mosi.get_config()
+  c.smoke, c.quiet, c.workdir = True, True, str(tmp_path / name)
+  c.data.synthetic_dims = (6, 5, 4)
+  return c
+
+
+@pytest.mark.parametrize(
+  "key,value,msg",
+  [
+    ("size", 1, "P >= 2"),
+    ("tournament", 20, "tournament <= size"),
+    ("sigma", -0.1, "sigma must be >= 0"),
+  ],
+)
+def test_bad_population_one_line(tmp_path, key, value, msg):
+  c = _cfg(tmp_path)
+  c.population[key] = value
+  with pytest.raises(ValueError, match=msg) as e:
+    pop.validate_population(c)
+  assert "\n" not in str(e.value)
+
+
+def test_population_that_does_not_fit_memory(tmp_path):
+  c = _cfg(tmp_path)
+  c.population.memory_bytes = 1000
+  with pytest.raises(ValueError, match="does not fit the device memory"):
+    pop.validate_population(c, one_state_bytes=10_000)
+  pop.validate_population(c, one_state_bytes=10)
+
+
+def test_all_modalities_off_refused_before_training(tmp_path):
+  c = _cfg(tmp_path)
+  for m in ("text", "audio", "vision"):
+    c.population.genes[f"gene/expert/{m}"].init = (0.0, 0.1)
+    c.population.genes[f"gene/shared_in/{m}"].init = (0.0, 0.1)
+  with pytest.raises(ValueError, match="switch off every modality"):
+    haemsa_mosi.run(c)
+  assert not (tmp_path / "run").exists()  # nothing written
+
+
+@pytest.mark.slow
+def test_resume_at_generation_boundary_equals_uninterrupted(tmp_path):
+  full = haemsa_mosi.run(_cfg(tmp_path, "full"))
+  c = _cfg(tmp_path, "cut")
+  c.stop_after_epochs = 1  # interrupted after one generation (at the boundary checkpoint)
+  with pytest.raises(KeyboardInterrupt):
+    haemsa_mosi.run(c)
+  lines = (tmp_path / "cut/fold_0/seed_0/fitness.jsonl").read_text().splitlines()
+  assert {json.loads(l)["generation"] for l in lines} == {0}
+  resumed = haemsa_mosi.run(_cfg(tmp_path, "cut"))
+  assert resumed["folds"][0]["seeds"][0]["test"] == full["folds"][0]["seeds"][0]["test"]
+  assert resumed["folds"][0]["seeds"][0]["chosen"] == full["folds"][0]["seeds"][0]["chosen"]
+  a = (tmp_path / "full/fold_0/seed_0/fitness.jsonl").read_text()
+  assert a == (tmp_path / "cut/fold_0/seed_0/fitness.jsonl").read_text()  # deterministic given the seed
+  rows = [json.loads(l) for l in a.splitlines()]
+  assert len(rows) == 2 * 4 and all("gene/levels" in r and "lr" in r for r in rows)
