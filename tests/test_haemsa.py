@@ -76,9 +76,7 @@ def test_gene_masks_switch_parts_off_exactly():
   assert not np.allclose(np.asarray(a["sentiment"]), np.asarray(c["sentiment"]))
   # levels gene 1: level 1's parameters do not matter; the maximal shape (2) they do
   one = {"gene/levels": jnp.ones(5)}
-  p2 = jax.tree_util.tree_map_with_path(
-    lambda path, x: x + 1.0 if "g1_" in jax.tree_util.keystr(path) else x, params
-  )
+  p2 = jax.tree_util.tree_map_with_path(lambda path, x: x + 1.0 if "g1_" in jax.tree_util.keystr(path) else x, params)
   x1, _ = model.apply({"params": params}, {**batch, **one})
   x2, _ = model.apply({"params": p2}, {**batch, **one})
   np.testing.assert_array_equal(np.asarray(x1["sentiment"]), np.asarray(x2["sentiment"]))
@@ -152,3 +150,13 @@ def test_experiment_smoke(tmp_path, ablation):
   assert set(out["summary"]) == {"sentiment", "binary", "seven", "unified"}
   if ablation == "full":
     assert (tmp_path / ablation / "fold_0" / "seed_0" / "fitness.png").exists()
+
+
+@pytest.mark.slow
+def test_iemocap_experiment_smoke(tmp_path):
+  from experiments import haemsa_iemocap
+
+  c = haemsa_iemocap.get_config()
+  c.smoke, c.quiet, c.workdir = True, True, str(tmp_path / "iem")
+  out = haemsa_iemocap.run(c)
+  assert set(out["summary"]["emotion6"]["test"]) >= {"UA", "weighted_F1"}

@@ -1,0 +1,185 @@
+"""Members vmapped vs sequential: training throughput of M members as one program vs M separate runs.
+
+  python -m tools.bench_members --json runs/bench/members.json                  # EUAR: 5 seeds, M=16
+  python -m tools.bench_members --model haemsa --json runs/bench/members_haemsa.json   # P = 4, 16, 64
+  python -m tools.bench_members --smoke --json /tmp/m.json                      # seconds (tests)
+
+Rows ``{members, mode ('vmap'|'sequential'), wall_s, samples_per_s, ...}``: ``wall_s`` is the median time of
+``--steps`` training steps of all M members (vmap: ``steps`` member steps, ``DataParallel.make_steps(members=True)``;
+sequential: M separate states, each ``steps`` steps of the platform's single-member step, one after another), after
+compilation and warm-up, each call blocked until ready. Both modes use the same batches (one per member and step,
+shuffled per member as in the loop), and are timed interleaved in rounds (tools/benchlib.time_interleaved) so a
+foreign load hits both alike; the foreign CPU share (benchlib.ForeignCpu) and load average are reported.
+Targets (issue 12 / platform issue): EUAR M=5 wall-time speedup >= 2.5x, M=16 throughput >= 8x; HAEMSA P=16 >= 8x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from tools import benchlib
+
+TARGETS = {"euar": {5: ("wall", 2.5), 16: ("throughput", 8.0)}, "haemsa": {16: ("throughput", 8.0)}}
+SIZES = {"euar": (5, 16), "haemsa": (4, 16, 64)}
+
+
+def _setup(model_name: str, smoke: bool):
+  import jax
+
+  from jmoe.data import sources
+  from jmoe.train import app
+
+  if model_name == "euar":
+    from experiments.euar_mosi import get_config
+  else:
+    from experiments.haemsa_mosi import get_config
+  cfg = get_config()
+  cfg.data.synthetic_sizes = (64, 16, 16) if smoke else (512, 64, 64)
+  if smoke and model_name == "haemsa":
+    cfg.model.width = 16
+  ds = sources.load(cfg.data)
+  st = app.setup(cfg, ds)
+  del jax
+  return cfg, ds, st
+
+
+def bench(model_name: str, sizes, steps: int, repeats: int, smoke: bool) -> dict:
+  import jax
+  import numpy as np
+
+  from jmoe.train import batches as batches_lib
+  from jmoe.train import population as pop
+  from jmoe.train import state as state_lib
+
+  cfg, ds, st = _setup(model_name, smoke)
+  train = ds.splits["train"]
+  bs = cfg.optim.batch_size
+  member_train, _ = st.dp.make_steps(st.model, st.tasks, members=True)
+  single_train, _ = st.steps
+  sample = jax.tree.map(lambda a: a[0], next(batches_lib.iterate_batches(train, st.modalities, bs, 1)))
+  base = state_lib.create_state(st.model, st.tx, sample, jax.random.key(0), st.hparams, st.init_fn)
+  genes = {}
+  if model_name == "haemsa":
+    genes = {"gene/levels": 2.0}
+  entries = []
+  for m in sizes:
+    per_member = [
+      list(batches_lib.iterate_batches(train, st.modalities, bs, st.dp.num_shards, 1000 + i, st.heads))[:steps]
+      for i in range(m)
+    ]
+    g_member = {k: np.full(m, v, np.float32) for k, v in genes.items()}
+    stacked_batches = [
+      pop._with_genes(
+        {k: np.stack([per_member[i][s][k] for i in range(m)], 1) for k in per_member[0][s]}, g_member, True
+      )
+      for s in range(steps)
+    ]
+    single_batches = [
+      [pop._with_genes(b, {k: np.float32(v) for k, v in genes.items()}, False) for b in bl] for bl in per_member
+    ]
+    holder = {"v": st.dp.replicate(jax.tree.map(lambda *xs: np.stack(xs), *[base] * m))}
+    rngs = jax.random.split(jax.random.key(1), m)
+    active = np.ones(m, bool)
+    seq_states = [st.dp.replicate(base) for _ in range(m)]
+    rng1 = jax.random.key(2)
+
+    def run_vmap(holder=holder, stacked_batches=stacked_batches, rngs=rngs, active=active):
+      s = holder["v"]
+      for b in stacked_batches:
+        s, met = member_train(s, b, rngs, active)
+      holder["v"] = s
+      return met["loss"]
+
+    def run_seq(seq_states=seq_states, single_batches=single_batches, rng1=rng1):
+      out = []
+      for i in range(len(seq_states)):
+        s = seq_states[i]
+        for b in single_batches[i]:
+          s, met = single_train(s, b, rng1)
+        seq_states[i] = s
+        out.append(met["loss"])
+      return out
+
+    entries.append({"members": m, "vmap": run_vmap, "sequential": run_seq})
+  foreign = benchlib.ForeignCpu().start()
+  load0 = benchlib.loadavg()
+  t0 = time.time()
+  results = []
+  for ent in entries:
+    pair = [{"fn": ent["vmap"], "mode": "vmap"}, {"fn": ent["sequential"], "mode": "sequential"}]
+    benchlib.time_interleaved(pair, "fn", repeats, warmup=2)  # both modes interleaved in rounds
+    for p in pair:
+      wall = p["stats"]["fn"]["median_s"]
+      results.append(
+        {
+          "members": ent["members"],
+          "mode": p["mode"],
+          "wall_s": wall,
+          "samples_per_s": ent["members"] * steps * bs / wall,
+          "steps": steps,
+          "batch_size": bs,
+          "p10_s": p["stats"]["fn"]["p10_s"],
+          "p90_s": p["stats"]["fn"]["p90_s"],
+        }
+      )
+  rows = results
+  verdicts = []
+  for m in sizes:
+    v = next(r for r in rows if r["members"] == m and r["mode"] == "vmap")
+    s = next(r for r in rows if r["members"] == m and r["mode"] == "sequential")
+    speedup = s["wall_s"] / v["wall_s"]
+    kind, target = TARGETS[model_name].get(m, ("throughput", None))
+    verdicts.append(
+      {
+        "members": m,
+        "speedup": speedup,
+        "kind": kind,
+        "target": target,
+        "met": None if target is None else speedup >= target,
+      }
+    )
+  return {
+    "model": model_name,
+    "rows": rows,
+    "verdicts": verdicts,
+    "foreign_cpu_fraction": foreign.stop(),
+    "loadavg_start": load0,
+    "loadavg_end": benchlib.loadavg(),
+    "seconds": time.time() - t0,
+    "machine": benchlib.machine_info(),
+    "data": "synthetic MOSI-shaped, same batches in both modes",
+  }
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--json", required=True)
+  ap.add_argument("--model", choices=("euar", "haemsa"), default="euar")
+  ap.add_argument("--steps", type=int, default=8)
+  ap.add_argument("--repeats", type=int, default=5)
+  ap.add_argument("--sizes", default="", help="comma-separated member counts (default: the issue's)")
+  ap.add_argument("--smoke", action="store_true", help="tiny sizes (2 members, 2 steps): checks the tool runs")
+  a = ap.parse_args(argv)
+  sizes = tuple(int(x) for x in a.sizes.split(",") if x) or SIZES[a.model]
+  steps, repeats = a.steps, a.repeats
+  if a.smoke:
+    sizes, steps, repeats = (2,), 2, 1
+  out = bench(a.model, sizes, steps, repeats, a.smoke)
+  Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+  Path(a.json).write_text(json.dumps(out, indent=2, default=str))
+  lines = [[str(r["members"]), r["mode"], f"{r['wall_s']:.4f}", f"{r['samples_per_s']:.0f}"] for r in out["rows"]]
+  print("\n".join(benchlib.format_rows(["members", "mode", "wall_s", "samples_per_s"], lines)))
+  for v in out["verdicts"]:
+    tgt = "" if v["target"] is None else f" (target {v['kind']} >= {v['target']}x: {'MET' if v['met'] else 'NOT met'})"
+    print(f"M={v['members']}: vmap speedup {v['speedup']:.2f}x{tgt}")
+  print(
+    f"foreign CPU share while timing: {out['foreign_cpu_fraction']}; load average {out['loadavg_start']} -> {out['loadavg_end']}"
+  )
+  return out
+
+
+if __name__ == "__main__":
+  main()
