@@ -88,13 +88,18 @@ def _slot_positions(index: jax.Array, num_experts: int):
     starts [G, E+1] (offset of each expert's run in ``order``; bin E = masked slots), position [G, K*S].
   """
   g, s, k = index.shape
-  expert = jnp.swapaxes(index, 1, 2).reshape(g, k * s)
+  return _slot_positions_of(jnp.swapaxes(index, 1, 2).reshape(g, k * s), num_experts)
+
+
+def _slot_positions_of(expert: jax.Array, num_experts: int):
+  """:func:`_slot_positions` for expert ids already in slot order [G, K*S]."""
+  ks = expert.shape[1]
   order = jnp.argsort(expert, axis=-1, stable=True)
   # One extra bin for the masked-token sentinel E (it sorts last); callers use counts[:, :E].
   counts = jax.vmap(lambda e: jnp.bincount(e, length=num_experts + 1))(expert)
   starts = jnp.cumsum(counts, axis=-1) - counts
   sorted_expert = jnp.take_along_axis(expert, order, axis=-1)
-  pos_sorted = jnp.arange(k * s)[None, :] - jnp.take_along_axis(starts, sorted_expert, axis=-1)
+  pos_sorted = jnp.arange(ks)[None, :] - jnp.take_along_axis(starts, sorted_expert, axis=-1)
   position = jax.vmap(lambda o, p: jnp.zeros_like(p).at[o].set(p))(order, pos_sorted)
   return expert, order, counts, starts, position
 
@@ -105,7 +110,7 @@ class SortedPlan(NamedTuple):
   Buffer rows r in [0, R), R = E*G*C, are ordered [E, G, C]: row (e, g, c) holds the c-th slot of expert e in
   group g under the (k, n) priority rule, if that slot exists.
   token/valid/kslot [R]: the row's global token id, whether the row holds a slot, and which of the token's K
-    choices it is.
+    choices it is (token and kslot are 0 in rows without a slot).
   row/keep [K, N]: the buffer row of token-slot (n, k) and whether the capacity rule keeps it (dropped slots point
     at some valid row; callers give them weight 0).
   groups G and capacity C: Python ints.
@@ -120,26 +125,45 @@ class SortedPlan(NamedTuple):
   capacity: int
 
 
+# Up to this many experts the queue positions come from a running count over a one-hot [G, K*S, E+1]; above it,
+# from a stable sort by expert (the one-hot count grows with E, the sort does not).
+_ONE_HOT_MAX_EXPERTS = 16
+
+
+def _queue_positions(expert: jax.Array, num_experts: int) -> jax.Array:
+  """Position of each slot in its expert's queue: expert [G, K*S] (slots in priority order; ids <= E, E = the
+  masked sentinel) -> position [G, K*S], the number of earlier slots of the same expert."""
+  if num_experts <= _ONE_HOT_MAX_EXPERTS:
+    one_hot = (expert[..., None] == jnp.arange(num_experts + 1, dtype=expert.dtype)).astype(jnp.int32)
+    return jnp.sum((jnp.cumsum(one_hot, axis=1) - 1) * one_hot, axis=-1)
+  return _slot_positions_of(expert, num_experts)[-1]
+
+
 def sorted_plan(index: jax.Array, num_experts: int, capacity: int, group_size: int | None) -> SortedPlan:
   """The sorted dispatch's slot <-> buffer-row maps for index [N, K] (see :class:`SortedPlan`)."""
   n, k = index.shape
   e, c = num_experts, capacity
   s = group_size_for(n, group_size)
   g = n // s
-  expert, order, counts, starts, position = _slot_positions(index.reshape(g, s, k), e)
-  counts, starts = counts[:, :e], starts[:, :e]
-  src = jnp.minimum(starts[:, :, None] + jnp.arange(c)[None, None, :], k * s - 1)  # [G, E, C]
-  slot = jnp.take_along_axis(order, src.reshape(g, e * c), axis=-1).reshape(g, e, c)  # slot id k*S + n
-  to_rows = lambda a: jnp.swapaxes(a, 0, 1).reshape(e * g * c)  # [G, E, C] -> [R] in [E, G, C] order
+  r = e * g * c
+  expert = jnp.swapaxes(index.reshape(g, s, k), 1, 2).reshape(g, k * s)  # [G, K*S], slot j = k*S + n
+  position = _queue_positions(expert, e)
+  routed = expert < e  # False for masked tokens' slots (sentinel expert E)
+  kept = routed & (position < c)
+  group = jnp.arange(g, dtype=jnp.int32)[:, None]
+  row = expert * (g * c) + group * c + jnp.minimum(position, c - 1)  # [G, K*S]
+  # Row -> slot maps by one scatter of (token, k, 1) per kept slot: the maps come out materialised, so the row
+  # gathers that use them load indices instead of re-deriving them per gathered element.
+  slot = jnp.arange(k * s, dtype=jnp.int32)
+  info = jnp.stack(jnp.broadcast_arrays(slot % s + group * s, slot // s, jnp.ones_like(expert)), axis=-1)
+  by_row = jnp.zeros((r, 3), jnp.int32).at[jnp.where(kept, row, r).reshape(-1)].set(info.reshape(-1, 3), mode="drop")
   to_kn = lambda a: jnp.swapaxes(a.reshape(g, k, s), 0, 1).reshape(k, n)  # [G, K*S] -> [K, N]
-  routed = expert < e  # [G, K*S]; False for masked tokens' slots (sentinel expert E)
-  row = expert * (g * c) + jnp.arange(g)[:, None] * c + jnp.minimum(position, c - 1)  # [G, K*S]
   return SortedPlan(
-    token=to_rows((slot % s) + (jnp.arange(g) * s)[:, None, None]),
-    valid=to_rows(jnp.arange(c)[None, None, :] < counts[:, :, None]),
-    kslot=to_rows(slot // s),
+    token=by_row[:, 0],
+    valid=by_row[:, 2] > 0,
+    kslot=by_row[:, 1],
     row=to_kn(jnp.where(routed, row, 0)),
-    keep=to_kn((position < c) & routed),
+    keep=to_kn(kept),
     groups=g,
     capacity=c,
   )
