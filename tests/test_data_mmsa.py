@@ -183,7 +183,7 @@ def test_mmsa_bad_inputs(tmp_path):
     load_mmsa_pickle(p)
   data["valid"]["vision"] = data["valid"]["vision"][:0]
   p.write_bytes(pickle.dumps(data))
-  with pytest.raises(ValueError, match=r"has shape \(0, 12, 6\), expected \[N=3, T, D\]"):
+  with pytest.raises(ValueError, match=r"has shape \(0, 12, 6\), expected \[B=3, T, D\]"):
     load_mmsa_pickle(p)
   p.write_bytes(pickle.dumps({"a": 1}))
   with pytest.raises(ValueError, match="not an MMSA or MAG/MIB pickle"):

@@ -56,7 +56,7 @@ def predict(w, x):
 
 
 def codes(split, truth):
-  """The planted 3-d code read off each modality through its (known) projection: [N, 9]."""
+  """The planted 3-d code read off each modality through its (known) projection: [B, 9]."""
   return np.concatenate([split.features[m] @ truth["projections"][m].T for m in ("text", "audio", "vision")], 1)
 
 

@@ -65,7 +65,7 @@ def test_sentiment_degenerate_cases():
   # single sample, shapes squeezed
   m = sentiment_metrics(np.array([[0.7]]), np.array([1.0]))
   assert m["Has0_acc_2"] == 1.0 and m["Corr"] == 0.0
-  # [N,1] columns are accepted
+  # [B,1] columns are accepted
   m2 = sentiment_metrics(np.ones((4, 1)), np.arange(4.0)[:, None])
   assert m2["MAE"] == pytest.approx(np.mean(np.abs(1 - np.arange(4.0))))
 

@@ -51,9 +51,9 @@ class BclstmPart:
   """One bc-LSTM file set (``'train'`` or ``'test'``).
 
   Attributes:
-    ids: str ``[N]`` utterance ids ``'<video>_<n>'`` (via transcripts.csv).
-    features: modality -> float32 ``[N, D]``.
-    binary: int ``[N]`` the CSVs' binary sentiment label (1 = positive).
+    ids: str ``[B]`` utterance ids ``'<video>_<n>'`` (via transcripts.csv).
+    features: modality -> float32 ``[B, D]``.
+    binary: int ``[B]`` the CSVs' binary sentiment label (1 = positive).
   """
 
   ids: np.ndarray
@@ -186,7 +186,7 @@ def load_mosi_bclstm(mosi_dir, valid_fraction: float = 0.15, seed: int = 0, moda
   ``test`` is the bc-LSTM test file (752 utterances, 31 videos). ``valid`` takes
   ``round(valid_fraction * 62)`` whole train videos (chosen by a ``seed``-ed permutation
   of the sorted video ids), ``train`` keeps the rest; rows keep file order.
-  Features are float32 ``[N, D]`` (text 100, audio 73, vision 100); labels are the
+  Features are float32 ``[B, D]`` (text 100, audio 73, vision 100); labels are the
   official real-valued scores.
   """
   mosi_dir = _check_dir(mosi_dir)
@@ -239,14 +239,14 @@ def load_mosi_standard(
       bc-LSTM files. Only ``'audio'`` is leak-free here; ``'text'`` and ``'vision'``
       raise ValueError unless ``allow_leaky=True`` (see the module docstring).
     extra_features: modality -> ``.npz`` written by the offline feature tool, with
-      ``'ids'`` str ``[N]`` and ``extra_key``: ``'pooled'`` float ``[N, D]`` (default) or
-      ``'local'`` float ``[N, T, D]`` with ``'mask'`` ``[N, T]``; e.g. ``{'text': path}``
+      ``'ids'`` str ``[B]`` and ``extra_key``: ``'pooled'`` float ``[B, D]`` (default) or
+      ``'local'`` float ``[B, T, D]`` with ``'mask'`` ``[B, T]``; e.g. ``{'text': path}``
       for sentence-encoder text features. Must cover every MOSI utterance.
     allow_leaky: accept bc-LSTM text/vision; the dataset name gets ``-LEAKY`` and
       ``source`` says why.
 
   Rows follow the folds' video order, then the label file's stored row order. bc-LSTM
-  features are float32 ``[N, D]``; extra features keep their table's shape.
+  features are float32 ``[B, D]``; extra features keep their table's shape.
   """
   mosi_dir = _check_dir(mosi_dir)
   extra_features = dict(extra_features or {})

@@ -5,13 +5,13 @@ Two layouts are recognised by their top-level keys:
 **MMSA** (``aligned_50.pkl`` / ``unaligned_50.pkl`` for MOSI, MOSEI, SIMS): a dict with
 ``'train'``, ``'valid'``, ``'test'``, each a dict of arrays::
 
-    'text'              float [N, T, D]   BERT (or GloVe) token features -- used as 'text'
-    'text_bert'         int   [N, 3, T]   token ids / attention mask / segment ids
-    'audio'             float [N, T, Da]
-    'vision'            float [N, T, Dv]  (35-d FACET on MOSEI, 20-d on MOSI)
-    'regression_labels' float [N]
-    'id'                str   [N]          '<video>$_$<clip>'  -> jmoe id '<video>_<clip>'
-    'audio_lengths', 'vision_lengths'  int [N]   optional (unaligned pickles)
+    'text'              float [B, T, D]   BERT (or GloVe) token features -- used as 'text'
+    'text_bert'         int   [B, 3, T]   token ids / attention mask / segment ids
+    'audio'             float [B, T, Da]
+    'vision'            float [B, T, Dv]  (35-d FACET on MOSEI, 20-d on MOSI)
+    'regression_labels' float [B]
+    'id'                str   [B]          '<video>$_$<clip>'  -> jmoe id '<video>_<clip>'
+    'audio_lengths', 'vision_lengths'  int [B]   optional (unaligned pickles)
 
 Masks: text uses the attention-mask row ``text_bert[:, 1, :]`` when present; audio and
 vision use ``arange(T) < <m>_lengths`` when the lengths are present. Aligned pickles have
@@ -28,8 +28,8 @@ that points to a BERT encoder (``tools/extract_features``); pass
 ``visual`` float ``[T, Dv]``, ``acoustic`` float ``[T, Da]``, ``label`` shape ``(1, 1)``
 and ``segment`` a str id. These carry words, not text features, so the dataset has
 modalities ``('audio', 'vision')`` -- unless ``text_features`` names an ``.npz``
-(``'ids'`` ``[N]`` + ``'pooled'`` ``[N, D]``, as written by the feature tool) covering
-every segment, which adds ``'text'`` as utterance vectors ``[N, D]``. Sequences are
+(``'ids'`` ``[B]`` + ``'pooled'`` ``[B, D]``, as written by the feature tool) covering
+every segment, which adds ``'text'`` as utterance vectors ``[B, D]``. Sequences are
 zero-padded to the longest sample (or cut/padded to ``seq_len``) with masks.
 
 Pickles can run arbitrary code when loaded. :func:`safe_load_pickle` admits only the
@@ -328,7 +328,7 @@ def _mmsa_split(d: Mapping, path: Path, split: str, mods: tuple[str, ...], nonfi
   if ids.shape != (n,):
     raise ValueError(f"{path}: {where} has {ids.shape[0]} ids but {n} labels")
   tb = np.asarray(d["text_bert"]) if "text_bert" in d else None
-  text_lengths = None  # (lengths [N], T) from the BERT attention mask
+  text_lengths = None  # (lengths [B], T) from the BERT attention mask
   if tb is not None and tb.ndim == 3 and tb.shape[0] == n and tb.shape[1] == 3:
     text_lengths = ((tb[:, 1, :] > 0).sum(axis=1), tb.shape[2])
   feats, masks = {}, {}
@@ -345,7 +345,7 @@ def _mmsa_split(d: Mapping, path: Path, split: str, mods: tuple[str, ...], nonfi
       raise ValueError(f"{path}: not an MMSA pickle ({where} lacks '{m}')")
     x = _as_float(d[m], path, f"{where} '{m}'")
     if x.ndim != 3 or x.shape[0] != n:
-      raise ValueError(f"{path}: {where} '{m}' has shape {x.shape}, expected [N={n}, T, D]")
+      raise ValueError(f"{path}: {where} '{m}' has shape {x.shape}, expected [B={n}, T, D]")
     feats[m] = _check_nonfinite(x, path, m, split, nonfinite)
     t = x.shape[1]
     if m == "text":
@@ -452,10 +452,10 @@ def load_mmsa_pickle(
     nonfinite: ``'error'`` (default) or ``'zero'`` (replace NaN/Inf features by 0,
       as MMSA does for -inf audio; ``source`` then says so).
     seq_len: MAG only: pad/cut sequences to this many steps (default: longest sample).
-    text_features: MAG only: ``.npz`` with ``'ids'`` and ``'pooled'`` ``[N, D]`` text vectors.
+    text_features: MAG only: ``.npz`` with ``'ids'`` and ``'pooled'`` ``[B, D]`` text vectors.
 
-  All modalities are float32 ``[N, T, D]`` sequences with masks, except MAG text
-  (``[N, D]``). Labels are float32 ``[N]``.
+  All modalities are float32 ``[B, T, D]`` sequences with masks, except MAG text
+  (``[B, D]``). Labels are float32 ``[B]``.
   """
   path = Path(path)
   if nonfinite not in ("error", "zero"):

@@ -14,7 +14,7 @@ Modalities may be named by letter -- ``L`` (language/text), ``A`` (audio), ``V``
 * :func:`salt_and_pepper` -- set a ``ratio`` fraction of one modality's entries to that
   modality's minimum or maximum value in the split (each with probability 1/2).
 * :func:`blank_text` -- for text sequences, zero ``round(ratio * length)`` randomly
-  chosen real time steps of every sample; for text vectors ``[N, D]``, zero
+  chosen real time steps of every sample; for text vectors ``[B, D]``, zero
   ``round(ratio * D)`` randomly chosen entries of every sample.
 """
 

@@ -159,8 +159,8 @@ def load_sdk_dataset(
     feature_csds: modality (``'text'``/``'audio'``/``'vision'``) -> feature ``.csd``.
     folds_json: ``{"train": [videos], "valid": [...], "test": [...]}``.
     seq_len: None -> each modality is the mean of the segment's feature rows,
-      float32 ``[N, D]``; int ``T`` -> the rows in time order, truncated to the first
-      ``T`` and zero-padded, float32 ``[N, T, D]`` with bool mask ``[N, T]``.
+      float32 ``[B, D]``; int ``T`` -> the rows in time order, truncated to the first
+      ``T`` and zero-padded, float32 ``[B, T, D]`` with bool mask ``[B, T]``.
     tol: seconds of slack when testing that a feature interval lies inside a segment.
     empty: what to do with a segment that has no feature rows in some modality:
       ``'error'`` (default) raises; ``'zeros'`` keeps it with zero features (all-False

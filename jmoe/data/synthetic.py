@@ -46,7 +46,7 @@ NOISE_SPREAD = 0.6
 
 
 def _code(s: np.ndarray) -> np.ndarray:
-  """float32 ``[N, 3]``: linear, polarity and centred intensity parts of ``s``."""
+  """float32 ``[B, 3]``: linear, polarity and centred intensity parts of ``s``."""
   return np.stack([s / 1.5, np.sign(s), (np.abs(s) - 1.2) / 0.9], axis=1).astype(np.float32)
 
 
@@ -107,7 +107,7 @@ def _generate(
     proj = _projection(mrng, d)
     offset = mrng.normal(0.0, 0.5, d).astype(np.float32)
     w = np.asarray(CODE_WEIGHTS[m], np.float32)
-    signal = STRENGTH[m] * (code * w) @ proj + offset  # [N, D]
+    signal = STRENGTH[m] * (code * w) @ proj + offset  # [B, D]
     sigma = (noise * np.exp(mrng.normal(0.0, NOISE_SPREAD, n))).astype(np.float32)
     bad = np.zeros(n, bool)
     bad[corrupt_idx[corrupt_mod == k]] = True
@@ -169,8 +169,8 @@ def synthetic_mosi_with_truth(
 ) -> tuple[Dataset, dict]:
   """Like :func:`synthetic_mosi`, and also the planted truth.
 
-  The truth dict holds ``'splits'``: split -> ``{'latent': float32 [N],
-  'noise_scale': {m: float32 [N]}, 'corrupted': {m: bool [N]}}``, plus
+  The truth dict holds ``'splits'``: split -> ``{'latent': float32 [B],
+  'noise_scale': {m: float32 [B]}, 'corrupted': {m: bool [B]}}``, plus
   ``'projections'`` (m -> float32 ``[3, D]``), ``'strength'`` and ``'code_weights'``.
   """
   return _generate(
@@ -199,7 +199,7 @@ def synthetic_mosi(
 
   Args:
     dims: modality -> D (default text 768, audio 5, vision 20); its keys choose the modalities.
-    seq_len: None -> float32 ``[N, D]`` vectors; ``T`` -> float32 ``[N, T, D]`` with bool ``[N, T]`` masks.
+    seq_len: None -> float32 ``[B, D]`` vectors; ``T`` -> float32 ``[B, T, D]`` with bool ``[B, T]`` masks.
     sizes: (train, valid, test) sizes, default MOSI's standard 1284 / 229 / 686.
     corrupt_fraction: fraction of samples with one modality replaced by noise.
     noise: base per-sample noise scale; corrupt_scale: scale of corrupting noise, in units of ``noise``.
