@@ -265,7 +265,7 @@ def test_ravdess_smoke_on_real_clips(tmp_path):
 def _write_iemocap(root, rng):
   labels = ["neu", "hap", "ang", "sad", "exc", "fru"]
   ids = []
-  for s in (1, 2, 3):
+  for s in (1, 2, 3, 4, 5):
     dialog = f"Ses0{s}F_impro01"
     d = root / f"Session{s}" / "dialog"
     (d / "EmoEvaluation").mkdir(parents=True)
@@ -290,4 +290,4 @@ def _write_iemocap(root, rng):
 def test_iemocap_smoke_on_release_layout(tmp_path):
   _write_iemocap(tmp_path, np.random.default_rng(0))
   res = _smoke("drmoe_iemocap", tmp_path / "run", path=str(tmp_path), features=str(tmp_path / "feats.npz"))
-  assert res["folds"][0]["sizes"] == {"train": 4, "valid": 4, "test": 4}  # frustrated dropped, exc = happy
+  assert res["folds"][0]["sizes"] == {"train": 15, "valid": 5, "test": 5}  # frustrated dropped, exc = happy
