@@ -164,6 +164,7 @@ class EUAR(nn.Module):
       )
       out, routing, metrics = moe(x, deterministic=deterministic)
       gates[f"gate_{m}"] = routing.dense_weights()  # [B, E] per-sample gate weights (zero off the top-k)
+      gates[f"sigma2_{m}"] = out["sigma2"]  # [B] gate-weighted sigma^2 of the selected experts, sum_j G_j sigma_j^2
       feats.append(out["z"])
       per_sample_kl = per_sample_kl + out["kl"]
       per_sample_u = per_sample_u + out["sigma2"] / self.num_experts
