@@ -54,6 +54,9 @@ def himoe_config(name: str, source: str, modalities: str, head: str, threshold: 
       missing_rate=0.0,
       missing_per="sample",
       missing_seed=0,
+      deap_trials=0,  # reduced DEAP files; 0 = 40 trials x 8064 samples
+      deap_samples=0,
+      dreamer_baseline_samples=0,  # 0 = 7808
     )
   )
   c.tasks = ml_collections.ConfigDict(

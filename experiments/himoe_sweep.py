@@ -67,9 +67,10 @@ def get_config():
 
 def smoke(cfg):
   """The sweep's smoke lists; every run is then a platform smoke run (``himoe_deap.smoke``: 1 seed, 2 epochs)."""
-  cfg.sweep.rates = "0.0,0.4"
+  cfg.sweep.rates = "0.4"
   cfg.sweep.variants = "himoe,late"
   cfg.sweep.emotion_experts = "2"
+  cfg.sweep.l_rate = 0.4
 
 
 def parse_rates(spec: str) -> list[float]:

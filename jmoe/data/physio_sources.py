@@ -12,7 +12,8 @@
   (``synthetic_size='small'`` = 8 subjects x 12 trials x 20 s; 'dreamer' = 23 x 18 x 60 s).
 * ``deap``: a ``data_preprocessed_python`` folder (``path``); ``dreamer``: ``DREAMER.mat`` or its folder
   (``path``). Both through :func:`jmoe.data.physio.load_or_build`, cached under ``cache_dir`` (default
-  ``<path>/../jmoe_cache`` for DEAP's folder, next to DREAMER.mat otherwise).
+  ``jmoe_cache`` next to ``path``). Reduced files: ``deap_trials``, ``deap_samples``, ``dreamer_baseline_samples``
+  (0 = the published sizes: 40 trials x 8064 samples; 7808 baseline samples).
 
 Preprocessing fields (every source): ``per`` ('window' -> vectors [B, D]; 'trial' -> sequences [B, T, D] with
 masks), ``window_s``, ``stride_s``, ``baseline`` ('features' | 'mean' | 'none').
@@ -134,7 +135,7 @@ def _synthetic_dreamer(cfg) -> fmt.Dataset:
 
 
 def _real(cfg, kind: str) -> fmt.Dataset:
-  from jmoe.data.physio import load_or_build
+  from jmoe.data.physio import _source_files, load_or_build
 
   if not cfg.get("path"):
     raise ValueError(f"data.source={kind!r} needs --config.data.path (the {kind.upper()} files)")
@@ -142,10 +143,15 @@ def _real(cfg, kind: str) -> fmt.Dataset:
   if not path.exists():
     raise FileNotFoundError(f"data.path {path} does not exist")
   cache = cfg.get("cache_dir") or str(path.parent / "jmoe_cache")
-  ds = load_or_build(path, cache, **_preproc(cfg))
-  want = "DREAMER" if kind == "dreamer" else "DEAP"
-  if want.lower() not in ds.name.lower():
-    raise ValueError(f"data.source={kind!r} but {path} holds {ds.name}; use data.source={ds.name.lower()!r}")
+  found = _source_files(path)[0] if path.is_dir() or path.suffix.lower() == ".mat" else kind
+  if found != kind:
+    raise ValueError(f"data.source={kind!r} but {path} holds {found.upper()} files; use data.source={found!r}")
+  loader = {}
+  if kind == "deap":  # reduced files (tests); 0 = DEAP's 40 trials x 8064 samples
+    loader = {k: int(cfg.get(f"deap_{k}", 0)) for k in ("trials", "samples") if int(cfg.get(f"deap_{k}", 0) or 0)}
+  elif int(cfg.get("dreamer_baseline_samples", 0) or 0):
+    loader = {"baseline_samples": int(cfg.dreamer_baseline_samples)}
+  ds = load_or_build(path, cache, **_preproc(cfg), **loader)
   return _with_missing(ds, cfg)
 
 
