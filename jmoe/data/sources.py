@@ -47,9 +47,20 @@ def _dir(cfg):
 
 
 def _mmsa(cfg):
+  """``data.nonfinite`` (if the experiment's config has it): 'error' (default) or 'zero' (NaN/Inf features -> 0)."""
   from jmoe.data.mmsa import load_mmsa_pickle
 
-  return load_mmsa_pickle(cfg.path)
+  try:
+    return load_mmsa_pickle(cfg.path, nonfinite=cfg.get("nonfinite", "error"))
+  except ValueError as e:
+    if "nonfinite='zero'" not in str(e):
+      raise
+    how = (
+      "--config.data.nonfinite=zero"
+      if "nonfinite" in cfg
+      else "data.nonfinite='zero' in the experiment's config.data (get_config)"
+    )
+    raise ValueError(str(e).replace("pass nonfinite='zero'", f"set {how}")) from None
 
 
 def _tfds(cfg):

@@ -191,6 +191,13 @@ class EUAR(nn.Module):
     return {self.head: pred}, {"losses": losses, "stats": stats, "per_sample": gates}
 
 
+def config_choices() -> dict[str, tuple]:
+  """The allowed values of EUAR's choice keys (validate_config checks them; ``--help`` lists them)."""
+  from jmoe.moe.layer import STRATEGIES
+
+  return {"model.expert": tuple(sorted(EXPERTS)), "model.fusion": ("moe", "late"), "model.dispatch": tuple(STRATEGIES)}
+
+
 def validate_config(cfg) -> None:
   """EUAR's model config: one line naming the key, the value and what is allowed."""
   from jmoe.moe.layer import STRATEGIES

@@ -18,6 +18,7 @@ The model is ``jmoe.models.<config.model_name>.build(config, dataset, tasks)`` (
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import json
 import sys
@@ -42,7 +43,16 @@ log = loop.log
 FOLD_KINDS = ("predefined", "kfold", "logo", "random")
 MEMBERS = ("sequential", "vmap")
 # Keys that may change between a run and its resumption without changing what is computed.
-RUNTIME_KEYS = ("quiet", "stop_after_epochs", "debug", "devices", "parallel", "distributed", "workdir")
+RUNTIME_KEYS = (
+  "quiet",
+  "stop_after_epochs",
+  "debug",
+  "devices",
+  "parallel",
+  "distributed",
+  "workdir",
+  "discard_damaged",
+)
 
 
 def base_config(name: str, model_name: str) -> ml_collections.ConfigDict:
@@ -62,6 +72,7 @@ def base_config(name: str, model_name: str) -> ml_collections.ConfigDict:
   c.stop_after_epochs = -1  # debug: simulate an interruption after N epochs of this invocation
   c.quiet = False
   c.debug = False  # show tracebacks instead of one-line errors
+  c.discard_damaged = False  # a damaged checkpoint: False = stop with one line naming it; True = retrain that seed
   c.folds = ml_collections.ConfigDict(
     dict(
       kind="predefined",  # predefined (train/valid/test) | kfold | logo (leave groups out) | random (leaky demo)
@@ -226,9 +237,18 @@ def run(cfg: ml_collections.ConfigDict, smoke: Callable[[ml_collections.ConfigDi
     f"best epoch on valid by {select}"
   )
   table = report.table(st.tasks, summary, title)
-  diverged = [f"{f['name']}/seed {r['seed']}" for f in fold_results for r in f["seeds"] if r["status"] != "ok"]
-  if diverged:
-    table += f"\nDiverged (left out of the means): {', '.join(diverged)}\n"
+  left_out = [
+    f"{f['name']}/seed {r['seed']} ({r['status']})" for f in fold_results for r in f["seeds"] if r["status"] != "ok"
+  ]
+  if left_out:
+    table += f"\nLeft out of the means: {', '.join(left_out)}\n"
+  for t in st.tasks:
+    for split, metrics in summary[t.name].items():
+      undefined = [m for m, v in metrics.items() if v is None]
+      if undefined:
+        log(
+          f"warning: {t.name} {split} {', '.join(undefined)} undefined on every seed (reported as null / 'undefined')"
+        )
   out = {
     "name": cfg.name,
     "dataset": ds.name,
@@ -253,13 +273,88 @@ def _sizes(fold: loop.FoldData) -> dict[str, int]:
   return {"train": len(fold.train), "valid": len(fold.valid), "test": len(fold.test)}
 
 
+def _leaves(cfg: ml_collections.ConfigDict, prefix: str = ""):
+  """(dotted key, value) of every leaf of ``cfg``, depth first, in the config's order."""
+  for k, v in cfg.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      yield from _leaves(v, f"{prefix}{k}.")
+    else:
+      yield f"{prefix}{k}", v
+
+
+def unknown_key(argv: list[str], cfg: ml_collections.ConfigDict) -> str | None:
+  """One line for the first ``--config.<key>`` of ``argv`` that ``cfg`` does not have (with a did-you-mean)."""
+  leaves = [k for k, _ in _leaves(cfg)]
+  known = set(leaves) | {k.rsplit(".", n)[0] for k in leaves for n in range(1, k.count(".") + 1)}
+  for arg in argv:
+    if arg == "--":
+      break
+    for lead in ("--config.", "--noconfig."):
+      if arg.startswith(lead):
+        key = arg[len(lead) :].split("=", 1)[0]
+        if key not in known:
+          close = difflib.get_close_matches(key, leaves, n=1, cutoff=0.5)
+          return f"unknown config key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+  return None
+
+
+def config_choices(cfg: ml_collections.ConfigDict) -> dict[str, tuple]:
+  """{dotted key: allowed values} of the keys that take one of a fixed set of values."""
+  sources._register_builtin()
+  out = {"members": MEMBERS, "parallel": ("pmap", "jit"), "folds.kind": FOLD_KINDS}
+  if "data" in cfg:
+    out["data.source"] = tuple(sorted(sources.SOURCES))
+    if "nonfinite" in cfg.data:
+      out["data.nonfinite"] = ("error", "zero")
+  try:
+    model = importlib.import_module(f"jmoe.models.{cfg.model_name}")
+  except ModuleNotFoundError:
+    return out
+  return {**out, **getattr(model, "config_choices", dict)()}
+
+
+def help_text(cfg: ml_collections.ConfigDict, prog: str) -> str:
+  """``--help``: usage and the config with its nesting, defaults and the allowed values of each choice."""
+  choices = config_choices(cfg)
+  lines = [
+    f"usage: {prog} [--config.KEY=VALUE ...]   (re-running the same command resumes)",
+    "",
+    "config (key: default  # allowed values); e.g. --config.optim.lr=3e-4 --config.seeds=3",
+  ]
+  shown: set[str] = set()
+  for key, value in _leaves(cfg):
+    parts = key.split(".")
+    for depth in range(len(parts) - 1):
+      node = ".".join(parts[: depth + 1])
+      if node not in shown:
+        shown.add(node)
+        lines.append(f"{'  ' * (depth + 1)}{parts[depth]}:")
+    note = f"  # one of {', '.join(map(str, choices[key]))}" if key in choices else ""
+    lines.append(f"{'  ' * len(parts)}{parts[-1]}: {value!r}{note}")
+  lines += [
+    "",
+    "errors print one line and exit 2 (--config.debug=True shows the traceback); a damaged checkpoint stops the run:",
+    "--config.discard_damaged=True discards that seed's checkpoints and retrains it.",
+  ]
+  return "\n".join(lines)
+
+
 def cli(get_config: Callable[[], ml_collections.ConfigDict], smoke=None) -> None:
   """``python -m experiments.<name> [--config.key=value ...]``: one-line errors (``--config.debug=True`` for the
-  traceback), exit status 2 on bad input."""
+  traceback), exit status 2 on bad input; ``--help`` prints the config and exits 0."""
   from absl import app as absl_app
   from absl import logging
   from ml_collections import config_flags
 
+  args = sys.argv[1:]
+  if any(a in ("-h", "--help", "--helpshort") for a in args):
+    print(help_text(get_config(), f"python -m experiments.{Path(sys.argv[0]).stem}"))
+    sys.exit(0)
+  bad = unknown_key(args, get_config())
+  if bad:
+    print(f"error: {bad}", file=sys.stderr)
+    print("(--help lists every config key)", file=sys.stderr)
+    sys.exit(2)
   flag = config_flags.DEFINE_config_dict("config", get_config())
 
   def main(argv):

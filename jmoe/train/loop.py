@@ -6,7 +6,13 @@ order, RNG, early stopping and checkpoints; a stopped or diverged member stops u
 
 * every epoch: train, evaluate every task on the validation split, select on ``config.select``
   (``'<task>/<metric>'``, default the first task's rule) -- validation only, never test;
-* ``seed_<s>/latest`` (resume) and ``seed_<s>/best`` (evaluation) orbax checkpoints and one JSONL line;
+* ``seed_<s>/latest`` (resume) and ``seed_<s>/best`` (evaluation) orbax checkpoints and one JSONL line, in the
+  order best, JSONL line, latest: an interruption anywhere in between redoes the epoch from the previous latest
+  (the JSONL lines after it are dropped, an existing best step is replaced), so a resumed run ends with the
+  checkpoints and the JSONL of an uninterrupted one;
+* a damaged checkpoint (unreadable, or not matching the checksum written with it; a best checkpoint that latest
+  records but that is missing) stops the run with one line naming it; with ``config.discard_damaged=True`` that
+  seed's checkpoints and JSONL are discarded and the seed is retrained;
 * a non-finite (or, with ``optim.max_loss``, exploding) training loss stops the member as *diverged*: its best
   checkpoint is kept, it is reported as diverged, and a re-run never resumes training it;
 * at the end: the best checkpoint is evaluated once on test, and the test outputs (every head, the model's
@@ -19,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,7 +39,7 @@ from jmoe.data import format as fmt
 from jmoe.train import batches as batches_lib
 from jmoe.train import state as state_lib
 from jmoe.train import tasks as tasks_lib
-from jmoe.train.checkpoints import Checkpoints
+from jmoe.train.checkpoints import Checkpoints, DamagedCheckpointError
 
 
 def log(msg: str) -> None:
@@ -125,11 +133,7 @@ def fit(setup: Setup, fold: FoldData, seeds: list[int], fold_dir: Path) -> list[
 
 
 def _fit_group(setup: Setup, fold: FoldData, seeds: list[int], fold_dir: Path, vmapped: bool) -> list[dict]:
-  cfg, opt, dp = setup.cfg, setup.cfg.optim, setup.dp
-  mods, heads = setup.modalities, setup.heads
-  m_count = len(seeds)
-  train_fn, eval_fn = setup.member_steps if vmapped else setup.steps
-  sample = next(batches_lib.iterate_batches(fold.train, mods, opt.batch_size, 1))
+  sample = next(batches_lib.iterate_batches(fold.train, setup.modalities, setup.cfg.optim.batch_size, 1))
   sample = jax.tree.map(lambda a: a[0], sample)
   init = lambda s: state_lib.create_state(
     setup.model, setup.tx, sample, jax.random.key(s), setup.hparams, setup.init_fn
@@ -137,15 +141,69 @@ def _fit_group(setup: Setup, fold: FoldData, seeds: list[int], fold_dir: Path, v
   states = [init(s) for s in seeds]
   dirs = [fold_dir / f"seed_{s}" for s in seeds]
   ckpts = [Checkpoints(d) for d in dirs]
-  books = []
-  for i, (ck, s) in enumerate(zip(ckpts, seeds)):
-    restored = ck.restore_latest(states[i])
+  try:
+    return _train_group(setup, fold, seeds, fold_dir, vmapped, states, dirs, ckpts)
+  finally:
+    for ck in ckpts:
+      ck.close()
+
+
+def _resume(setup: Setup, ckpts: list, i: int, d: Path, like, where: str) -> tuple[Any, dict]:
+  """(state, book) of member ``i`` from its latest checkpoint (``like`` and a fresh book if none), its best
+  checkpoint verified too; a damaged one raises a one-line error, or is discarded with config.discard_damaged."""
+  ck = ckpts[i]
+  try:
+    restored = ck.restore_latest(like)
     if restored is None:
-      books.append(_new_book())
-      continue
-    states[i], book = restored
-    books.append({**_new_book(), **book})
-    log(f"  {fold.name} seed {s}: resuming after epoch {book['epoch']} from {dirs[i] / 'latest'}")
+      return like, _new_book()
+    state, book = restored[0], {**_new_book(), **restored[1]}
+    best_step = ck.best_step()
+    if book["best_epoch"] >= 0 and (
+      best_step is None or (best_step != book["best_epoch"] and best_step <= book["epoch"])
+    ):
+      raise DamagedCheckpointError(
+        f"{d / 'best'} lacks epoch {book['best_epoch']}, the best one {d / 'latest'} records"
+      )
+    if best_step is not None:
+      ck.restore_best(like)  # verified now rather than after the other seeds have trained
+  except DamagedCheckpointError as e:
+    if not setup.cfg.get("discard_damaged", False):
+      raise DamagedCheckpointError(
+        f"damaged checkpoint: {e}; re-run with --config.discard_damaged=True to discard {d} and retrain {where}"
+      ) from None
+    log(f"  {where}: damaged checkpoint ({e}): discarded (config.discard_damaged=True), retraining from scratch")
+    ck.close()
+    for name in ("latest", "best"):
+      shutil.rmtree(d / name, ignore_errors=True)
+    for name in ("metrics.jsonl", "test_outputs.npz"):
+      (d / name).unlink(missing_ok=True)
+    ckpts[i] = Checkpoints(d)
+    return like, _new_book()
+  log(f"  {where}: resuming after epoch {book['epoch']} from {d / 'latest'}")
+  return state, book
+
+
+def _write_atomic(path: Path, text: str) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+  """One JSONL line per epoch (a module function so that tests can interrupt the save sequence here)."""
+  with path.open("a") as f:
+    f.write(json.dumps(jsonable(record)) + "\n")
+
+
+def _train_group(setup, fold, seeds, fold_dir, vmapped, states, dirs, ckpts) -> list[dict]:
+  cfg, opt, dp = setup.cfg, setup.cfg.optim, setup.dp
+  mods, heads = setup.modalities, setup.heads
+  m_count = len(seeds)
+  train_fn, eval_fn = setup.member_steps if vmapped else setup.steps
+  books = []
+  for i, s in enumerate(seeds):
+    states[i], book = _resume(setup, ckpts, i, dirs[i], states[i], f"{fold.name} seed {s}")
+    books.append(book)
   start = {b["epoch"] for b in books}
   if len(start) > 1:
     raise ValueError(
@@ -155,8 +213,14 @@ def _fit_group(setup: Setup, fold: FoldData, seeds: list[int], fold_dir: Path, v
   for d, b in zip(dirs, books):  # keep the epochs that the checkpoint covers, drop any written after it
     jsonl = d / "metrics.jsonl"
     if jax.process_index() == 0:
-      lines = jsonl.read_text().splitlines() if jsonl.exists() else []
-      jsonl.write_text("".join(l + "\n" for l in lines if json.loads(l)["epoch"] <= b["epoch"]))
+      keep = []
+      for line in jsonl.read_text().splitlines() if jsonl.exists() else []:
+        try:
+          if json.loads(line)["epoch"] <= b["epoch"]:
+            keep.append(line + "\n")
+        except ValueError:  # a line cut short by a kill: the checkpoint does not cover it
+          break
+      _write_atomic(jsonl, "".join(keep))
   stack = lambda trees: jax.tree.map(lambda *xs: np.stack(xs), *trees)
   state_r = dp.replicate(stack(states) if vmapped else states[0])
   rng_seeds = [jax.random.key(10_000 + s) for s in seeds]
@@ -173,8 +237,6 @@ def _fit_group(setup: Setup, fold: FoldData, seeds: list[int], fold_dir: Path, v
     if not active.any():
       break
     if 0 <= cfg.get("stop_after_epochs", -1) <= epochs_run:
-      for ck in ckpts:
-        ck.close()
       raise KeyboardInterrupt(f"stop_after_epochs={cfg.stop_after_epochs} (simulated interruption)")
     step_metrics = []
     shuffles = [s * 100_003 + epoch for s in seeds]
@@ -226,17 +288,13 @@ def _fit_group(setup: Setup, fold: FoldData, seeds: list[int], fold_dir: Path, v
         book.update(best_value=value, best_epoch=epoch)
         ckpts[i].save_best(epoch, member_state, {"epoch": epoch, "valid": val})
       book["stopped"] = book["bad_epochs"] >= opt.patience
-      ckpts[i].save_latest(epoch, member_state, book)
       if jax.process_index() == 0:
-        with (dirs[i] / "metrics.jsonl").open("a") as f:
-          f.write(json.dumps(jsonable({"epoch": epoch, "train": train_m, "valid": val})) + "\n")
+        _append_jsonl(dirs[i] / "metrics.jsonl", {"epoch": epoch, "train": train_m, "valid": val})
+      ckpts[i].save_latest(epoch, member_state, book)  # last: it marks the epoch as done
     sel = f"{setup.select_task.name}/{setup.select_task.select}"
     bar.set_postfix(loss=f"{train_ms[0]['loss']:.3f}", best=books[0]["best_epoch"], sel=sel)
     epochs_run += 1
-  results = _final_results(setup, fold, seeds, dirs, ckpts, books, states, vmapped)
-  for ck in ckpts:
-    ck.close()
-  return results
+  return _final_results(setup, fold, seeds, dirs, ckpts, books, states, vmapped)
 
 
 def _final_results(setup, fold, seeds, dirs, ckpts, books, like_states, vmapped) -> list[dict]:
@@ -244,8 +302,14 @@ def _final_results(setup, fold, seeds, dirs, ckpts, books, like_states, vmapped)
   results, best_params, metas = [], [], []
   for i, s in enumerate(seeds):
     best = ckpts[i].restore_best(like_states[i])
-    if best is None:
-      results.append({"seed": s, "status": "diverged", "best_epoch": None, "valid": None, "test": None})
+    if best is None:  # diverged in its first epoch, or the selection metric was undefined at every epoch
+      status = "diverged" if books[i].get("diverged") else "no valid selection metric"
+      if status != "diverged":
+        log(
+          f"  {fold.name} seed {s}: valid {setup.select_task.name}/{setup.select_task.select} was undefined at every "
+          "epoch: no checkpoint selected (choose another --config.select)"
+        )
+      results.append({"seed": s, "status": status, "best_epoch": None, "valid": None, "test": None})
       continue
     state, meta = best
     best_params.append((i, state.params))

@@ -51,7 +51,10 @@ def table(tasks, summary, title: str) -> str:
   parts = []
   for t in tasks:
     cols = list(tasks_lib.headline_metrics(t))
-    rows = [{"split": split, **summary[t.name][split]} for split in ("valid", "test")]
+    rows = [
+      {"split": split, **{m: "undefined" if v is None else v for m, v in summary[t.name][split].items()}}
+      for split in ("valid", "test")
+    ]
     variant = {
       "sentiment": "MMSA metrics: Has0/Non0 Acc2 and weighted F1",
       "regression": "CCC/PCC/MAE per dimension",
@@ -60,6 +63,10 @@ def table(tasks, summary, title: str) -> str:
       "sentiment_class": f"{len(t.classes or ())}-class view of the score: UA, WA = accuracy, weighted F1",
     }[t.kind]
     parts.append(metrics_lib.format_table(rows, ["split", *cols], title=f"{title} — task {t.name} ({variant})"))
+    if any(v == "undefined" for r in rows for v in r.values()):
+      parts.append(
+        "undefined: no seed had a value (e.g. Non0 metrics with every label 0, or no seed with a selected checkpoint)\n"
+      )
   return "\n".join(parts)
 
 
