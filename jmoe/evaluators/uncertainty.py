@@ -12,6 +12,8 @@ identical to the run's):
 * ``rho_noise``: Spearman correlation of ``sigma2_m`` with the planted per-sample noise scale, on the clean samples
   (on the corrupted ones the signal is gone: their level is ``corrupt_scale * noise``);
 * ``rho_noise_all``: the same over all samples, the corrupted ones at their effective level ``corrupt_scale * noise``;
+* ``auroc_gate_mass`` / ``auroc_per_gate``: AUROC of the top-k gate mass ``sum_j G_j`` (the softmax scores are not
+  renormalised) and of ``sigma2_m / sum_j G_j`` (the mean variance of the selected experts): which part detects;
 * ``auroc_input_norm``: reference, no learning: AUROC of the input's L2 norm (how detectable the corruption is);
 * ``rho_abs_error``: Spearman correlation of ``sum_m sigma2_m`` with the sample's absolute error.
 
@@ -33,7 +35,15 @@ from jmoe import metrics as metrics_lib
 from jmoe.data import format as fmt
 from jmoe.data import sources
 
-PER_MODALITY = ("auroc_corrupt", "rho_noise", "rho_noise_all", "auroc_input_norm", "n_corrupt")
+PER_MODALITY = (
+  "auroc_corrupt",
+  "rho_noise",
+  "rho_noise_all",
+  "auroc_gate_mass",
+  "auroc_per_gate",
+  "auroc_input_norm",
+  "n_corrupt",
+)
 
 
 class RunError(ValueError):
@@ -99,8 +109,9 @@ def _arg(source: str, name: str) -> float:
   return float(tail.split(",")[0].split(")")[0])
 
 
-def seed_diagnostic(sigma2: dict[str, np.ndarray], truth: dict, features: dict, abs_error, level: float) -> dict:
-  """One seed: {modality: {metric: value}} and ``rho_abs_error``. ``level``: corrupt_scale * noise."""
+def seed_diagnostic(sigma2, truth: dict, features: dict, abs_error, level: float, gate_mass=None) -> dict:
+  """One seed: {modality: {metric: value}} and ``rho_abs_error``. ``level``: corrupt_scale * noise; ``gate_mass``:
+  {m: sum_j G_j [B]} (optional)."""
   out: dict = {"modalities": {}}
   for m, s in sigma2.items():
     bad = np.asarray(truth["corrupted"][m], bool)
@@ -111,6 +122,8 @@ def seed_diagnostic(sigma2: dict[str, np.ndarray], truth: dict, features: dict, 
       "auroc_corrupt": auroc(s, bad),
       "rho_noise": spearman(s[~bad], noise[~bad]),
       "rho_noise_all": spearman(s, np.where(bad, level, noise)),
+      "auroc_gate_mass": auroc(gate_mass[m], bad) if gate_mass else None,
+      "auroc_per_gate": auroc(s / np.maximum(gate_mass[m], 1e-12), bad) if gate_mass else None,
       "auroc_input_norm": auroc(norm, bad),
       "n_corrupt": int(bad.sum()),
     }
@@ -119,12 +132,14 @@ def seed_diagnostic(sigma2: dict[str, np.ndarray], truth: dict, features: dict, 
   return out
 
 
-def _sigma2_from_outputs(path: Path, modalities: Sequence[str]) -> dict[str, np.ndarray] | None:
-  with np.load(path) as z:
-    keys = [f"per_sample.sigma2_{m}" for m in modalities]
-    if not all(k in z for k in keys):
-      return None
-    return {m: np.asarray(z[k], np.float64) for m, k in zip(modalities, keys)}
+def _per_sample(outs, modalities: Sequence[str], sep: str) -> tuple[dict, dict] | None:
+  """({m: sigma2 [B]}, {m: gate mass [B]}) from test outputs (keys ``per_sample<sep>sigma2_<m>``, ``..gate_<m>``)."""
+  keys = [f"per_sample{sep}sigma2_{m}" for m in modalities]
+  if not all(k in outs for k in keys):
+    return None
+  sigma2 = {m: np.asarray(outs[k], np.float64) for m, k in zip(modalities, keys)}
+  mass = {m: np.asarray(outs[f"per_sample{sep}gate_{m}"], np.float64).sum(-1) for m in modalities}
+  return sigma2, mass
 
 
 def _mean_std(vals) -> list | None:
@@ -162,8 +177,9 @@ def diagnose(run_dir) -> dict:
       if not np.array_equal(np.asarray(z["ids"]).astype(str), np.asarray(test.ids).astype(str)):
         raise RunError(f"{path}: its sample ids are not the dataset's test split")
       pred, y = np.asarray(z[head], np.float64), np.asarray(z[f"label.{label}"], np.float64)
-    sigma2 = _sigma2_from_outputs(path, mods)
-    if sigma2 is None:  # a run trained before the model returned sigma2_<m>: evaluate its best checkpoint
+    with np.load(path) as z:
+      got = _per_sample(z, mods, ".")
+    if got is None:  # a run trained before the model returned sigma2_<m>: evaluate its best checkpoint
       if loaded is None:
         from jmoe.evaluators.robustness import load_run
 
@@ -173,8 +189,9 @@ def diagnose(run_dir) -> dict:
       st = loaded.setup
       params = st.dp.replicate(loaded.params[(0, r["seed"])])
       outs = loop.predict(st, st.steps[1], params, loaded.folds[0].test, None)[0]
-      sigma2 = {m: np.asarray(outs[f"per_sample/sigma2_{m}"], np.float64) for m in mods}
-    d = seed_diagnostic(sigma2, truth, test.features, np.abs(pred - y), level)
+      got = _per_sample(outs, mods, "/")
+    sigma2, mass = got
+    d = seed_diagnostic(sigma2, truth, test.features, np.abs(pred - y), level, mass)
     d["seed"] = r["seed"]
     d["test"] = r["test"][task]
     d["sigma2_range"] = {m: [float(v.min()), float(v.max())] for m, v in sigma2.items()}
@@ -207,7 +224,8 @@ def table(out: dict) -> str:
   ]
   for row, (m, s) in zip(rows, out["summary"].items()):
     row["n_corrupt"] = s["n_corrupt"]
-  cols = ["modality", "n_corrupt", "auroc_corrupt", "auroc_input_norm", "rho_noise", "rho_noise_all"]
+  cols = ["modality", "n_corrupt", "auroc_corrupt", "auroc_per_gate", "auroc_gate_mass", "auroc_input_norm"]
+  cols += ["rho_noise", "rho_noise_all"]
   for row in rows:
     for c in cols:
       row.setdefault(c, (float("nan"), float("nan")))
