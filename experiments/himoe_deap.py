@@ -96,8 +96,7 @@ def himoe_config(name: str, source: str, modalities: str, head: str, threshold: 
 def smoke(config):
   """The smoke variant: 3 subjects x 4 trials x 10 s, the first of 2 folds (the app also sets 1 seed, 2 epochs).
 
-  One fold, because the platform compiles the train and eval steps again for every fold (~5-25 s each on a busy
-  2-core machine)."""
+  One fold keeps it short: compiling the train and eval steps takes ~5-25 s on a busy 2-core machine."""
   if config.data.source.startswith("synthetic"):
     config.data.synthetic_subjects = 3
     config.data.synthetic_trials = 4

@@ -234,7 +234,7 @@ class DataParallel:
   def replicate(self, tree):
     """Host pytree -> the layout the steps take (pmap: [P, ...] per leaf; jit: replicated global arrays)."""
     if self.kind == "pmap":
-      sharding = NamedSharding(Mesh(np.array(self.devices), ("d",)), P("d"))
+      sharding = NamedSharding(Mesh(np.array(self.devices), (AXIS,)), P(AXIS))
       put = lambda x: jax.device_put(np.broadcast_to(np.asarray(x)[None], (len(self.devices),) + np.shape(x)), sharding)
       return jax.tree.map(put, tree)
     return replicate_on_mesh(tree, self.mesh)
