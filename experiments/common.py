@@ -21,6 +21,7 @@ def euar_config(name: str, synthetic_kind: str, text_dim: int, audio_dim: int, v
       synthetic_dims=(text_dim, audio_dim, vision_dim),
       synthetic_sizes=(),
       seq_len=0,
+      nonfinite="error",  # mmsa pickles: 'error' refuses NaN/Inf features, 'zero' replaces them with 0
     )
   )
   c.tasks = ml_collections.ConfigDict({"sentiment": dict(kind="sentiment", head="sentiment", loss="mse", weight=1.0)})
