@@ -171,7 +171,9 @@ def nt_xent(
   w = w.astype(dtype)
 
   def unit(z):
-    return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+    # sqrt(max(||z||^2, 1e-24)) rather than max(||z||, 1e-12): the same value, but a finite gradient for an
+    # all-zero row (a missing modality), whose d||z|| would be NaN and poison even a weight-0 row's 0 * NaN.
+    return z * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(z), axis=-1, keepdims=True), 1e-24))
 
   u_a, u_b = unit(z_a), unit(z_b.astype(dtype))
   if axis_name is None:

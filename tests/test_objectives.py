@@ -237,3 +237,18 @@ def test_data_parallel_exact(parallel_results):
   # the training loop's rule: pmean of per-device parameter gradients == the single-device gradient
   r = res["param_grad"]
   assert r["value_diff"] <= 1e-5 and r["grad_diff"] <= 1e-5 * max(1.0, r["grad_max"]), r
+
+
+def test_nt_xent_gradient_is_finite_for_all_zero_rows():
+  """A missing modality gives all-zero embeddings; with weight 0 they must not poison the gradient with NaN."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from jmoe.objectives import nt_xent
+
+  z_a = jax.random.normal(jax.random.key(0), (6, 4)).at[2].set(0.0)
+  z_b = jax.random.normal(jax.random.key(1), (6, 4)).at[2].set(0.0)
+  w = jnp.ones(6).at[2].set(0.0)
+  g = jax.grad(lambda a, b: nt_xent(a, b, w, 0.5), argnums=(0, 1))(z_a, z_b)
+  assert all(np.isfinite(np.asarray(x)).all() for x in g)
