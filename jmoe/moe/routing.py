@@ -159,6 +159,20 @@ def _check_mask(mask, n: int) -> jax.Array | None:
   return mask.astype(bool)
 
 
+def _build(weights, index, probs, logits, mask, loss_weights, metric_weights=None) -> Routing:
+  """A Routing with its metrics (computed on ``metric_weights`` when given, e.g. a hard one-hot)."""
+  mw = weights if metric_weights is None else metric_weights
+  return Routing(
+    weights=weights,
+    index=index,
+    probs=probs,
+    logits=logits,
+    mask=mask,
+    metrics=routing_metrics(probs, logits, mw, index, mask, loss_weights),
+    num_experts=(probs if probs is not None else weights).shape[-1],
+  )
+
+
 def top_k_routing(
   logits: jax.Array,
   k: int,
@@ -185,16 +199,7 @@ def top_k_routing(
     weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
   if mask is not None:
     weights = weights * mask[:, None]
-  index = index.astype(jnp.int32)
-  return Routing(
-    weights=weights,
-    index=index,
-    probs=probs,
-    logits=logits,
-    mask=mask,
-    metrics=routing_metrics(probs, logits, weights, index, mask, loss_weights),
-    num_experts=logits.shape[-1],
-  )
+  return _build(weights, index.astype(jnp.int32), probs, logits, mask, loss_weights)
 
 
 def soft_routing(
@@ -210,15 +215,7 @@ def soft_routing(
   mask = _check_mask(mask, logits.shape[-2])
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   weights = probs if mask is None else probs * mask[:, None]
-  return Routing(
-    weights=weights,
-    index=None,
-    probs=probs,
-    logits=logits,
-    mask=mask,
-    metrics=routing_metrics(probs, logits, weights, None, mask, loss_weights),
-    num_experts=logits.shape[-1],
-  )
+  return _build(weights, None, probs, logits, mask, loss_weights)
 
 
 def weights_routing(
@@ -281,15 +278,7 @@ def top1_routing(
     raise ValueError(f"top1_routing estimator must be 'straight_through' or 'switch', got {estimator!r}")
   if mask is not None:
     weights = weights * mask[:, None]
-  return Routing(
-    weights=weights,
-    index=None,
-    probs=probs,
-    logits=logits,
-    mask=mask,
-    metrics=routing_metrics(probs, logits, onehot, None, mask, loss_weights),
-    num_experts=logits.shape[-1],
-  )
+  return _build(weights, None, probs, logits, mask, loss_weights, metric_weights=onehot)
 
 
 def _loss_weights(router) -> dict[str, float]:
