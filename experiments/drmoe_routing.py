@@ -65,7 +65,10 @@ def analyze(run: str | Path, planted: dict[str, str] | None = None) -> dict:
   mods = sorted({k[len("per_sample.scale_") :] for o in outs for k in o if k.startswith("per_sample.scale_")})
   if not mods:
     raise ValueError(f"{run}: test outputs have no per_sample.scale_<m> (not a DR-MoE run?)")
-  y = np.concatenate([o[f"label.{head}"] for o in outs])
+  # Samples without a label for the head (``label_mask.<head>``, saved by the platform since it has existed;
+  # older runs lack it: every sample counts) are left out of the per-class tables.
+  keep = [o.get(f"label_mask.{head}", np.ones(len(o[f"label.{head}"]), bool)).astype(bool) for o in outs]
+  y = np.concatenate([o[f"label.{head}"][k] for o, k in zip(outs, keep)])
   res: dict = {"run": str(run), "head": head, "classes": list(names), "files": len(outs), "modalities": {}}
   if cfg["data"]["source"] == "synthetic_scale" and planted is None:
     from jmoe.data import speech_sources  # noqa: F401  (registers the source)
@@ -76,7 +79,7 @@ def analyze(run: str | Path, planted: dict[str, str] | None = None) -> dict:
 
     planted = planted_scales(sources.load(ml_collections.ConfigDict(cfg["data"])))
   for m in mods:
-    s = np.concatenate([o[f"per_sample.scale_{m}"] for o in outs]).astype(int)
+    s = np.concatenate([o[f"per_sample.scale_{m}"][k] for o, k in zip(outs, keep)]).astype(int)
     per = {}
     for c, name in enumerate(names):
       sel = y == c

@@ -202,9 +202,13 @@ def test_synthetic_smoke_and_routing_analysis(tmp_path):
   files = list((tmp_path / "run").glob("fold_*/seed_*/test_outputs.npz"))
   assert len(files) == 1
   with np.load(files[0]) as z:
-    assert {"per_sample.scale_audio", "per_sample.scale_text", "per_sample.gate_audio", "label.emotion4"} <= set(
-      z.files
-    )
+    assert {
+      "per_sample.scale_audio",
+      "per_sample.scale_text",
+      "per_sample.gate_audio",
+      "label.emotion4",
+      "label_mask.emotion4",
+    } <= set(z.files)
   out = drmoe_routing.report(tmp_path / "run")
   assert set(out["modalities"]) == {"audio", "text"}
   assert out["planted"] == {"angry": "local", "happy": "local", "neutral": "global", "sad": "global"}
@@ -242,6 +246,26 @@ def test_routing_analysis_on_written_outputs(tmp_path):
   assert claims == {"angry_leans_local": True, "sad_leans_global": True, "neutral_leans_global": False}
   with pytest.raises(FileNotFoundError, match="no config.json"):
     drmoe_routing.analyze(tmp_path)
+
+
+def test_routing_analysis_leaves_out_unlabelled_samples(tmp_path):
+  """``label_mask.<head>`` in the test outputs: unlabelled samples (label 0 as a filler) count in no class."""
+  from experiments import drmoe_routing
+
+  run = tmp_path / "run"
+  cfg = {"data": {"source": "ravdess"}, "tasks": {"emotion": {"label": "emotion4"}}}
+  (run / "fold_0" / "seed_0").mkdir(parents=True)
+  (run / "config.json").write_text(json.dumps(cfg))
+  np.savez(
+    run / "fold_0" / "seed_0" / "test_outputs.npz",
+    ids=np.array(["a"] * 4),
+    **{"label.emotion4": np.array([0, 0, 2, 0])},
+    **{"label_mask.emotion4": np.array([True, False, True, False])},
+    **{"per_sample.scale_audio": np.array([1, 0, 0, 0])},
+  )
+  per = drmoe_routing.analyze(run)["modalities"]["audio"]
+  assert per["classes"]["neutral"] == {"n": 1, "local": 0.0, "global": 1.0}
+  assert per["overall_local"] == 0.5
 
 
 def test_ravdess_missing_features_says_what_to_run(tmp_path):

@@ -330,5 +330,6 @@ def _final_results(setup, fold, seeds, dirs, ckpts, books, like_states, vmapped)
       if jax.process_index() == 0:
         arrays = {k.replace("/", "."): v for k, v in outs[j].items()}
         arrays.update({f"label.{h}": np.asarray(fold.test.labels[h]) for h in setup.heads})
+        arrays.update({f"label_mask.{h}": fold.test.label_mask(h) for h in setup.heads})
         np.savez(dirs[i] / "test_outputs.npz", ids=np.asarray(fold.test.ids).astype(str), **arrays)
   return sorted(results, key=lambda r: seeds.index(r["seed"]))
