@@ -57,6 +57,12 @@ def apply_ablation(c) -> None:
   """Turn ``config.ablation`` into config changes (called by smoke / the CLI before validation)."""
   if c.ablation not in ABLATIONS:
     raise ValueError(f"config.ablation={c.ablation!r} is invalid: choose one of {ABLATIONS}")
+  # The CLI's config (config_flags) is locked, and deleting a field of a locked ConfigDict raises KeyError.
+  with c.unlocked():
+    _apply_ablation(c)
+
+
+def _apply_ablation(c) -> None:
   if c.ablation == "no_hierarchy":
     c.model.levels = 0
     if "gene/levels" in c.population.genes:

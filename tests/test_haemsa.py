@@ -140,6 +140,22 @@ def test_ablations_build(ablation):
     assert "unified" not in out and float(jnp.sum(aux["losses"]["kl"])) == 0.0
 
 
+@pytest.mark.parametrize("ablation", haemsa_mosi.ABLATIONS)
+def test_ablation_on_locked_config(ablation):
+  """The CLI hands apply_ablation a locked ConfigDict (config_flags): deleting genes / tasks must still work."""
+  c = haemsa_mosi.get_config()
+  c.ablation = ablation
+  c.lock()
+  haemsa_mosi.apply_ablation(c)
+  assert c.is_locked
+  if ablation == "no_hierarchy":
+    assert c.model.levels == 0 and "gene/levels" not in c.population.genes
+  if ablation in ("no_shared", "no_mtl"):
+    assert "unified" not in c.tasks and not any(k.startswith("gene/shared_in/") for k in c.population.genes)
+  if ablation == "no_mtl":
+    assert list(c.tasks) == ["sentiment"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("ablation", ["full", "no_evolution"])
 def test_experiment_smoke(tmp_path, ablation):
