@@ -41,7 +41,7 @@ from jmoe.train import tasks as tasks_lib
 
 log = loop.log
 FOLD_KINDS = ("predefined", "kfold", "logo", "random")
-MEMBERS = ("sequential", "vmap")
+MEMBERS = ("sequential", "vmap", "vmap_folds")
 # Keys that may change between a run and its resumption without changing what is computed.
 RUNTIME_KEYS = (
   "quiet",
@@ -63,7 +63,8 @@ def base_config(name: str, model_name: str) -> ml_collections.ConfigDict:
   c.workdir = f"runs/{name}"
   c.seeds = 5
   c.seed_offset = 0
-  c.members = "sequential"  # 'vmap': train all seeds of a fold as one compiled program over a member axis
+  c.members = "sequential"  # 'vmap': the seeds of a fold as one compiled program over a member axis;
+  # 'vmap_folds': every fold x seed as one program (folds of equal split sizes)
   c.devices = 0  # 0 = all devices (pmap: local ones; jit: every process's); N = the first N
   c.parallel = "pmap"  # data parallel: 'pmap' (local devices) | 'jit' (Mesh/NamedSharding; multi-host)
   c.distributed = False  # jax.distributed.initialize() (also when JAX_COORDINATOR_ADDRESS is set)
@@ -187,7 +188,7 @@ def setup(cfg: ml_collections.ConfigDict, ds: fmt.Dataset) -> loop.Setup:
   dp = parallel_lib.DataParallel.from_config(cfg)
   tx = state_lib.make_optimizer(cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.grad_clip)
   hparams = state_lib.default_hparams(tasks, dict(cfg.get("loss_weights", {})))
-  members = dp.make_steps(model, tasks, members=True) if cfg.members == "vmap" and cfg.seeds > 1 else None
+  members = dp.make_steps(model, tasks, members=True) if cfg.members != "sequential" else None
   steps = dp.make_steps(model, tasks)
   init_fn = jax.jit(model.init)  # compiled once for every fold and seed
   return loop.Setup(cfg, model, tasks, tx, hparams, dp, steps, members, select_task, select_metric, init_fn)
@@ -225,10 +226,17 @@ def run(cfg: ml_collections.ConfigDict, smoke: Callable[[ml_collections.ConfigDi
   log(f"model: {cfg.model_name} {cfg.model.to_dict()} | devices: {st.dp.describe()} | members: {cfg.members}")
   seeds = [cfg.seed_offset + i for i in range(cfg.seeds)]
   fold_results = []
-  for i, fold in enumerate(tqdm(folds, desc="folds", disable=len(folds) == 1 or cfg.quiet)):
-    fold_dir = f"fold_{i}"
-    res = loop.fit(st, fold, seeds, workdir / fold_dir)
-    fold_results.append({"fold": i, "name": fold.name, "dir": fold_dir, "sizes": _sizes(fold), "seeds": res})
+  if cfg.members == "vmap_folds":  # every fold x seed in one compiled program
+    members = [(f, s, workdir / f"fold_{i}" / f"seed_{s}") for i, f in enumerate(folds) for s in seeds]
+    res = loop.fit_members(st, members)
+    per_fold = [res[i * len(seeds) : (i + 1) * len(seeds)] for i in range(len(folds))]
+  else:
+    per_fold = [
+      loop.fit(st, fold, seeds, workdir / f"fold_{i}")
+      for i, fold in enumerate(tqdm(folds, desc="folds", disable=len(folds) == 1 or cfg.quiet))
+    ]
+  for i, (fold, res) in enumerate(zip(folds, per_fold)):
+    fold_results.append({"fold": i, "name": fold.name, "dir": f"fold_{i}", "sizes": _sizes(fold), "seeds": res})
   summary = report.summarize(st.tasks, fold_results)
   over = "seeds" if len(folds) == 1 else f"{len(folds)} folds (each the mean of its seeds)"
   select = f"{st.select_task.name}/{st.select_metric}"

@@ -127,25 +127,52 @@ def evaluate(setup: Setup, outputs: dict[str, np.ndarray], split: fmt.Split) -> 
 
 def fit(setup: Setup, fold: FoldData, seeds: list[int], fold_dir: Path) -> list[dict[str, Any]]:
   """Train ``seeds`` on ``fold`` (resuming where checkpoints exist); one result dict per seed."""
-  if setup.cfg.members == "vmap" and len(seeds) > 1:
-    return _fit_group(setup, fold, list(seeds), fold_dir, vmapped=True)
-  return [r for s in seeds for r in _fit_group(setup, fold, [s], fold_dir, vmapped=False)]
+  dirs = [fold_dir / f"seed_{s}" for s in seeds]
+  if setup.cfg.members != "sequential" and len(seeds) > 1:
+    return _fit_group(setup, [fold] * len(seeds), list(seeds), dirs, vmapped=True)
+  return [r for s, d in zip(seeds, dirs) for r in _fit_group(setup, [fold], [s], [d], vmapped=False)]
 
 
-def _fit_group(setup: Setup, fold: FoldData, seeds: list[int], fold_dir: Path, vmapped: bool) -> list[dict]:
-  sample = next(batches_lib.iterate_batches(fold.train, setup.modalities, setup.cfg.optim.batch_size, 1))
+def fit_members(setup: Setup, members: list[tuple[FoldData, int, Path]]) -> list[dict[str, Any]]:
+  """Train (fold, seed, seed dir) members as ONE vmapped program: folds x seeds of equal split sizes
+  (``config.members='vmap_folds'``); each member with its own data, batch order, RNG, early stopping and
+  checkpoints. One result dict per member, in order."""
+  sizes = {(len(f.train), len(f.valid), len(f.test)) for f, _, _ in members}
+  if len(sizes) > 1:
+    raise ValueError(
+      f"members='vmap_folds' needs folds of equal train/valid/test sizes, got {sorted(sizes)}; "
+      "use --config.members=vmap (seeds only)"
+    )
+  folds, seeds, dirs = (list(x) for x in zip(*members))
+  return _fit_group(setup, folds, seeds, dirs, vmapped=len(members) > 1)
+
+
+def _fit_group(setup: Setup, folds: list[FoldData], seeds: list[int], dirs: list[Path], vmapped: bool) -> list[dict]:
+  sample = next(batches_lib.iterate_batches(folds[0].train, setup.modalities, setup.cfg.optim.batch_size, 1))
   sample = jax.tree.map(lambda a: a[0], sample)
   init = lambda s: state_lib.create_state(
     setup.model, setup.tx, sample, jax.random.key(s), setup.hparams, setup.init_fn
   )
   states = [init(s) for s in seeds]
-  dirs = [fold_dir / f"seed_{s}" for s in seeds]
   ckpts = [Checkpoints(d) for d in dirs]
   try:
-    return _train_group(setup, fold, seeds, fold_dir, vmapped, states, dirs, ckpts)
+    return _train_group(setup, folds, seeds, vmapped, states, dirs, ckpts)
   finally:
     for ck in ckpts:
       ck.close()
+
+
+def _predict_members(setup: Setup, eval_fn, params_r, splits: list, vmapped: bool) -> list[dict[str, np.ndarray]]:
+  """One output dict per member on its own split (members of one fold share one vmapped evaluation)."""
+  if not vmapped:
+    return predict(setup, eval_fn, params_r, splits[0], None)
+  if all(sp is splits[0] for sp in splits):
+    return predict(setup, eval_fn, params_r, splits[0], len(splits))
+  host = setup.dp.unreplicate(params_r)  # members on different folds: each evaluated on its own split
+  return [
+    predict(setup, setup.steps[1], setup.dp.replicate(jax.tree.map(lambda a: a[i], host)), sp, None)[0]
+    for i, sp in enumerate(splits)
+  ]
 
 
 def _resume(setup: Setup, ckpts: list, i: int, d: Path, like, where: str) -> tuple[Any, dict]:
@@ -195,19 +222,19 @@ def _append_jsonl(path: Path, record: dict) -> None:
     f.write(json.dumps(jsonable(record)) + "\n")
 
 
-def _train_group(setup, fold, seeds, fold_dir, vmapped, states, dirs, ckpts) -> list[dict]:
+def _train_group(setup, folds, seeds, vmapped, states, dirs, ckpts) -> list[dict]:
   cfg, opt, dp = setup.cfg, setup.cfg.optim, setup.dp
   mods, heads = setup.modalities, setup.heads
   m_count = len(seeds)
   train_fn, eval_fn = setup.member_steps if vmapped else setup.steps
   books = []
   for i, s in enumerate(seeds):
-    states[i], book = _resume(setup, ckpts, i, dirs[i], states[i], f"{fold.name} seed {s}")
+    states[i], book = _resume(setup, ckpts, i, dirs[i], states[i], f"{folds[i].name} seed {s}")
     books.append(book)
   start = {b["epoch"] for b in books}
   if len(start) > 1:
     raise ValueError(
-      f"{fold_dir}: the members' checkpoints stop at different epochs {sorted(start)}; resume them with "
+      f"{dirs[0].parent}: the members' checkpoints stop at different epochs {sorted(start)}; resume them with "
       "--config.members=sequential"
     )
   for d, b in zip(dirs, books):  # keep the epochs that the checkpoint covers, drop any written after it
@@ -228,7 +255,7 @@ def _train_group(setup, fold, seeds, fold_dir, vmapped, states, dirs, ckpts) -> 
   epochs_run = 0
   bar = tqdm(
     range(books[0]["epoch"] + 1, opt.epochs),
-    desc=f"{fold.name} seed{'s' if vmapped else ''} {','.join(map(str, seeds))}",
+    desc=f"{'+'.join(dict.fromkeys(f.name for f in folds))} seed{'s' if vmapped else ''} {','.join(map(str, seeds))}",
     leave=False,
     disable=jax.process_index() != 0 or cfg.get("quiet", False),
   )
@@ -242,13 +269,13 @@ def _train_group(setup, fold, seeds, fold_dir, vmapped, states, dirs, ckpts) -> 
     shuffles = [s * 100_003 + epoch for s in seeds]
     if vmapped:
       it = batches_lib.iterate_member_batches(
-        [fold.train] * m_count, mods, opt.batch_size, dp.num_shards, shuffles, heads
+        [f.train for f in folds], mods, opt.batch_size, dp.num_shards, shuffles, heads
       )
       for batch in it:
         state_r, m = train_fn(state_r, batch, rngs, active)
         step_metrics.append(m)
     else:
-      it = batches_lib.iterate_batches(fold.train, mods, opt.batch_size, dp.num_shards, shuffles[0], heads)
+      it = batches_lib.iterate_batches(folds[0].train, mods, opt.batch_size, dp.num_shards, shuffles[0], heads)
       for batch in it:
         state_r, m = train_fn(state_r, batch, rngs)
         step_metrics.append(m)
@@ -258,7 +285,7 @@ def _train_group(setup, fold, seeds, fold_dir, vmapped, states, dirs, ckpts) -> 
       pick = (lambda a: np.asarray(a[0])[i]) if vmapped else (lambda a: np.asarray(a[0]))
       train_ms.append({k: np.mean([pick(m[k]) for m in step_metrics], axis=0).tolist() for k in step_metrics[0]})
     params_r = state_r.params
-    val_outs = predict(setup, eval_fn, params_r, fold.valid, m_count if vmapped else None)
+    val_outs = _predict_members(setup, eval_fn, params_r, [f.valid for f in folds], vmapped)
     host_state = dp.unreplicate(state_r)
     for i, (s, book) in enumerate(zip(seeds, books)):
       if book["stopped"]:
@@ -273,13 +300,13 @@ def _train_group(setup, fold, seeds, fold_dir, vmapped, states, dirs, ckpts) -> 
         book.update(stopped=True, diverged=True, epoch=epoch)
         why = "non-finite" if not math.isfinite(loss) else f"above optim.max_loss={max_loss:g}"
         log(
-          f"  {fold.name} seed {s}: training loss {loss:.4g} is {why} at epoch {epoch}: stopped as diverged "
+          f"  {folds[i].name} seed {s}: training loss {loss:.4g} is {why} at epoch {epoch}: stopped as diverged "
           f"(best checkpoint kept; lower optim.lr)"
         )
         member_state = jax.tree.map(lambda a: a[i], host_state) if vmapped else host_state
         ckpts[i].save_latest(epoch, member_state, book)
         continue
-      val = jsonable(evaluate(setup, val_outs[i], fold.valid))
+      val = jsonable(evaluate(setup, val_outs[i], folds[i].valid))
       value = tasks_lib.selection_value(setup.select_task, val[setup.select_task.name])
       improved = value is not None and setup.select_task.better(value, book["best_value"])
       book.update(epoch=epoch, bad_epochs=0 if improved else book["bad_epochs"] + 1)
@@ -294,10 +321,10 @@ def _train_group(setup, fold, seeds, fold_dir, vmapped, states, dirs, ckpts) -> 
     sel = f"{setup.select_task.name}/{setup.select_task.select}"
     bar.set_postfix(loss=f"{train_ms[0]['loss']:.3f}", best=books[0]["best_epoch"], sel=sel)
     epochs_run += 1
-  return _final_results(setup, fold, seeds, dirs, ckpts, books, states, vmapped)
+  return _final_results(setup, folds, seeds, dirs, ckpts, books, states, vmapped)
 
 
-def _final_results(setup, fold, seeds, dirs, ckpts, books, like_states, vmapped) -> list[dict]:
+def _final_results(setup, folds, seeds, dirs, ckpts, books, like_states, vmapped) -> list[dict]:
   """Restore each member's best checkpoint, evaluate it once on test, save its test outputs."""
   results, best_params, metas = [], [], []
   for i, s in enumerate(seeds):
@@ -306,10 +333,10 @@ def _final_results(setup, fold, seeds, dirs, ckpts, books, like_states, vmapped)
       status = "diverged" if books[i].get("diverged") else "no valid selection metric"
       if status != "diverged":
         log(
-          f"  {fold.name} seed {s}: valid {setup.select_task.name}/{setup.select_task.select} was undefined at every "
+          f"  {folds[i].name} seed {s}: valid {setup.select_task.name}/{setup.select_task.select} was undefined at every "
           "epoch: no checkpoint selected (choose another --config.select)"
         )
-      results.append({"seed": s, "status": status, "best_epoch": None, "valid": None, "test": None})
+      results.append((i, {"seed": s, "status": status, "best_epoch": None, "valid": None, "test": None}))
       continue
     state, meta = best
     best_params.append((i, state.params))
@@ -318,18 +345,20 @@ def _final_results(setup, fold, seeds, dirs, ckpts, books, like_states, vmapped)
     idx = [i for i, _ in best_params]
     if vmapped:
       stacked = jax.tree.map(lambda *xs: np.stack(xs), *[p for _, p in best_params])
-      outs = predict(setup, setup.member_steps[1], setup.dp.replicate(stacked), fold.test, len(idx))
+      tests = [folds[i].test for i in idx]
+      outs = _predict_members(setup, setup.member_steps[1], setup.dp.replicate(stacked), tests, True)
     else:
-      outs = predict(setup, setup.steps[1], setup.dp.replicate(best_params[0][1]), fold.test, None)
+      outs = predict(setup, setup.steps[1], setup.dp.replicate(best_params[0][1]), folds[0].test, None)
     for j, (i, meta) in enumerate(zip(idx, metas)):
+      fold = folds[i]
       test = jsonable(evaluate(setup, outs[j], fold.test))
       status = "diverged" if books[i].get("diverged") else "ok"
       results.append(
-        {"seed": seeds[i], "status": status, "best_epoch": meta["epoch"], "valid": meta["valid"], "test": test}
+        (i, {"seed": seeds[i], "status": status, "best_epoch": meta["epoch"], "valid": meta["valid"], "test": test})
       )
       if jax.process_index() == 0:
         arrays = {k.replace("/", "."): v for k, v in outs[j].items()}
         arrays.update({f"label.{h}": np.asarray(fold.test.labels[h]) for h in setup.heads})
         arrays.update({f"label_mask.{h}": fold.test.label_mask(h) for h in setup.heads})
         np.savez(dirs[i] / "test_outputs.npz", ids=np.asarray(fold.test.ids).astype(str), **arrays)
-  return sorted(results, key=lambda r: seeds.index(r["seed"]))
+  return [r for _, r in sorted(results, key=lambda ir: ir[0])]  # member order
