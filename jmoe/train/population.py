@@ -309,7 +309,20 @@ def init_population(setup: loop.Setup, fold: loop.FoldData, seed: int, genes: tu
   return jax.tree.map(np.asarray, stacked)
 
 
-def evolve_run(setup: loop.Setup, fold: loop.FoldData, seed: int, run_dir: Path, member_steps=None, fitness_fn=None):
+def make_evolve_fn(pc, genes):
+  """The compiled generation step (selection, crossover, mutation, elitism); build once per run, not per seed."""
+  return jax.jit(lambda s, f, key: next_generation(s, f, key, genes, pc.tournament, jnp.float32(pc.sigma), pc.elite))
+
+
+def evolve_run(
+  setup: loop.Setup,
+  fold: loop.FoldData,
+  seed: int,
+  run_dir: Path,
+  member_steps=None,
+  fitness_fn=None,
+  evolve_fn=None,
+):
   """Evolve one population on ``fold`` with seed ``seed``; resumes from ``run_dir/latest``. -> result dict
   (``seed``, ``status``, ``best_epoch`` (the last generation), ``valid``, ``test``, ``individual``, ``fitness``)."""
   cfg, pc, opt, dp = setup.cfg, setup.cfg.population, setup.cfg.optim, setup.dp
@@ -320,7 +333,7 @@ def evolve_run(setup: loop.Setup, fold: loop.FoldData, seed: int, run_dir: Path,
   arch = tuple(g.name for g in genes if g.name.startswith("gene/"))
   train_fn, _ = member_steps or dp.make_steps(setup.model, setup.tasks, members=True)
   fitness_fn = fitness_fn or make_fitness_fn(setup.model, setup.tasks, {t.name: t.weight for t in setup.tasks})
-  evolve = jax.jit(lambda s, f, key: next_generation(s, f, key, genes, pc.tournament, jnp.float32(pc.sigma), pc.elite))
+  evolve = evolve_fn or make_evolve_fn(pc, genes)
   states = init_population(setup, fold, seed, genes, p)
   run_dir = Path(run_dir)
   run_dir.mkdir(parents=True, exist_ok=True)
@@ -456,12 +469,13 @@ def run(cfg: ml_collections.ConfigDict, smoke: Callable | None = None) -> dict:
   log(f"model: {cfg.model_name} {cfg.model.to_dict()} | population P={pc.size} x G={pc.generations} generations")
   member_steps = st.dp.make_steps(st.model, st.tasks, members=True)
   fitness_fn = make_fitness_fn(st.model, st.tasks, {t.name: t.weight for t in st.tasks})
+  evolve_fn = make_evolve_fn(pc, genes_from_config(pc.genes))  # compiled once for every fold and seed
   seeds = [cfg.seed_offset + i for i in range(cfg.seeds)]
   fold_results = []
   for i, fold in enumerate(folds):
     res = []
     for s in seeds:
-      r = evolve_run(st, fold, s, workdir / f"fold_{i}" / f"seed_{s}", member_steps, fitness_fn)
+      r = evolve_run(st, fold, s, workdir / f"fold_{i}" / f"seed_{s}", member_steps, fitness_fn, evolve_fn)
       r.pop("state")
       res.append(r)
     fold_results.append({"fold": i, "name": fold.name, "dir": f"fold_{i}", "sizes": app._sizes(fold), "seeds": res})
