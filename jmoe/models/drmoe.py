@@ -40,9 +40,18 @@ Choices the abstract leaves open (also in README):
   their masked mean as global (``tools/extract_features``); ``frame_stride`` (4 for RAVDESS: 80 ms steps) pools the
   frames before the local expert to keep the CPU cost down.
 * one router per modality (audio and text choose their scale independently), per sample (not per token).
-* no load-balancing loss by default: ``aux['losses']['switch']`` (the Switch loss of each modality's routing,
-  summed; 1 = uniform) is reported and enters the objective only with ``config.loss_weights.switch > 0`` -- a
-  balance term would push every class towards 50/50 and hide the per-class preferences the paper analyses.
+* no load-balancing loss by default (the abstract names none): ``aux['losses']['switch']`` (the Switch loss of each
+  modality's routing, summed; 1 = uniform) is reported and enters the objective only with
+  ``config.loss_weights.switch > 0``. Measured (README, DR-MoE section): without it the straight-through router
+  does not find the planted scales on the synthetic data (51-53% agreement, chance) and collapses to the global
+  expert on RAVDESS (100% of test samples); ``loss_weights.switch=0.1`` balances the *batch*, not each class, and
+  is what makes the per-class preferences appear (synthetic: majority route = planted scale for 4/4 classes,
+  ~69% of samples) at a cost in synthetic UA (0.898 vs 0.965 test, 0.940 vs 0.982 valid). Why the collapse
+  (read off the code, not measured): under hard top-1 the unchosen expert's tokens are masked out of the pooling,
+  so neither that expert nor its router logit gets a task-loss gradient -- the router only ever learns about the
+  expert it already picks; ``'soft'`` trains both but did not find the planted scales either (55%). On RAVDESS
+  (2 seeds, 15 epochs) ``switch=0.1`` ends the collapse (39% local) but validation UA does not move (0.784 vs
+  0.779 with the default; synthetic validation UA drops), so the default stays off: a new default is not justified.
 * a modality may be absent from the config (RAVDESS runs audio-only: its text is two fixed sentences); with one
   modality there is no cross-attention. A modality absent for *some* samples (``present/<m>``) is not handled.
 * width 64, 4 heads, 1 self-attention block, dropout 0.1, AdamW (the platform's optimizer).
