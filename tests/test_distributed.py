@@ -108,9 +108,11 @@ def test_two_process_training_app(tmp_path):
   assert "Non0_acc_2" in logs[0] and "Non0_acc_2" not in logs[1]  # only process 0 prints the table
   two = json.loads((tmp_path / "two" / "results.json").read_text())
   one = json.loads((tmp_path / "one" / "results.json").read_text())
+  seed_one, seed_two = one["folds"][0]["seeds"][0], two["folds"][0]["seeds"][0]
   for split in ("valid", "test"):
-    for k, v in one["seeds"][0][split].items():
-      assert two["seeds"][0][split][k] == pytest.approx(v, rel=1e-4, abs=1e-5), (split, k)
-  lines = (tmp_path / "two" / "seed_0" / "metrics.jsonl").read_text().splitlines()
+    for k, v in seed_one[split]["sentiment"].items():
+      assert seed_two[split]["sentiment"][k] == pytest.approx(v, rel=1e-4, abs=1e-5), (split, k)
+  run = tmp_path / "two" / "fold_0" / "seed_0"
+  lines = (run / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(l)["epoch"] for l in lines] == [0, 1]  # one writer: no duplicated epochs
-  assert (tmp_path / "two" / "seed_0" / "latest").is_dir() and (tmp_path / "two" / "seed_0" / "best").is_dir()
+  assert (run / "latest").is_dir() and (run / "best").is_dir()
