@@ -19,7 +19,7 @@ pure function of its arguments and ``seed``; bad input is one ``ValueError`` lin
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

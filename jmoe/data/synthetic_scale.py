@@ -104,7 +104,6 @@ def synthetic_scale(
       f"burst_len={burst_len} must be >= 1 and fit the shortest sequence (t_audio {t_audio}, t_text {t_text})"
     )
   rng = np.random.default_rng(seed)
-  b = n_speakers * per_speaker
   speakers = np.repeat(np.arange(n_speakers), per_speaker)
   labels = np.concatenate([rng.permutation(np.arange(per_speaker) % len(CLASSES)) for _ in range(n_speakers)])
   feats, masks, meta, groups = {}, {}, {}, {}
