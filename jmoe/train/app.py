@@ -237,20 +237,27 @@ def run(cfg: ml_collections.ConfigDict, smoke: Callable[[ml_collections.ConfigDi
     ]
   for i, (fold, res) in enumerate(zip(folds, per_fold)):
     fold_results.append({"fold": i, "name": fold.name, "dir": f"fold_{i}", "sizes": _sizes(fold), "seeds": res})
-  summary = report.summarize(st.tasks, fold_results)
   over = "seeds" if len(folds) == 1 else f"{len(folds)} folds (each the mean of its seeds)"
   select = f"{st.select_task.name}/{st.select_metric}"
   title = (
     f"{cfg.name}: {ds.name}{' (SYNTHETIC)' if ds.synthetic else ''}, {len(seeds)} seeds, mean ± std over {over}, "
     f"best epoch on valid by {select}"
   )
-  table = report.table(st.tasks, summary, title)
+  return finish(cfg, ds, st.tasks, fold_results, title, select, t0)
+
+
+def finish(cfg, ds, tasks, fold_results: list[dict], title: str, select: str, t0: float, plots: bool = True) -> dict:
+  """Summarise a finished run (mean ± std per task), write results.json / results.md (and the plots), print the
+  table; shared by the training app and the population run."""
+  workdir = Path(cfg.workdir)
+  summary = report.summarize(tasks, fold_results)
+  table = report.table(tasks, summary, title)
   left_out = [
     f"{f['name']}/seed {r['seed']} ({r['status']})" for f in fold_results for r in f["seeds"] if r["status"] != "ok"
   ]
   if left_out:
     table += f"\nLeft out of the means: {', '.join(left_out)}\n"
-  for t in st.tasks:
+  for t in tasks:
     for split, metrics in summary[t.name].items():
       undefined = [m for m, v in metrics.items() if v is None]
       if undefined:
@@ -263,7 +270,7 @@ def run(cfg: ml_collections.ConfigDict, smoke: Callable[[ml_collections.ConfigDi
     "synthetic": ds.synthetic,
     "source": ds.source,
     "select": select,
-    "tasks": {t.name: {"kind": t.kind, "head": t.head, "label": t.label, "loss": t.loss} for t in st.tasks},
+    "tasks": {t.name: {"kind": t.kind, "head": t.head, "label": t.label, "loss": t.loss} for t in tasks},
     "folds": fold_results,
     "summary": summary,
     "seconds": time.time() - t0,
@@ -271,9 +278,9 @@ def run(cfg: ml_collections.ConfigDict, smoke: Callable[[ml_collections.ConfigDi
   if jax.process_index() == 0:
     (workdir / "results.json").write_text(json.dumps(loop.jsonable(out), indent=2))
     (workdir / "results.md").write_text(table + "\n")
-    written = report.plots(workdir, st.tasks, fold_results, ds.synthetic, select)
+    written = report.plots(workdir, tasks, fold_results, ds.synthetic, select) if plots else []
     print(table)
-    print(f"\nrun dir: {workdir} (results.json, {', '.join(written)}); {out['seconds']:.0f} s")
+    print(f"\nrun dir: {workdir} (results.json{''.join(', ' + w for w in written)}); {out['seconds']:.0f} s")
   return out
 
 

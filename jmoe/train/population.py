@@ -58,7 +58,7 @@ import numpy as np
 
 from jmoe.data import format as fmt
 from jmoe.data import sources
-from jmoe.train import app, loop, report
+from jmoe.train import app, loop
 from jmoe.train import batches as batches_lib
 from jmoe.train import state as state_lib
 from jmoe.train import steps as steps_lib
@@ -480,31 +480,12 @@ def run(cfg: ml_collections.ConfigDict, smoke: Callable | None = None) -> dict:
       res.append(r)
     fold_results.append({"fold": i, "name": fold.name, "dir": f"fold_{i}", "sizes": app._sizes(fold), "seeds": res})
     plot_fitness(workdir / f"fold_{i}", seeds)
-  summary = report.summarize(st.tasks, fold_results)
   title = (
     f"{cfg.name}: {ds.name}{' (SYNTHETIC)' if ds.synthetic else ''}, {len(seeds)} seeds, population P={pc.size}, "
     f"G={pc.generations}, mean ± std over {'seeds' if len(folds) == 1 else f'{len(folds)} folds'}, fittest "
-    "individual of the last generation (validation loss)"
+    "individual of the last generation (validation loss); fitness plots: fold_*/seed_*/fitness.png"
   )
-  table = report.table(st.tasks, summary, title)
-  out = {
-    "name": cfg.name,
-    "dataset": ds.name,
-    "synthetic": ds.synthetic,
-    "source": ds.source,
-    "select": "population fitness (validation loss)",
-    "tasks": {t.name: {"kind": t.kind, "head": t.head, "label": t.label, "loss": t.loss} for t in st.tasks},
-    "folds": fold_results,
-    "summary": summary,
-    "seconds": time.time() - t0,
-  }
-  if jax.process_index() == 0:
-    (workdir / "results.json").write_text(json.dumps(loop.jsonable(out), indent=2))
-    (workdir / "results.md").write_text(table + "\n")
-    if not cfg.get("quiet", False):
-      print(table)
-      print(f"\nrun dir: {workdir} (results.json, fold_*/fitness.png); {out['seconds']:.0f} s")
-  return out
+  return app.finish(cfg, ds, st.tasks, fold_results, title, "population fitness (validation loss)", t0, plots=False)
 
 
 def plot_fitness(fold_dir: Path, seeds) -> list[Path]:
