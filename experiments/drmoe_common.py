@@ -49,3 +49,12 @@ def drmoe_config(name: str, source: str, modalities: str, head: str = "emotion4"
   c.optim.patience = 8
   c.optim.batch_size = 32
   return c
+
+
+def smoke_model(c) -> None:
+  """The smoke setting shared by the DR-MoE experiments: width 16, no self-attention block (XLA compiles it for
+  ~10 s on a busy 2-core machine), one fold."""
+  c.model.width = 16
+  c.model.router_hidden = 16
+  c.model.layers = 0
+  c.folds.max_folds = 1

@@ -14,7 +14,7 @@ Folds: each session is the test set once; 1 validation session is carved at rand
 (selection on validation UA only). Utterances outside the 4 classes are dropped (``data.labelled_only``).
 """
 
-from experiments.drmoe_common import drmoe_config
+from experiments.drmoe_common import drmoe_config, smoke_model
 from jmoe.train import app
 
 
@@ -33,10 +33,7 @@ def get_config():
 
 def smoke(c):
   """Width 16 (the app sets 1 seed, 2 epochs, 2 folds); the data are whatever ``data.path`` holds."""
-  c.model.width = 16
-  c.model.router_hidden = 16
-  c.model.layers = 0  # no self-attention block: XLA compiles it for ~10 s on a busy 2-core machine
-  c.folds.max_folds = 1
+  smoke_model(c)
 
 
 if __name__ == "__main__":

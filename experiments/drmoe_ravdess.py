@@ -23,7 +23,7 @@ clips of the other emotions are dropped (``data.labelled_only``). Frames are ave
 before the local expert (``model.frame_stride``) to fit the CPU budget.
 """
 
-from experiments.drmoe_common import drmoe_config
+from experiments.drmoe_common import drmoe_config, smoke_model
 from jmoe.train import app
 
 
@@ -50,10 +50,7 @@ def smoke(c):
     c.data.features = f"{c.workdir}/smoke_features"
   c.folds.test_groups_per_fold = 1
   c.folds.valid_groups = 1
-  c.model.width = 16
-  c.model.router_hidden = 16
-  c.model.layers = 0  # no self-attention block: XLA compiles it for ~10 s on a busy 2-core machine
-  c.folds.max_folds = 1
+  smoke_model(c)
 
 
 if __name__ == "__main__":

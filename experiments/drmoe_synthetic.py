@@ -11,7 +11,7 @@ utterance (audio and text alike). Folds: leave 2 speakers out (5 folds), 1 valid
   python -m experiments.drmoe_synthetic --config.smoke=True --config.workdir=/tmp/s   # seconds
 """
 
-from experiments.drmoe_common import drmoe_config
+from experiments.drmoe_common import drmoe_config, smoke_model
 from jmoe.train import app
 
 
@@ -30,10 +30,7 @@ def smoke(c):
   """Tiny data (6 speakers x 8 utterances), width 16 (the app also sets 1 seed, 2 epochs, 2 folds)."""
   c.data.synthetic_speakers = 6
   c.data.synthetic_per_speaker = 8
-  c.model.width = 16
-  c.model.router_hidden = 16
-  c.model.layers = 0  # no self-attention block: XLA compiles it for ~10 s on a busy 2-core machine
-  c.folds.max_folds = 1
+  smoke_model(c)
 
 
 if __name__ == "__main__":

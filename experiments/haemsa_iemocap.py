@@ -16,7 +16,7 @@ a small SYNTHETIC 6-class pool (banner printed): numbers on it are not results.
 import ml_collections
 import numpy as np
 
-from experiments.haemsa_mosi import add_modality_genes, apply_ablation, haemsa_config
+from experiments.haemsa_mosi import add_modality_genes, apply_ablation, haemsa_config, smoke_population
 from jmoe.data import format as fmt
 from jmoe.data import sources
 from jmoe.train import app, population
@@ -102,12 +102,7 @@ def smoke(cfg):
     cfg.data.source = "synthetic_iemocap"
     cfg.data.synthetic_n = 150
   cfg.folds.max_folds = 1
-  cfg.optim.epochs = min(cfg.optim.epochs, 2)
-  cfg.population.size = min(cfg.population.size, 4)
-  cfg.population.tournament = min(cfg.population.tournament, cfg.population.size)
-  cfg.population.generations = min(cfg.population.generations, 2)
-  cfg.population.epochs_per_generation = 1
-  cfg.model.width = min(cfg.model.width, 16)
+  smoke_population(cfg)
 
 
 def run(cfg):

@@ -108,16 +108,21 @@ def get_config():
   return c
 
 
-def smoke(cfg):
-  """Tiny synthetic data, P=4, 2 generations of 1 epoch."""
-  if cfg.data.source == "synthetic":
-    cfg.data.synthetic_sizes = (64, 32, 32)
+def smoke_population(cfg) -> None:
+  """The smoke setting shared by the HAEMSA experiments: P=4, 2 generations of 1 epoch, width 16."""
   cfg.optim.epochs = min(cfg.optim.epochs, 2)
   cfg.population.size = min(cfg.population.size, 4)
   cfg.population.tournament = min(cfg.population.tournament, cfg.population.size)
   cfg.population.generations = min(cfg.population.generations, 2)
   cfg.population.epochs_per_generation = 1
   cfg.model.width = min(cfg.model.width, 16)
+
+
+def smoke(cfg):
+  """Tiny synthetic data, P=4, 2 generations of 1 epoch."""
+  if cfg.data.source == "synthetic":
+    cfg.data.synthetic_sizes = (64, 32, 32)
+  smoke_population(cfg)
 
 
 def run(cfg):
