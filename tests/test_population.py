@@ -87,6 +87,13 @@ def test_bad_population_one_line(tmp_path, key, value, msg):
   assert "\n" not in str(e.value)
 
 
+def test_population_refuses_a_learning_rate_schedule(tmp_path):
+  c = _cfg(tmp_path)
+  c.optim.schedule = "cosine"
+  with pytest.raises(ValueError, match="optim.schedule='cosine' is invalid for a population run"):
+    pop.validate_population(c)
+
+
 def test_population_that_does_not_fit_memory(tmp_path):
   c = _cfg(tmp_path)
   c.population.memory_bytes = 1000

@@ -609,3 +609,39 @@ def describe(ds: Dataset) -> str:
   sizes = "/".join(str(len(sp)) for sp in ds.splits.values())
   flag = "SYNTHETIC" if ds.synthetic else "real"
   return f"{ds.name} ({flag}) {sizes} {' '.join(parts)} from {ds.source}"
+
+
+def _valid_units(split: Split, m: str) -> np.ndarray:
+  """bool ``[B]`` or ``[B, T]``: the units of modality ``m`` that hold real features (mask and presence)."""
+  x = split.features[m]
+  valid = np.ones(x.shape[:-1], bool)
+  if m in split.masks:
+    valid &= np.asarray(split.masks[m], bool)
+  if m in split.present:
+    p = np.asarray(split.present[m], bool)
+    valid &= p if p.ndim == valid.ndim else p.reshape(p.shape + (1,) * (valid.ndim - p.ndim))
+  return valid
+
+
+def feature_stats(train: Split, modalities, eps: float = 1e-6) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """Per-feature mean and std ``[D]`` of every modality over the real units of ``train`` only (padding steps and
+  missing modalities excluded; float64). A feature that is constant on train gets std 1 (it is only centred)."""
+  stats = {}
+  for m in modalities:
+    x = np.asarray(train.features[m], np.float64)[_valid_units(train, m)]  # [units, D]
+    if len(x) == 0:
+      raise ValueError(f"feature standardisation: modality '{m}' has no real unit in the training split")
+    std = x.std(axis=0)
+    stats[m] = (x.mean(axis=0), np.where(std > eps, std, 1.0))
+  return stats
+
+
+def standardize(split: Split, stats: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Split:
+  """``split`` with (x - mean) / std applied to the real units of each modality in ``stats``; padding and missing
+  units stay exactly zero (so a missing modality is still a zero input)."""
+  feats = dict(split.features)
+  for m, (mean, std) in stats.items():
+    x = np.asarray(split.features[m])
+    valid = _valid_units(split, m)[..., None]
+    feats[m] = np.where(valid, (x - mean) / std, 0.0).astype(x.dtype)
+  return dataclasses.replace(split, features=feats)

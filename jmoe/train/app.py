@@ -85,10 +85,20 @@ def base_config(name: str, model_name: str) -> ml_collections.ConfigDict:
       test_groups_per_fold=1,
       seed=0,
       max_folds=0,  # 0 = all folds; N = the first N (quick looks; results say so)
+      standardize=False,  # per-feature (x - mean) / std with statistics from each fold's train split only
     )
   )
   c.optim = ml_collections.ConfigDict(
-    dict(lr=1e-3, weight_decay=1e-4, grad_clip=1.0, batch_size=16, epochs=40, patience=8, max_loss=0.0)
+    dict(
+      lr=1e-3,
+      weight_decay=1e-4,
+      grad_clip=1.0,
+      batch_size=16,
+      epochs=40,
+      patience=8,
+      max_loss=0.0,
+      schedule="constant",  # or "cosine": annealed per epoch over optim.epochs (jmoe.train.state.schedule_factor)
+    )
   )
   return c
 
@@ -106,6 +116,8 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
   need(cfg.optim.batch_size >= 1, "optim.batch_size", cfg.optim.batch_size, "use an int >= 1")
   need(cfg.optim.patience >= 1, "optim.patience", cfg.optim.patience, "use an int >= 1")
   need(cfg.optim.lr > 0, "optim.lr", cfg.optim.lr, "use a float > 0")
+  schedule = cfg.optim.get("schedule", "constant")
+  need(schedule in state_lib.SCHEDULES, "optim.schedule", schedule, " | ".join(state_lib.SCHEDULES))
   need(cfg.folds.kind in FOLD_KINDS, "folds.kind", cfg.folds.kind, f"choose one of {FOLD_KINDS}")
   try:
     importlib.import_module(f"jmoe.models.{cfg.model_name}")
@@ -128,7 +140,7 @@ def make_folds(cfg: ml_collections.ConfigDict, ds: fmt.Dataset) -> list[loop.Fol
       raise ValueError(
         f"{ds.name} has a predefined train/valid/test split; folds.kind must be 'predefined', not {kind!r}"
       )
-    return [loop.FoldData("predefined", ds.splits["train"], ds.splits["valid"], ds.splits["test"])]
+    return [_fold_data(cfg, "predefined", ds.splits["train"], ds.splits["valid"], ds.splits["test"])]
   pool = ds.splits[fmt.POOL]
 
   def group(key: str):
@@ -157,7 +169,15 @@ def make_folds(cfg: ml_collections.ConfigDict, ds: fmt.Dataset) -> list[loop.Fol
     )
   if cfg.max_folds:
     folds = folds[: cfg.max_folds]
-  return [loop.FoldData(f.name, pool.take(f.train), pool.take(f.valid), pool.take(f.test)) for f in folds]
+  return [_fold_data(cfg, f.name, pool.take(f.train), pool.take(f.valid), pool.take(f.test)) for f in folds]
+
+
+def _fold_data(cfg, name: str, train: fmt.Split, valid: fmt.Split, test: fmt.Split) -> loop.FoldData:
+  """One fold; with ``folds.standardize`` every split is standardised with the train split's statistics."""
+  if cfg.get("standardize", False):
+    stats = fmt.feature_stats(train, list(train.features))
+    train, valid, test = (fmt.standardize(sp, stats) for sp in (train, valid, test))
+  return loop.FoldData(name, train, valid, test)
 
 
 def _config_diff(saved: dict, now: dict, prefix: str = "") -> list[str]:

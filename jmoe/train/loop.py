@@ -249,7 +249,9 @@ def _train_group(setup, folds, seeds, vmapped, states, dirs, ckpts) -> list[dict
           break
       _write_atomic(jsonl, "".join(keep))
   stack = lambda trees: jax.tree.map(lambda *xs: np.stack(xs), *trees)
-  state_r = dp.replicate(stack(states) if vmapped else states[0])
+  host_state = stack(states) if vmapped else states[0]
+  state_r = dp.replicate(host_state)
+  schedule = opt.get("schedule", "constant")
   rng_seeds = [jax.random.key(10_000 + s) for s in seeds]
   rngs = jax.random.wrap_key_data(np.stack([jax.random.key_data(k) for k in rng_seeds])) if vmapped else rng_seeds[0]
   epochs_run = 0
@@ -265,6 +267,9 @@ def _train_group(setup, folds, seeds, vmapped, states, dirs, ckpts) -> list[dict
       break
     if 0 <= cfg.get("stop_after_epochs", -1) <= epochs_run:
       raise KeyboardInterrupt(f"stop_after_epochs={cfg.stop_after_epochs} (simulated interruption)")
+    if schedule != "constant":  # the epoch's learning-rate factor, set on the host copy (no recompilation)
+      factor = state_lib.schedule_factor(schedule, epoch, opt.epochs)
+      state_r = dp.replicate(state_lib.with_lr_scale(host_state, factor))
     step_metrics = []
     shuffles = [s * 100_003 + epoch for s in seeds]
     if vmapped:

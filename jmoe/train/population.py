@@ -220,6 +220,9 @@ def validate_population(cfg, one_state_bytes: int | None = None, genes_check: Ca
   need(pc.epochs_per_generation >= 1, "epochs_per_generation", pc.epochs_per_generation, "use an int >= 1")
   need(0 <= pc.elite < pc.size, "elite", pc.elite, f"use 0 <= elite < size={pc.size}")
   need(pc.init in ("shared", "independent"), "init", pc.init, "choose 'shared' or 'independent'")
+  schedule = cfg.optim.get("schedule", "constant")
+  if schedule != "constant":  # generations restart training; a per-run schedule has no meaning across them
+    raise ValueError(f"config.optim.schedule={schedule!r} is invalid for a population run: use 'constant'")
   for g in genes_from_config(pc.genes):
     need(g.sigma >= 0, f"genes.{g.name}.sigma", g.sigma, "mutation sigma must be >= 0")
     need(g.low <= g.init[0] <= g.init[1] <= g.high, f"genes.{g.name}.init", g.init, "use low <= lo <= hi <= high")

@@ -4,18 +4,23 @@ Hyperparameters that a population may vary are *in the state*, not Python consta
 
 * ``state.hparams``: the objective's weights, ``{'task/<name>': w, 'loss/<aux name>': w}`` (float32 scalars);
 * the learning rate (and weight decay) inside ``opt_state`` via ``optax.inject_hyperparams``
-  (:func:`learning_rate` reads it, :func:`with_learning_rate` sets it).
+  (:func:`learning_rate` reads it, :func:`with_learning_rate` sets it);
+* ``lr_scale``, the learning-rate schedule's factor (AdamW steps with ``learning_rate * lr_scale``): the training
+  loop sets it once per epoch (:func:`schedule_factor`, :func:`with_lr_scale`), so a schedule never overwrites a
+  population's learning-rate gene.
 
 So ``vmap`` over stacked states trains members with different weights and learning rates in one program.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax.training import train_state
 
@@ -27,17 +32,43 @@ class TrainState(train_state.TrainState):
 
 
 def make_optimizer(lr: float, weight_decay: float, grad_clip: float) -> optax.GradientTransformation:
-  """Global-norm clipping then AdamW, with ``learning_rate`` and ``weight_decay`` injected into the state."""
+  """Global-norm clipping then AdamW, with ``learning_rate``, ``weight_decay`` and ``lr_scale`` (1 until a schedule
+  sets it) injected into the state."""
   if not lr > 0:
     raise ValueError(f"optim.lr must be > 0, got {lr}")
   if weight_decay < 0 or grad_clip <= 0:
     raise ValueError(f"optim.weight_decay must be >= 0 and optim.grad_clip > 0, got {weight_decay}, {grad_clip}")
 
   @optax.inject_hyperparams
-  def opt(learning_rate, weight_decay):
-    return optax.chain(optax.clip_by_global_norm(grad_clip), optax.adamw(learning_rate, weight_decay=weight_decay))
+  def opt(learning_rate, weight_decay, lr_scale):
+    return optax.chain(
+      optax.clip_by_global_norm(grad_clip), optax.adamw(learning_rate * lr_scale, weight_decay=weight_decay)
+    )
 
-  return opt(learning_rate=lr, weight_decay=weight_decay)
+  return opt(learning_rate=lr, weight_decay=weight_decay, lr_scale=1.0)
+
+
+SCHEDULES = ("constant", "cosine")
+
+
+def schedule_factor(schedule: str, epoch: int, epochs: int) -> float:
+  """The learning-rate factor of ``epoch`` (0-based) out of ``epochs``.
+
+  ``constant``: 1. ``cosine``: 0.5 * (1 + cos(pi * epoch / epochs)), annealing from 1 towards 0 once over the run,
+  stepped per epoch (PyTorch's ``CosineAnnealingLR(T_max=epochs, eta_min=0)`` stepped after every epoch).
+  """
+  if schedule == "constant":
+    return 1.0
+  if schedule == "cosine":
+    return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+  raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {schedule!r}")
+
+
+def with_lr_scale(state: TrainState, factor: float) -> TrainState:
+  """``state`` (host arrays, members stacked or not) with every ``lr_scale`` set to ``factor``."""
+  old = state.opt_state.hyperparams["lr_scale"]
+  hp = dict(state.opt_state.hyperparams, lr_scale=np.full(np.shape(old), factor, np.float32))
+  return state.replace(opt_state=state.opt_state._replace(hyperparams=hp))
 
 
 def learning_rate(state: TrainState) -> jax.Array:
