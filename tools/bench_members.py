@@ -4,8 +4,9 @@
   python -m tools.bench_members --model haemsa --json runs/bench/members_haemsa.json   # P = 4, 16, 64
   python -m tools.bench_members --smoke --json /tmp/m.json                      # seconds (tests)
 
-Rows ``{members, mode ('vmap'|'sequential'), wall_s, samples_per_s, ...}``: ``wall_s`` is the median time of
+Rows ``{members, mode ('vmap'|'vmap_chunked'|'sequential'), wall_s, samples_per_s, ...}``: ``wall_s`` is the median time of
 ``--steps`` training steps of all M members (vmap: ``steps`` member steps, ``DataParallel.make_steps(members=True)``;
+vmap_chunked: programs of at most ``--chunk`` members one after another, as ``config.member_chunk`` trains them;
 sequential: M separate states, each ``steps`` steps of the platform's single-member step, one after another), after
 compilation and warm-up, each call blocked until ready. Both modes use the same batches (one per member and step,
 shuffled per member as in the loop), and are timed interleaved in rounds (tools/benchlib.time_interleaved) so a
@@ -46,11 +47,14 @@ def _setup(model_name: str, smoke: bool):
   return cfg, ds, st
 
 
-def bench(model_name: str, sizes, steps: int, repeats: int, smoke: bool) -> dict:
+def bench(model_name: str, sizes, steps: int, repeats: int, smoke: bool, chunk: int = 0) -> dict:
   import jax
   import numpy as np
 
+  import ml_collections
+
   from jmoe.train import batches as batches_lib
+  from jmoe.train import loop
   from jmoe.train import population as pop
   from jmoe.train import state as state_lib
 
@@ -70,13 +74,15 @@ def bench(model_name: str, sizes, steps: int, repeats: int, smoke: bool) -> dict
       list(batches_lib.iterate_batches(train, st.modalities, bs, st.dp.num_shards, 1000 + i, st.heads))[:steps]
       for i in range(m)
     ]
-    g_member = {k: np.full(m, v, np.float32) for k, v in genes.items()}
-    stacked_batches = [
-      pop._with_genes(
-        {k: np.stack([per_member[i][s][k] for i in range(m)], 1) for k in per_member[0][s]}, g_member, True
-      )
-      for s in range(steps)
-    ]
+
+    def stacked(members):
+      g = {k: np.full(len(members), v, np.float32) for k, v in genes.items()}
+      return [
+        pop._with_genes({k: np.stack([per_member[i][s][k] for i in members], 1) for k in per_member[0][s]}, g, True)
+        for s in range(steps)
+      ]
+
+    stacked_batches = stacked(range(m))
     single_batches = [
       [pop._with_genes(b, {k: np.float32(v) for k, v in genes.items()}, False) for b in bl] for bl in per_member
     ]
@@ -103,13 +109,36 @@ def bench(model_name: str, sizes, steps: int, repeats: int, smoke: bool) -> dict
         out.append(met["loss"])
       return out
 
-    entries.append({"members": m, "vmap": run_vmap, "sequential": run_seq})
+    entry = {"members": m, "vmap": run_vmap, "sequential": run_seq}
+    parts = loop.member_chunks(ml_collections.ConfigDict({"member_chunk": chunk}), m)
+    if len(parts) > 1:  # the loop's config.member_chunk: programs of at most `chunk` members, one after another
+      chunked = [
+        (
+          {"v": st.dp.replicate(jax.tree.map(lambda *xs: np.stack(xs), *[base] * len(p)))},
+          stacked(p),
+          rngs[p[0] : p[-1] + 1],
+        )
+        for p in parts
+      ]
+
+      def run_chunked(chunked=chunked, active=active):
+        out = []
+        for holder_c, batches_c, rngs_c in chunked:
+          s = holder_c["v"]
+          for b in batches_c:
+            s, met = member_train(s, b, rngs_c, active[: len(rngs_c)])
+          holder_c["v"] = s
+          out.append(met["loss"])
+        return out
+
+      entry["vmap_chunked"] = run_chunked
+    entries.append(entry)
   foreign = benchlib.ForeignCpu().start()
   load0 = benchlib.loadavg()
   t0 = time.time()
   results = []
   for ent in entries:
-    pair = [{"fn": ent["vmap"], "mode": "vmap"}, {"fn": ent["sequential"], "mode": "sequential"}]
+    pair = [{"fn": ent[mode], "mode": mode} for mode in ("vmap", "vmap_chunked", "sequential") if mode in ent]
     benchlib.time_interleaved(pair, "fn", repeats, warmup=2)  # both modes interleaved in rounds
     for p in pair:
       wall = p["stats"]["fn"]["median_s"]
@@ -131,11 +160,13 @@ def bench(model_name: str, sizes, steps: int, repeats: int, smoke: bool) -> dict
     v = next(r for r in rows if r["members"] == m and r["mode"] == "vmap")
     s = next(r for r in rows if r["members"] == m and r["mode"] == "sequential")
     speedup = s["wall_s"] / v["wall_s"]
+    c = next((r for r in rows if r["members"] == m and r["mode"] == "vmap_chunked"), None)
     kind, target = TARGETS[model_name].get(m, ("throughput", None))
     verdicts.append(
       {
         "members": m,
         "speedup": speedup,
+        "chunked_speedup": None if c is None else s["wall_s"] / c["wall_s"],
         "kind": kind,
         "target": target,
         "met": None if target is None else speedup >= target,
@@ -150,7 +181,8 @@ def bench(model_name: str, sizes, steps: int, repeats: int, smoke: bool) -> dict
     "loadavg_end": benchlib.loadavg(),
     "seconds": time.time() - t0,
     "machine": benchlib.machine_info(),
-    "data": "synthetic MOSI-shaped, same batches in both modes",
+    "data": "synthetic MOSI-shaped, same batches in every mode",
+    "member_chunk": chunk,
   }
 
 
@@ -162,19 +194,24 @@ def main(argv=None):
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--sizes", default="", help="comma-separated member counts (default: the issue's)")
   ap.add_argument("--smoke", action="store_true", help="tiny sizes (2 members, 2 steps): checks the tool runs")
+  ap.add_argument(
+    "--chunk", type=int, default=8, help="also time vmapped programs of at most this many members (0 = off)"
+  )
   a = ap.parse_args(argv)
   sizes = tuple(int(x) for x in a.sizes.split(",") if x) or SIZES[a.model]
   steps, repeats = a.steps, a.repeats
+  chunk = a.chunk
   if a.smoke:
-    sizes, steps, repeats = (2,), 2, 1
-  out = bench(a.model, sizes, steps, repeats, a.smoke)
+    sizes, steps, repeats, chunk = (3,), 2, 1, 2
+  out = bench(a.model, sizes, steps, repeats, a.smoke, chunk)
   Path(a.json).parent.mkdir(parents=True, exist_ok=True)
   Path(a.json).write_text(json.dumps(out, indent=2, default=str))
   lines = [[str(r["members"]), r["mode"], f"{r['wall_s']:.4f}", f"{r['samples_per_s']:.0f}"] for r in out["rows"]]
   print("\n".join(benchlib.format_rows(["members", "mode", "wall_s", "samples_per_s"], lines)))
   for v in out["verdicts"]:
     tgt = "" if v["target"] is None else f" (target {v['kind']} >= {v['target']}x: {'MET' if v['met'] else 'NOT met'})"
-    print(f"M={v['members']}: vmap speedup {v['speedup']:.2f}x{tgt}")
+    chunked = "" if v["chunked_speedup"] is None else f"; in programs of <= {chunk} members {v['chunked_speedup']:.2f}x"
+    print(f"M={v['members']}: vmap speedup {v['speedup']:.2f}x{tgt}{chunked}")
   print(
     f"foreign CPU share while timing: {out['foreign_cpu_fraction']}; load average {out['loadavg_start']} -> {out['loadavg_end']}"
   )

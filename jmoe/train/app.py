@@ -65,6 +65,7 @@ def base_config(name: str, model_name: str) -> ml_collections.ConfigDict:
   c.seed_offset = 0
   c.members = "sequential"  # 'vmap': the seeds of a fold as one compiled program over a member axis;
   # 'vmap_folds': every fold x seed as one program (folds of equal split sizes)
+  c.member_chunk = 0  # at most this many members per vmapped program (0 = all in one); see loop.member_chunks
   c.devices = 0  # 0 = all devices (pmap: local ones; jit: every process's); N = the first N
   c.parallel = "pmap"  # data parallel: 'pmap' (local devices) | 'jit' (Mesh/NamedSharding; multi-host)
   c.distributed = False  # jax.distributed.initialize() (also when JAX_COORDINATOR_ADDRESS is set)
@@ -112,6 +113,8 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
 
   need(cfg.members in MEMBERS, "members", cfg.members, f"choose one of {MEMBERS}")
   need(isinstance(cfg.seeds, int) and cfg.seeds >= 1, "seeds", cfg.seeds, "use an int >= 1")
+  chunk = cfg.get("member_chunk", 0)
+  need(isinstance(chunk, int) and chunk >= 0, "member_chunk", chunk, "use an int >= 0 (0 = no limit)")
   need(cfg.optim.epochs >= 1, "optim.epochs", cfg.optim.epochs, "use an int >= 1")
   need(cfg.optim.batch_size >= 1, "optim.batch_size", cfg.optim.batch_size, "use an int >= 1")
   need(cfg.optim.patience >= 1, "optim.patience", cfg.optim.patience, "use an int >= 1")

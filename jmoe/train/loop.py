@@ -129,8 +129,26 @@ def fit(setup: Setup, fold: FoldData, seeds: list[int], fold_dir: Path) -> list[
   """Train ``seeds`` on ``fold`` (resuming where checkpoints exist); one result dict per seed."""
   dirs = [fold_dir / f"seed_{s}" for s in seeds]
   if setup.cfg.members != "sequential" and len(seeds) > 1:
-    return _fit_group(setup, [fold] * len(seeds), list(seeds), dirs, vmapped=True)
+    return [
+      r
+      for part in member_chunks(setup.cfg, len(seeds))
+      for r in _fit_group(setup, [fold] * len(part), [seeds[i] for i in part], [dirs[i] for i in part], len(part) > 1)
+    ]
   return [r for s, d in zip(seeds, dirs) for r in _fit_group(setup, [fold], [s], [d], vmapped=False)]
+
+
+def member_chunks(cfg, count: int) -> list[range]:
+  """Index ranges of the vmapped programs for ``count`` members: one program, or programs of at most
+  ``config.member_chunk`` members (0 = no limit) of near-equal sizes (at most two compiled shapes).
+
+  On CPU a member axis pays only while the M members' parameters and optimizer states stay in the cache; beyond
+  that it is slower than sequential training (README, Benchmarks), so a chunk limit keeps it where it pays."""
+  limit = int(cfg.get("member_chunk", 0) or 0)
+  if limit <= 0 or count <= limit:
+    return [range(count)]
+  n = -(-count // limit)  # number of programs
+  bounds = [round(i * count / n) for i in range(n + 1)]
+  return [range(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
 def fit_members(setup: Setup, members: list[tuple[FoldData, int, Path]]) -> list[dict[str, Any]]:
@@ -144,7 +162,13 @@ def fit_members(setup: Setup, members: list[tuple[FoldData, int, Path]]) -> list
       "use --config.members=vmap (seeds only)"
     )
   folds, seeds, dirs = (list(x) for x in zip(*members))
-  return _fit_group(setup, folds, seeds, dirs, vmapped=len(members) > 1)
+  return [
+    r
+    for part in member_chunks(setup.cfg, len(members))
+    for r in _fit_group(
+      setup, [folds[i] for i in part], [seeds[i] for i in part], [dirs[i] for i in part], vmapped=len(part) > 1
+    )
+  ]
 
 
 def _fit_group(setup: Setup, folds: list[FoldData], seeds: list[int], dirs: list[Path], vmapped: bool) -> list[dict]:
