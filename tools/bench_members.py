@@ -3,6 +3,7 @@
   python -m tools.bench_members --json runs/bench/members.json                  # EUAR: 5 seeds, M=16
   python -m tools.bench_members --model haemsa --json runs/bench/members_haemsa.json   # P = 4, 16, 64
   python -m tools.bench_members --smoke --json /tmp/m.json                      # seconds (tests)
+  python -m tools.bench_members --decompose --sizes 1,4,8,16 --json runs/bench/members_decompose.json
 
 Rows ``{members, mode ('vmap'|'vmap_chunked'|'sequential'), wall_s, samples_per_s, ...}``: ``wall_s`` is the median time of
 ``--steps`` training steps of all M members (vmap: ``steps`` member steps, ``DataParallel.make_steps(members=True)``;
@@ -186,6 +187,59 @@ def bench(model_name: str, sizes, steps: int, repeats: int, smoke: bool, chunk: 
   }
 
 
+def decompose(model_name: str, sizes, repeats: int = 30, smoke: bool = False) -> list[dict]:
+  """Where a member's step time goes: the vmapped forward, gradient and optimizer update (AdamW with clipping, the
+  platform's optimizer), each jitted alone on M identical members, timed as ms per member. A member axis pays only
+  where these per-member costs fall as M grows."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+
+  from jmoe.train import batches as batches_lib
+  from jmoe.train import state as state_lib
+
+  cfg, ds, st = _setup(model_name, smoke)
+  train = ds.splits["train"]
+  bs = cfg.optim.batch_size
+  sample = jax.tree.map(lambda a: a[0], next(batches_lib.iterate_batches(train, st.modalities, bs, 1)))
+  base = state_lib.create_state(st.model, st.tx, sample, jax.random.key(0), st.hparams, st.init_fn)
+  batch = jax.tree.map(lambda a: a[0], next(batches_lib.iterate_batches(train, st.modalities, bs, 1, 0, st.heads)))
+  if model_name == "haemsa":
+    batch = dict(batch, **{"gene/levels": np.float32(2.0)})
+
+  def loss(params, b):  # a stand-in objective of the model's outputs: same forward and backward graph sizes
+    out, _ = st.model.apply({"params": params}, b, True)
+    return sum(jnp.mean(jnp.square(v)) for v in jax.tree.leaves(out))
+
+  def update(p, o, g):
+    u, o = st.tx.update(g, o, p)
+    return optax.apply_updates(p, u), o
+
+  n_params = sum(int(np.size(x)) for x in jax.tree.leaves(base.params))
+  rows = []
+  for m in sizes:
+    stack = lambda tree, m=m: jax.tree.map(lambda x: jnp.stack([jnp.asarray(x)] * m), tree)
+    p, o, b = stack(base.params), stack(base.opt_state), stack(batch)
+    g = jax.jit(jax.vmap(jax.grad(loss)))(p, b)
+    parts = {
+      "forward": (jax.jit(jax.vmap(loss)), (p, b)),
+      "gradient": (jax.jit(jax.vmap(jax.grad(loss))), (p, b)),
+      "update": (jax.jit(jax.vmap(update)), (p, o, g)),
+    }
+    row = {"members": m, "params_per_member": n_params}
+    for name, (fn, args) in parts.items():
+      jax.block_until_ready(fn(*args))
+      times = []
+      for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+      row[f"{name}_ms_per_member"] = float(np.median(times)) * 1e3 / m
+    rows.append(row)
+  return rows
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--json", required=True)
@@ -194,12 +248,21 @@ def main(argv=None):
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--sizes", default="", help="comma-separated member counts (default: the issue's)")
   ap.add_argument("--smoke", action="store_true", help="tiny sizes (2 members, 2 steps): checks the tool runs")
+  ap.add_argument("--decompose", action="store_true", help="per-member forward / gradient / update times instead")
   ap.add_argument(
     "--chunk", type=int, default=8, help="also time vmapped programs of at most this many members (0 = off)"
   )
   a = ap.parse_args(argv)
   sizes = tuple(int(x) for x in a.sizes.split(",") if x) or SIZES[a.model]
   steps, repeats = a.steps, a.repeats
+  if a.decompose:
+    rows = decompose(a.model, sizes, smoke=a.smoke)
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps({"model": a.model, "decompose": rows, "machine": benchlib.machine_info()}))
+    head = ["members", "forward ms/member", "gradient ms/member", "update ms/member"]
+    keys = ["forward_ms_per_member", "gradient_ms_per_member", "update_ms_per_member"]
+    print("\n".join(benchlib.format_rows(head, [[str(r["members"])] + [f"{r[k]:.3f}" for k in keys] for r in rows])))
+    return {"decompose": rows}
   chunk = a.chunk
   if a.smoke:
     sizes, steps, repeats, chunk = (3,), 2, 1, 2
