@@ -82,14 +82,6 @@ def parse_rates(spec: str) -> list[float]:
   return [float(x) for x in spec.split(",") if x.strip()]
 
 
-def _set(cfg, dotted: str, value) -> None:
-  *path, key = dotted.split(".")
-  node = cfg
-  for p in path:
-    node = node[p]
-  node[key] = value
-
-
 def _metric(result: dict, task: str, split: str, metric: str) -> dict[int, float]:
   """{seed: mean over the run's folds of that seed's metric} (diverged seeds left out)."""
   per: dict[int, list[float]] = {}
@@ -144,8 +136,7 @@ def run(cfg) -> dict:
       sub.workdir = str(root / name)
       sub.name = f"{cfg.name}/{name}"
       sub.data.missing_rate = rate
-      for key, value in VARIANTS[variant].items():
-        _set(sub, key, value)
+      sub.update_from_flattened_dict(VARIANTS[variant])
       if n_experts is not None:
         sub.model.emotion_experts = n_experts
       runs[name] = (app.run(sub, himoe_deap.smoke), sub.workdir)

@@ -197,12 +197,7 @@ def _smoke_config(tmp_path, **over):
   cfg.workdir = str(tmp_path)
   cfg.smoke = True
   cfg.quiet = True
-  for k, v in over.items():
-    node = cfg
-    *path, leaf = k.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = v
+  cfg.update_from_flattened_dict(over)
   return cfg
 
 

@@ -30,12 +30,7 @@ def _cfg(workdir, **over):
   cfg.workdir, cfg.quiet, cfg.seeds = str(workdir), True, 1
   cfg.optim.epochs = 4
   cfg.data.synthetic_sizes = (96, 32, 32)
-  for k, v in over.items():
-    node = cfg
-    *path, leaf = k.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = v
+  cfg.update_from_flattened_dict(over)
   return cfg
 
 

@@ -41,9 +41,7 @@ def _cfg(tmp_path, name, **over):
   cfg.optim.epochs = 2
   cfg.optim.patience = 5
   cfg.data.synthetic_sizes = (64, 32, 32)
-  for k, v in over.items():
-    a, b = k.split(".")
-    cfg[a][b] = v
+  cfg.update_from_flattened_dict(over)
   return cfg
 
 
