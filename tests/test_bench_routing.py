@@ -2,6 +2,10 @@
 
 import json
 import math
+import subprocess
+import sys
+
+import pytest
 
 from jmoe.moe import dispatch
 from tools import bench_routing, benchlib
@@ -131,3 +135,48 @@ def test_benchlib_stats_and_table():
   assert entries[0]["stats"]["run"]["n"] == 3 and "run" in entries[0]["first_call_s"]
   frac = benchlib.ForeignCpu().start().stop()
   assert frac is None or 0.0 <= frac <= 1.0
+
+
+def test_time_interleaved_settles_after_another_runtime():
+  """A row that follows a row of another runtime gets one untimed settle call per round; same-runtime rows none."""
+  calls = {"a": 0, "b": 0, "t": 0}
+
+  def row(name, runtime):
+    def run():
+      calls[name] += 1
+
+    return {"name": name, "run": run, "block": lambda out: out, "runtime": runtime}
+
+  entries = [row("a", "jax"), row("b", "jax"), row("t", "torch")]
+  benchlib.time_interleaved(entries, "run", repeats=3, warmup=1)
+  # warm-up 1 each; rounds: a (settle after t from round 2 on), b, t (settle after b every round)
+  assert [len(e["times"]["run"]) for e in entries] == [3, 3, 3]
+  assert calls == {"a": 1 + 3 + 2, "b": 1 + 3, "t": 1 + 3 + 3}
+
+
+def _faults_in_subprocess(retain: bool) -> tuple[str, int]:
+  """Minor page faults of 3 calls of a jitted function with 64 MB outputs (after 5 warm-up calls)."""
+  code = (
+    "import resource, jax, jax.numpy as jnp\n"
+    "from jmoe import hostmem\n"
+    f"print(hostmem.retain_freed_memory() if {retain} else 'default')\n"
+    "f = jax.jit(lambda a: jnp.sin(a) + jnp.cos(a.T))\n"
+    "a = jnp.ones((4096, 4096))\n"
+    "for _ in range(5): f(a).block_until_ready()\n"
+    "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+    "for _ in range(3): f(a).block_until_ready()\n"
+    "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)\n"
+  )
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+  return out[0], int(out[1])
+
+
+def test_hostmem_retain_freed_memory_stops_page_faults():
+  """With jmoe.hostmem's glibc setting, calls that allocate large buffers stop faulting their pages in again."""
+  status, retained = _faults_in_subprocess(True)
+  if "skipped" in status:
+    pytest.skip(status)
+  assert status.startswith("host memory: freed memory stays in the process"), status
+  _, default = _faults_in_subprocess(False)
+  assert default > 3 * 16384, default  # glibc default: every 64 MB output is mmapped and faulted in again
+  assert retained < default / 4, (retained, default)

@@ -806,6 +806,7 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--batch-size", type=int, default=16)
   p.add_argument("--steps", type=int, default=200, help="timed training steps per row")
+  benchlib.add_malloc_flag(p)
   p.add_argument(
     "--seq-len", default="0,50", help="comma list of configs: 0 = utterance vectors, T = sequences [B, T, D] with masks"
   )
@@ -863,10 +864,13 @@ def parse_args(argv=None):
 def main(argv=None) -> dict[str, Any]:
   load_start = benchlib.loadavg()
   args = parse_args(argv)
+  malloc_status = benchlib.apply_malloc(args)
   torch_mod = None if args.no_torch else benchlib.import_torch()
   if torch_mod is not None:
     torch_mod.set_num_threads(args.torch_threads_list[0])
   machine = benchlib.machine_info(torch_mod)
+  machine["malloc"] = malloc_status
+  print(malloc_status, flush=True)
   print(
     f"machine: {machine['cpu_model']} ({', '.join(machine['cpu_simd_flags'])}), {machine['cores']} cores "
     f"(os.cpu_count {machine['os_cpu_count']}); python {machine['python']}; jax {machine['jax']} / jaxlib "

@@ -292,7 +292,8 @@ def run_config(
     if name in skip:
       continue
     fwd, fwd_bwd, extra = build()
-    entries.append({"name": name, "fwd": fwd, "fwd_bwd": fwd_bwd, "block": block, "extra": extra})
+    runtime = name.split("/")[0] if name.startswith("torch/") else "jax"
+    entries.append({"name": name, "fwd": fwd, "fwd_bwd": fwd_bwd, "block": block, "extra": extra, "runtime": runtime})
   load_before = benchlib.loadavg()
   foreign = benchlib.ForeignCpu().start()
   t_start = time.perf_counter()
@@ -713,6 +714,7 @@ def parse_args(argv=None):
     action="store_true",
     help="time the pieces of the sorted dispatch and the layer against the floor and the bank alone instead",
   )
+  benchlib.add_malloc_flag(p)
   p.add_argument("--verbose", action="store_true")
   return p.parse_args(argv)
 
@@ -729,6 +731,7 @@ def configs_from_args(args) -> list[tuple[Config, tuple[str, ...]]]:
 
 def main(argv=None) -> dict[str, Any]:
   args = parse_args(argv)
+  malloc_status = benchlib.apply_malloc(args)
   strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
   unknown = [s for s in strategies if s not in dispatch_lib.STRATEGIES]
   if unknown:
@@ -737,6 +740,8 @@ def main(argv=None) -> dict[str, Any]:
   if torch_mod is not None:
     torch_mod.set_num_threads(args.torch_threads or benchlib.num_threads())
   machine = benchlib.machine_info(torch_mod)
+  machine["malloc"] = malloc_status
+  print(malloc_status, flush=True)
   print(
     f"machine: {machine['cpu_model']} ({', '.join(machine['cpu_simd_flags'])}), {machine['cores']} cores; "
     f"jax {machine['jax']} / jaxlib {machine['jaxlib']}, backend {machine['backend']} {machine['devices']}; "

@@ -8,6 +8,8 @@
   average cannot tell, it counts the benchmark's own threads and compiles too. :func:`loadavg`, :func:`wait_idle`.
 * :func:`machine_info`, :func:`num_threads`, :func:`import_torch`: what the results were measured on.
 * :func:`format_rows`: an aligned text (or markdown) table.
+* :func:`add_malloc_flag` / :func:`apply_malloc`: ``--malloc retain|default``, the host allocator setting of
+  :mod:`jmoe.hostmem` (retain, what the experiment app does, is the default); call before the first JAX op.
 
 Only numpy is imported at module level: ``bench_parallel``'s parent process must not start a JAX backend.
 """
@@ -22,6 +24,23 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+
+def add_malloc_flag(parser) -> None:
+  parser.add_argument(
+    "--malloc",
+    choices=("retain", "default"),
+    default="retain",
+    help="retain (default; what the experiment app does): glibc keeps freed memory in the process "
+    "(jmoe.hostmem); default: glibc's own policy, under which every call page-faults its large buffers in again",
+  )
+
+
+def apply_malloc(args) -> str:
+  """Apply ``args.malloc`` (before the first JAX computation); returns the one-line status to print and store."""
+  from jmoe import hostmem  # pylint: disable=import-outside-toplevel
+
+  return hostmem.retain_freed_memory() if args.malloc == "retain" else "host memory: glibc default (--malloc default)"
 
 
 def num_threads() -> int:
@@ -158,7 +177,13 @@ def time_interleaved(
   default :func:`block`). Each row is warmed up first: the first call (compilation) is stored in
   ``entries[i]['first_call_s'][key]``, then up to ``warmup - 1`` untimed calls (fewer once one takes over a
   second). A row leaves the rounds once it has spent ``max_seconds`` and run ``min_repeats`` times. Stores
-  :func:`stats` under ``entries[i]['stats'][key]``."""
+  :func:`stats` under ``entries[i]['stats'][key]``.
+
+  Rows of different runtimes (``entries[i]['runtime']``, e.g. 'jax' and 'torch') do not share thread pools: right
+  after a PyTorch call its OpenMP threads keep spinning for tens of milliseconds and the *next* row's threads
+  lose the CPU to them (on the 2-core box the first JAX call after torch/loop took ~7 ms longer, the second none;
+  torch after JAX lost < 1 ms). So a row that follows a row of another runtime gets one untimed settle call
+  first: each row is timed as it runs in a program of its own runtime."""
   for ent in entries:
     fn, blk = ent[key], ent.get("block", block)
     t0 = time.perf_counter()
@@ -171,9 +196,14 @@ def time_interleaved(
         break
     ent.setdefault("times", {})[key] = []
   active = list(entries)
+  previous_runtime = None
   for _ in range(max(1, repeats)):
     for ent in active:
       fn, blk = ent[key], ent.get("block", block)
+      runtime = ent.get("runtime")
+      if previous_runtime is not None and runtime != previous_runtime:
+        blk(fn())  # settle: the other runtime's threads stop competing for the cores
+      previous_runtime = runtime
       t0 = time.perf_counter()
       blk(fn())
       ent["times"][key].append(time.perf_counter() - t0)

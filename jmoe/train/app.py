@@ -30,6 +30,7 @@ import jax
 import ml_collections
 from tqdm.auto import tqdm
 
+from jmoe import hostmem
 from jmoe.data import folds as folds_lib
 from jmoe.data import format as fmt
 from jmoe.data import sources
@@ -52,6 +53,7 @@ RUNTIME_KEYS = (
   "distributed",
   "workdir",
   "discard_damaged",
+  "retain_host_memory",
 )
 
 
@@ -69,6 +71,7 @@ def base_config(name: str, model_name: str) -> ml_collections.ConfigDict:
   c.devices = 0  # 0 = all devices (pmap: local ones; jit: every process's); N = the first N
   c.parallel = "pmap"  # data parallel: 'pmap' (local devices) | 'jit' (Mesh/NamedSharding; multi-host)
   c.distributed = False  # jax.distributed.initialize() (also when JAX_COORDINATOR_ADDRESS is set)
+  c.retain_host_memory = True  # glibc keeps freed memory in the process: no page faults per step (jmoe.hostmem)
   c.select = ""  # '<task>/<metric>' chosen on validation only; '' = the first task's rule
   c.smoke = False  # seconds: tiny data, 2 epochs, 1 seed, at most 2 folds (the tests run this)
   c.stop_after_epochs = -1  # debug: simulate an interruption after N epochs of this invocation
@@ -227,7 +230,10 @@ def run(cfg: ml_collections.ConfigDict, smoke: Callable[[ml_collections.ConfigDi
     if smoke is not None:
       smoke(cfg)
   validate_config(cfg)
-  parallel_lib.maybe_initialize_distributed(cfg.get("distributed", False))  # before anything touches a device
+  # Both before anything touches a device (the allocator setting before XLA's threads make their arenas).
+  memory = hostmem.retain_freed_memory() if cfg.get("retain_host_memory", True) else "host memory: glibc default"
+  parallel_lib.maybe_initialize_distributed(cfg.get("distributed", False))
+  log(memory)
   ds = sources.load(cfg.data)
   if ds.synthetic:
     log(f"*** SYNTHETIC DATA: {ds.name} ({ds.source}) — numbers are not results on a real dataset. ***")
