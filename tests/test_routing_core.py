@@ -10,6 +10,7 @@ import pytest
 
 from jmoe.moe import dispatch as dispatch_lib
 from jmoe.moe import losses
+from jmoe.moe import routing as routing_lib
 from jmoe.moe.experts import MLPExpert
 from jmoe.moe.layer import MoELayer
 from jmoe.moe.routing import SoftmaxRouter, TopKRouter, top_k_routing
@@ -272,3 +273,20 @@ def test_sorted_custom_vjp_under_vmap_over_a_population():
   assert float(jnp.min(dropped)) > 0  # the capacity rule really dropped slots in every member
   for a, b in zip(jax.tree.leaves(grads["sorted"]), jax.tree.leaves(grads["einsum"])):
     np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+@pytest.mark.parametrize("num_experts,k", [(8, 1), (8, 2), (32, 2), (4, 4), (16, 3), (8, 6)])
+def test_top_k_is_bit_identical_to_lax_top_k(num_experts, k):
+  """routing.top_k (argmax passes for k <= 4, lax.top_k above): same values, indices (ties towards the lower id)
+  and gradients, bit for bit."""
+  probs = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(num_experts * k), (256, num_experts)))
+  probs = probs.at[:5].set(1.0 / num_experts).at[5:9, :2].set(0.3)  # exact ties
+  v0, i0 = jax.lax.top_k(probs, k)
+  v1, i1 = routing_lib.top_k(probs, k)
+  np.testing.assert_array_equal(np.asarray(i1), np.asarray(i0))
+  np.testing.assert_array_equal(np.asarray(v1), np.asarray(v0))
+  assert i1.dtype == jnp.int32
+  ct = jax.random.normal(jax.random.PRNGKey(1), (256, k))
+  g0 = jax.vjp(lambda p: jax.lax.top_k(p, k)[0], probs)[1](ct)[0]
+  g1 = jax.vjp(lambda p: routing_lib.top_k(p, k)[0], probs)[1](ct)[0]
+  np.testing.assert_array_equal(np.asarray(g1), np.asarray(g0))
