@@ -11,10 +11,14 @@ mostly escapes this, which is what had made it look faster than the same matmuls
 :func:`retain_freed_memory` sets glibc's ``mallopt`` so that freed memory stays with the process: no mmap for
 large blocks (``M_MMAP_MAX=0``), no trimming of the heap top (``M_TRIM_THRESHOLD``), and one arena
 (``M_ARENA_MAX=1``, so that every thread's large blocks come from the one heap that is never shrunk). Later calls
-reuse warm pages. The cost: resident memory stays at its peak until the process exits -- what a training or
-benchmark process wants, which is why the experiment app and the benchmarks call it at start-up; a library
-import never does. It is a process-wide setting, so call it once, before the first JAX computation (threads that
-have already made their own arena keep it). On a C library other than glibc it does nothing and says so.
+reuse warm pages. The costs: resident memory stays at its peak until the process exits, and every thread
+allocates under the one arena's lock. That lock made small, many-threaded training steps much slower: the EUAR
+default (``python -m experiments.euar_mosi``, ~1 ms steps, orbax and dispatch threads) took 50 s instead of 30 s
+with it, and 28 s with the first two settings alone -- which in turn leave the large layer's faults in place
+(its worker threads' arenas unmap their heaps). So it is opt-in: ``tools.bench_routing`` applies it by default,
+the experiment app with ``--config.retain_host_memory=True`` (for large layers), a library import never. It is a
+process-wide setting, so call it once, before the first JAX computation (threads that have already made their own
+arena keep it). On a C library other than glibc it does nothing and says so.
 """
 
 from __future__ import annotations

@@ -806,7 +806,7 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--batch-size", type=int, default=16)
   p.add_argument("--steps", type=int, default=200, help="timed training steps per row")
-  benchlib.add_malloc_flag(p)
+  benchlib.add_malloc_flag(p, "default")
   p.add_argument(
     "--seq-len", default="0,50", help="comma list of configs: 0 = utterance vectors, T = sequences [B, T, D] with masks"
   )

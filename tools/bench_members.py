@@ -248,7 +248,7 @@ def main(argv=None):
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--sizes", default="", help="comma-separated member counts (default: the issue's)")
   ap.add_argument("--smoke", action="store_true", help="tiny sizes (2 members, 2 steps): checks the tool runs")
-  benchlib.add_malloc_flag(ap)
+  benchlib.add_malloc_flag(ap, "default")
   ap.add_argument("--decompose", action="store_true", help="per-member forward / gradient / update times instead")
   ap.add_argument(
     "--chunk", type=int, default=8, help="also time vmapped programs of at most this many members (0 = off)"

@@ -714,7 +714,7 @@ def parse_args(argv=None):
     action="store_true",
     help="time the pieces of the sorted dispatch and the layer against the floor and the bank alone instead",
   )
-  benchlib.add_malloc_flag(p)
+  benchlib.add_malloc_flag(p, "retain")
   p.add_argument("--verbose", action="store_true")
   return p.parse_args(argv)
 

@@ -9,7 +9,7 @@
 * :func:`machine_info`, :func:`num_threads`, :func:`import_torch`: what the results were measured on.
 * :func:`format_rows`: an aligned text (or markdown) table.
 * :func:`add_malloc_flag` / :func:`apply_malloc`: ``--malloc retain|default``, the host allocator setting of
-  :mod:`jmoe.hostmem` (retain, what the experiment app does, is the default); call before the first JAX op.
+  :mod:`jmoe.hostmem` (each benchmark picks its default); call before the first JAX op.
 
 Only numpy is imported at module level: ``bench_parallel``'s parent process must not start a JAX backend.
 """
@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 
 
-def add_malloc_flag(parser) -> None:
+def add_malloc_flag(parser, default: str) -> None:
   parser.add_argument(
     "--malloc",
     choices=("retain", "default"),
-    default="retain",
-    help="retain (default; what the experiment app does): glibc keeps freed memory in the process "
-    "(jmoe.hostmem); default: glibc's own policy, under which every call page-faults its large buffers in again",
+    default=default,
+    help=f"retain: glibc keeps freed memory in the process (jmoe.hostmem; faster for large layers, slower for "
+    f"small multi-threaded steps); default: glibc's own policy. This benchmark's default: {default}",
   )
 
 

@@ -71,7 +71,7 @@ def base_config(name: str, model_name: str) -> ml_collections.ConfigDict:
   c.devices = 0  # 0 = all devices (pmap: local ones; jit: every process's); N = the first N
   c.parallel = "pmap"  # data parallel: 'pmap' (local devices) | 'jit' (Mesh/NamedSharding; multi-host)
   c.distributed = False  # jax.distributed.initialize() (also when JAX_COORDINATOR_ADDRESS is set)
-  c.retain_host_memory = True  # glibc keeps freed memory in the process: no page faults per step (jmoe.hostmem)
+  c.retain_host_memory = False  # True: glibc keeps freed memory (jmoe.hostmem): for large layers, not small steps
   c.select = ""  # '<task>/<metric>' chosen on validation only; '' = the first task's rule
   c.smoke = False  # seconds: tiny data, 2 epochs, 1 seed, at most 2 folds (the tests run this)
   c.stop_after_epochs = -1  # debug: simulate an interruption after N epochs of this invocation
@@ -231,9 +231,10 @@ def run(cfg: ml_collections.ConfigDict, smoke: Callable[[ml_collections.ConfigDi
       smoke(cfg)
   validate_config(cfg)
   # Both before anything touches a device (the allocator setting before XLA's threads make their arenas).
-  memory = hostmem.retain_freed_memory() if cfg.get("retain_host_memory", True) else "host memory: glibc default"
+  memory = hostmem.retain_freed_memory() if cfg.get("retain_host_memory", False) else None
   parallel_lib.maybe_initialize_distributed(cfg.get("distributed", False))
-  log(memory)
+  if memory:
+    log(memory)
   ds = sources.load(cfg.data)
   if ds.synthetic:
     log(f"*** SYNTHETIC DATA: {ds.name} ({ds.source}) — numbers are not results on a real dataset. ***")
