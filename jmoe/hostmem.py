@@ -3,19 +3,18 @@
 Why: XLA:CPU allocates the output and temporary buffers of every call with ``malloc``. glibc serves blocks above
 its mmap threshold (at most 32 MiB) and the thread arenas' heaps with fresh ``mmap`` pages and gives them back on
 ``free``, so every call of a jitted function whose intermediates are large page-faults its memory in again and
-the kernel zeroes it: on the 2-core box an expert layer's fwd+bwd (tokens 4096, dim 256, hidden 512, E=8, top-2)
-took ~20,000 minor faults per call and a fifth of its time in the kernel (``tools.bench_routing --malloc``
-measures both settings; README has the numbers). PyTorch's eager loop allocates smaller blocks and
-mostly escapes this, which is what had made it look faster than the same matmuls under ``jit``.
+the kernel zeroes it: a routed expert layer's fwd+bwd spent a large share of its time in the kernel
+(``tools.bench_routing --malloc retain|default`` measures both settings; README has the numbers). PyTorch's eager
+loop allocates smaller blocks and mostly escapes this, which is what had made it look faster than the same matmuls
+under ``jit``.
 
 :func:`retain_freed_memory` sets glibc's ``mallopt`` so that freed memory stays with the process: no mmap for
 large blocks (``M_MMAP_MAX=0``), no trimming of the heap top (``M_TRIM_THRESHOLD``), and one arena
 (``M_ARENA_MAX=1``, so that every thread's large blocks come from the one heap that is never shrunk). Later calls
 reuse warm pages. The costs: resident memory stays at its peak until the process exits, and every thread
-allocates under the one arena's lock. That lock made small, many-threaded training steps much slower: the EUAR
-default (``python -m experiments.euar_mosi``, ~1 ms steps, orbax and dispatch threads) took 50 s instead of 30 s
-with it, and 28 s with the first two settings alone -- which in turn leave the large layer's faults in place
-(its worker threads' arenas unmap their heaps). So it is opt-in: ``tools.bench_routing`` applies it by default,
+allocates under the one arena's lock. That lock makes small, many-threaded training steps much slower (the EUAR
+default, ``python -m experiments.euar_mosi``: README, platform section), while the first two settings alone leave
+the large layer's faults in place (its worker threads' arenas unmap their heaps). So it is opt-in: ``tools.bench_routing`` applies it by default,
 the experiment app with ``--config.retain_host_memory=True`` (for large layers), a library import never. It is a
 process-wide setting, so call it once, before the first JAX computation (threads that have already made their own
 arena keep it). On a C library other than glibc it does nothing and says so.

@@ -292,7 +292,7 @@ def run_config(
     if name in skip:
       continue
     fwd, fwd_bwd, extra = build()
-    runtime = name.split("/")[0] if name.startswith("torch/") else "jax"
+    runtime = "torch" if name.startswith("torch/") else "jax"
     entries.append({"name": name, "fwd": fwd, "fwd_bwd": fwd_bwd, "block": block, "extra": extra, "runtime": runtime})
   load_before = benchlib.loadavg()
   foreign = benchlib.ForeignCpu().start()
