@@ -180,3 +180,58 @@ def test_hostmem_retain_freed_memory_stops_page_faults():
   _, default = _faults_in_subprocess(False)
   assert default > 3 * 16384, default  # glibc default: every 64 MB output is mmapped and faulted in again
   assert retained < default / 4, (retained, default)
+
+
+def test_summarize_runs_medians_and_spread():
+  """--processes: every row's numbers become medians over the runs, with the [min, max] range kept."""
+
+  def row(name, fwd, ratio, torch_ratio=None):
+    return {
+      "name": name,
+      "config": dict(bench_routing.HEADLINE, dtype="float32"),
+      "median_s": fwd,
+      "fwd_bwd_median_s": 3 * fwd,
+      "ratio_vs_floor": ratio,
+      "fwd_bwd_ratio_vs_floor": ratio + 0.01,
+      "ratio_vs_best_torch": torch_ratio,
+      "best_torch": "torch/loop",
+      "fwd_bwd_ratio_vs_best_torch": None,
+      "foreign_cpu_fraction": 0.0,
+    }
+
+  runs = [
+    [row("jmoe/sorted", t, r, 0.8), row("floor/matmul", 1.0, 1.0)] for t, r in ((2.0, 1.1), (1.0, 1.0), (4.0, 1.3))
+  ]
+  summary = bench_routing.summarize_runs(runs)
+  assert [r["name"] for r in summary] == ["jmoe/sorted", "floor/matmul"]
+  s = summary[0]
+  assert s["processes"] == 3 and s["median_s"] == 2.0 and s["spread"]["median_s"] == (1.0, 4.0)
+  assert s["ratio_vs_floor"] == 1.1 and s["spread"]["ratio_vs_floor"] == (1.0, 1.3)
+  assert s["ratio_vs_best_torch"] == 0.8 and s["fwd_bwd_ratio_vs_best_torch"] is None
+  assert "fwd_bwd_ratio_vs_best_torch" not in s["spread"]
+  assert "1.10 [1.00-1.30]" in bench_routing.format_summary(summary)
+  per_run = [bench_routing.check_targets(rows) for rows in runs]  # fwd ratios 1.1, 1.0, 1.3: one run meets 1.05
+  assert bench_routing.targets_over_runs(summary, per_run)[0] == (
+    "target fastest jmoe <= 1.05x floor/matmul (fwd): jmoe/sorted 1.10x -> MISSED [single runs: met in 1 of 3]"
+  )
+  with pytest.raises(ValueError, match="do not match"):
+    bench_routing.summarize_runs([runs[0], runs[1][:1]])
+  assert bench_routing._without_flags(  # pylint: disable=protected-access
+    ["--json", "a.json", "--processes=3", "--tokens", "64", "--processes", "2"], ("--processes", "--json")
+  ) == ["--tokens", "64"]
+
+
+def test_processes_runs_fresh_processes(tmp_path):
+  """--processes 2 runs the benchmark twice in child processes and writes both runs, the summary and targets."""
+  path = tmp_path / "p2.json"
+  tiny = ["--tokens", "64", "--dim", "16", "--hidden", "32", "--experts", "4", "--top-k", "2", "--strategies", "sorted"]
+  out = bench_routing.main(
+    tiny + ["--repeats", "2", "--warmup", "1", "--no-torch", "--processes", "2", "--json", str(path)]
+  )
+  data = json.loads(path.read_text())
+  assert len(data["runs"]) == 2 and data["machine"]["backend"] == "cpu"
+  assert [r["name"] for r in data["summary"]] == ["jmoe/sorted", "floor/matmul"]
+  assert all(r["processes"] == 2 for r in data["summary"])
+  assert out["targets"] == data["targets"] == []  # not the headline config: no targets to judge
+  with pytest.raises(SystemExit):
+    bench_routing.parse_args(["--processes", "0"])

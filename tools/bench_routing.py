@@ -5,6 +5,7 @@ Command (from the repo root)::
     python -m tools.bench_routing --json runs/bench/routing_fp32.json   # default grid
     python -m tools.bench_routing --tokens 4096 --experts 8 --top-k 2 --strategies sorted,einsum
     python -m tools.bench_routing --profile --json runs/bench/profile.json  # where sorted spends its time
+    python -m tools.bench_routing --tokens 4096 --experts 8 --top-k 2 --processes 5 --json runs/bench/p5.json
 
 Default grid (no size flags): tokens=4096 dim=256 hidden=512 fp32 with (E=8, k=2) (the headline config), (E=32,
 k=2) and (E=8, k=1); one table per config. At E=32 the rows that run every expert on every token (jmoe/dense,
@@ -47,6 +48,12 @@ floor/matmul in fwd and in fwd+bwd, <= 0.9x the fastest torch row in fwd and <= 
 ragged at E=32 within 1.5x of their E=8 time. Measured results belong in the JSON this writes and in README, not
 here.
 
+``--processes P`` runs the whole benchmark in P fresh processes, one after another, and prints every row's median
+over them with the [fastest-slowest process] range, and the targets judged on those medians with how many single
+runs met each. Why: on the 2-core box the ratio of the *same* two programs varied more between processes (the
+layer/floor forward 1.00-1.08x over five idle runs) than between repeats in one process (four separately compiled
+copies of the layer agreed within 0.5%), so one process's ratio is one sample.
+
 ``--profile`` times each piece of jmoe/sorted (router with and without its metrics, slot bookkeeping, dispatch
 gather, expert bank, combine; their backward passes), each its own jit with precomputed inputs, interleaved, and
 next to them the forms the library's pieces replaced, so that the reasons for the library's choices stay
@@ -66,6 +73,10 @@ import dataclasses
 import json
 import math
 import os
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from typing import Any, Callable, Sequence
 
@@ -714,9 +725,134 @@ def parse_args(argv=None):
     action="store_true",
     help="time the pieces of the sorted dispatch and the layer against the floor and the bank alone instead",
   )
+  p.add_argument(
+    "--processes",
+    type=int,
+    default=1,
+    help="run the whole benchmark in this many fresh processes, one after another, and summarise each row's "
+    "spread over them (a ratio varies more between processes than between repeats in one process)",
+  )
   benchlib.add_malloc_flag(p, "retain")
   p.add_argument("--verbose", action="store_true")
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  if args.processes < 1:
+    p.error(f"--processes must be >= 1, got {args.processes}")
+  return args
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# --processes P: the same benchmark in P fresh processes, and the spread of every row over them
+
+# The per-row numbers that are summarised over processes (median and range).
+_SPREAD_KEYS = (
+  "median_s",
+  "fwd_bwd_median_s",
+  "ratio_vs_floor",
+  "fwd_bwd_ratio_vs_floor",
+  "ratio_vs_best_torch",
+  "fwd_bwd_ratio_vs_best_torch",
+)
+
+
+def _without_flags(argv: Sequence[str], flags: Sequence[str]) -> list[str]:
+  """argv minus each ``--flag value`` / ``--flag=value`` in flags."""
+  out, skip = [], False
+  for a in argv:
+    if skip:
+      skip = False
+    elif a in flags:
+      skip = True
+    elif not any(a.startswith(f + "=") for f in flags):
+      out.append(a)
+  return out
+
+
+def summarize_runs(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+  """Rows of P runs (each a list of result rows, same configs and names) -> one row per (config, name): the first
+  run's row with every ``_SPREAD_KEYS`` value replaced by its median over the runs, plus ``spread`` = {key: (min,
+  max)} and ``processes`` = P. The medians are what :func:`check_targets` then judges."""
+  key = lambda r: (tuple(sorted(r["config"].items())), r["name"])
+  by_key: dict[tuple, list[dict[str, Any]]] = {}
+  for rows in runs:
+    for r in rows:
+      by_key.setdefault(key(r), []).append(r)
+  out = []
+  for rows in by_key.values():
+    if len(rows) != len(runs):
+      raise ValueError(f"row {rows[0]['name']!r} is in {len(rows)} of {len(runs)} runs; the runs do not match")
+    row = dict(rows[0], processes=len(runs), spread={})
+    for k in _SPREAD_KEYS:
+      vals = [r[k] for r in rows if r.get(k) is not None]
+      row[k] = statistics.median(vals) if vals else None
+      if vals:
+        row["spread"][k] = (min(vals), max(vals))
+    out.append(row)
+  return out
+
+
+def format_summary(rows: list[dict[str, Any]]) -> str:
+  """One table per config: every row's median over the processes and [min-max] range."""
+
+  def cell(r, k, scale=1.0, fmt="{:.2f}"):
+    if r.get(k) is None:
+      return "-"
+    lo, hi = r["spread"][k]
+    return f"{fmt.format(r[k] * scale)} [{fmt.format(lo * scale)}-{fmt.format(hi * scale)}]"
+
+  head = ["name", "fwd ms", "fwd+bwd ms", "x floor fwd", "x floor f+b", "x torch fwd", "x torch f+b"]
+  out, configs = [], {}
+  for r in rows:
+    configs.setdefault(tuple(sorted(r["config"].items())), []).append(r)
+  for cfg_rows in configs.values():
+    cfg = Config(**cfg_rows[0]["config"])
+    out.append(f"## over {cfg_rows[0]['processes']} processes: {cfg.label()}")
+    out.append("   median over the processes [fastest-slowest process]; each process's own numbers are medians")
+    lines = [
+      [
+        r["name"],
+        cell(r, "median_s", 1e3, "{:.1f}"),
+        cell(r, "fwd_bwd_median_s", 1e3, "{:.1f}"),
+        cell(r, "ratio_vs_floor"),
+        cell(r, "fwd_bwd_ratio_vs_floor"),
+        cell(r, "ratio_vs_best_torch"),
+        cell(r, "fwd_bwd_ratio_vs_best_torch"),
+      ]
+      for r in cfg_rows
+    ]
+    out += benchlib.format_rows(head, lines) + [""]
+  return "\n".join(out)
+
+
+def targets_over_runs(summary: list[dict[str, Any]], per_run: list[list[str]]) -> list[str]:
+  """:func:`check_targets` on the medians over processes, each line with how many single runs met it."""
+  return [
+    f"{line} [single runs: met in {sum('-> MET' in t[j] for t in per_run)} of {len(per_run)}]"
+    for j, line in enumerate(check_targets(summary))
+  ]
+
+
+def run_processes(argv: Sequence[str], args) -> dict[str, Any]:
+  """``--processes P``: run this benchmark (argv without --processes/--json) in P fresh processes one after
+  another, print each one's tables, then the spread table and the targets judged on the medians over processes,
+  each with how many single runs met it."""
+  child_argv = _without_flags(argv, ("--processes", "--json"))
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  runs = []
+  with tempfile.TemporaryDirectory() as tmp:
+    for i in range(args.processes):
+      path = os.path.join(tmp, f"run{i}.json")
+      print(f"# process {i + 1} of {args.processes}", flush=True)
+      cmd = [sys.executable, "-m", "tools.bench_routing", *child_argv, "--json", path]
+      if subprocess.run(cmd, cwd=root, check=False).returncode != 0:
+        raise SystemExit(f"bench_routing: process {i + 1} of {args.processes} failed: {' '.join(cmd)}")
+      with open(path) as f:
+        runs.append(json.load(f))
+  summary = summarize_runs([run["results"] for run in runs])
+  print(format_summary(summary), flush=True)
+  targets = targets_over_runs(summary, [run["targets"] for run in runs])
+  for m in targets:
+    print(f"median over processes: {m}")
+  return {"machine": runs[0]["machine"], "runs": runs, "summary": summary, "targets": targets}
 
 
 def configs_from_args(args) -> list[tuple[Config, tuple[str, ...]]]:
@@ -729,8 +865,21 @@ def configs_from_args(args) -> list[tuple[Config, tuple[str, ...]]]:
   ]
 
 
+def _write_json(out: dict[str, Any], path: str | None) -> None:
+  if path:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(out, f, indent=1)
+    print(f"wrote {path}")
+
+
 def main(argv=None) -> dict[str, Any]:
+  argv = sys.argv[1:] if argv is None else list(argv)
   args = parse_args(argv)
+  if args.processes > 1:
+    out = run_processes(argv, args)
+    _write_json(out, args.json)
+    return out
   malloc_status = benchlib.apply_malloc(args)
   strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
   unknown = [s for s in strategies if s not in dispatch_lib.STRATEGIES]
@@ -767,11 +916,7 @@ def main(argv=None) -> dict[str, Any]:
     out["profiles"] = profiles
   for m in out["targets"]:
     print(m)
-  if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-      json.dump(out, f, indent=1)
-    print(f"wrote {args.json}")
+  _write_json(out, args.json)
   return out
 
 
