@@ -50,9 +50,8 @@ here.
 
 ``--processes P`` runs the whole benchmark in P fresh processes, one after another, and prints every row's median
 over them with the [fastest-slowest process] range, and the targets judged on those medians with how many single
-runs met each. Why: on the 2-core box the ratio of the *same* two programs varied more between processes (the
-layer/floor forward 1.00-1.08x over five idle runs) than between repeats in one process (four separately compiled
-copies of the layer agreed within 0.5%), so one process's ratio is one sample.
+runs met each. Why: the ratio of the same two programs can vary more between processes than between repeats in
+one process (README has the measurement), so one process's ratio is one sample.
 
 ``--profile`` times each piece of jmoe/sorted (router with and without its metrics, slot bookkeeping, dispatch
 gather, expert bank, combine; their backward passes), each its own jit with precomputed inputs, interleaved, and
