@@ -222,12 +222,11 @@ def test_summarize_runs_medians_and_spread():
 
 
 def test_processes_runs_fresh_processes(tmp_path):
-  """--processes 2 runs the benchmark twice in child processes and writes both runs, the summary and targets."""
+  """--processes 2 runs the benchmark twice in child processes and writes both runs, the summary and targets (an
+  abbreviated --proc the parent accepts must not make the children spawn processes of their own)."""
   path = tmp_path / "p2.json"
   tiny = ["--tokens", "64", "--dim", "16", "--hidden", "32", "--experts", "4", "--top-k", "2", "--strategies", "sorted"]
-  out = bench_routing.main(
-    tiny + ["--repeats", "2", "--warmup", "1", "--no-torch", "--processes", "2", "--json", str(path)]
-  )
+  out = bench_routing.main(tiny + ["--repeats", "2", "--warmup", "1", "--no-torch", "--proc", "2", "--json", str(path)])
   data = json.loads(path.read_text())
   assert len(data["runs"]) == 2 and data["machine"]["backend"] == "cpu"
   assert [r["name"] for r in data["summary"]] == ["jmoe/sorted", "floor/matmul"]
@@ -235,3 +234,5 @@ def test_processes_runs_fresh_processes(tmp_path):
   assert out["targets"] == data["targets"] == []  # not the headline config: no targets to judge
   with pytest.raises(SystemExit):
     bench_routing.parse_args(["--processes", "0"])
+  with pytest.raises(SystemExit):
+    bench_routing.parse_args(["--processes", "2", "--profile"])

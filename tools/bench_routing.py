@@ -632,13 +632,17 @@ def format_table(cfg: Config, rows: list[dict[str, Any]]) -> str:
   return "\n".join(out + benchlib.format_rows(head, lines))
 
 
+def _config_key(row: dict[str, Any]) -> tuple:
+  """A result row's config as a hashable key."""
+  return tuple(sorted(row["config"].items()))
+
+
 def check_targets(results: list[dict[str, Any]]) -> list[str]:
   """The report-only targets of the headline config (see module docstring). Returns human-readable lines."""
   msgs = []
   by_cfg: dict[tuple, dict[str, dict]] = {}
   for r in results:
-    c = r["config"]
-    by_cfg.setdefault(tuple(sorted(c.items())), {})[r["name"]] = r
+    by_cfg.setdefault(_config_key(r), {})[r["name"]] = r
 
   def find(**kw):
     for key, rows in by_cfg.items():
@@ -736,6 +740,8 @@ def parse_args(argv=None):
   args = p.parse_args(argv)
   if args.processes < 1:
     p.error(f"--processes must be >= 1, got {args.processes}")
+  if args.processes > 1 and args.profile:
+    p.error("--processes summarises the benchmark tables; run --profile in one process")
   return args
 
 
@@ -770,11 +776,10 @@ def summarize_runs(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
   """Rows of P runs (each a list of result rows, same configs and names) -> one row per (config, name): the first
   run's row with every ``_SPREAD_KEYS`` value replaced by its median over the runs, plus ``spread`` = {key: (min,
   max)} and ``processes`` = P. The medians are what :func:`check_targets` then judges."""
-  key = lambda r: (tuple(sorted(r["config"].items())), r["name"])
   by_key: dict[tuple, list[dict[str, Any]]] = {}
   for rows in runs:
     for r in rows:
-      by_key.setdefault(key(r), []).append(r)
+      by_key.setdefault((_config_key(r), r["name"]), []).append(r)
   out = []
   for rows in by_key.values():
     if len(rows) != len(runs):
@@ -801,7 +806,7 @@ def format_summary(rows: list[dict[str, Any]]) -> str:
   head = ["name", "fwd ms", "fwd+bwd ms", "x floor fwd", "x floor f+b", "x torch fwd", "x torch f+b"]
   out, configs = [], {}
   for r in rows:
-    configs.setdefault(tuple(sorted(r["config"].items())), []).append(r)
+    configs.setdefault(_config_key(r), []).append(r)
   for cfg_rows in configs.values():
     cfg = Config(**cfg_rows[0]["config"])
     out.append(f"## over {cfg_rows[0]['processes']} processes: {cfg.label()}")
@@ -834,6 +839,8 @@ def run_processes(argv: Sequence[str], args) -> dict[str, Any]:
   """``--processes P``: run this benchmark (argv without --processes/--json) in P fresh processes one after
   another, print each one's tables, then the spread table and the targets judged on the medians over processes,
   each with how many single runs met it."""
+  # The children get --processes 1 and their own --json last (argparse keeps the last value), so an abbreviated
+  # flag the strip below misses (--proc 5) cannot make a child spawn processes of its own.
   child_argv = _without_flags(argv, ("--processes", "--json"))
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   runs = []
@@ -841,7 +848,7 @@ def run_processes(argv: Sequence[str], args) -> dict[str, Any]:
     for i in range(args.processes):
       path = os.path.join(tmp, f"run{i}.json")
       print(f"# process {i + 1} of {args.processes}", flush=True)
-      cmd = [sys.executable, "-m", "tools.bench_routing", *child_argv, "--json", path]
+      cmd = [sys.executable, "-m", "tools.bench_routing", *child_argv, "--processes", "1", "--json", path]
       if subprocess.run(cmd, cwd=root, check=False).returncode != 0:
         raise SystemExit(f"bench_routing: process {i + 1} of {args.processes} failed: {' '.join(cmd)}")
       with open(path) as f:
