@@ -154,32 +154,40 @@ def test_time_interleaved_settles_after_another_runtime():
   assert calls == {"a": 1 + 3 + 2, "b": 1 + 3, "t": 1 + 3 + 3}
 
 
-def _faults_in_subprocess(retain: bool) -> tuple[str, int]:
-  """Minor page faults of 3 calls of a jitted function with 64 MB outputs (after 5 warm-up calls)."""
+def _faults_in_subprocess(retain: bool) -> tuple[str, list[int]]:
+  """Minor page faults of each of 12 calls of a jitted function with 64 MB outputs, after 10 warm-up calls."""
   code = (
     "import resource, jax, jax.numpy as jnp\n"
     "from jmoe import hostmem\n"
     f"print(hostmem.retain_freed_memory() if {retain} else 'default')\n"
     "f = jax.jit(lambda a: jnp.sin(a) + jnp.cos(a.T))\n"
     "a = jnp.ones((4096, 4096))\n"
-    "for _ in range(5): f(a).block_until_ready()\n"
-    "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-    "for _ in range(3): f(a).block_until_ready()\n"
-    "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)\n"
+    "for _ in range(10): f(a).block_until_ready()\n"
+    "per_call = []\n"
+    "for _ in range(12):\n"
+    "  r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+    "  f(a).block_until_ready()\n"
+    "  per_call.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)\n"
+    "print(' '.join(map(str, per_call)))\n"
   )
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
-  return out[0], int(out[1])
+  return out[0], [int(v) for v in out[1].split()]
 
 
 def test_hostmem_retain_freed_memory_stops_page_faults():
-  """With jmoe.hostmem's glibc setting, calls that allocate large buffers stop faulting their pages in again."""
+  """With jmoe.hostmem's glibc setting, calls that allocate large buffers reuse the process's memory instead of
+  faulting fresh pages in. Under glibc's default every call maps its 64 MB output anew (16384 faults, every call).
+  With the setting, calls fault nothing once the heap has grown to its working size; under CPU load (the previous
+  output is freed later, so two may be alive) the heap keeps growing for a few more calls, so the test asks for
+  fault-free calls and fewer faults in all, not for zero in every call."""
   status, retained = _faults_in_subprocess(True)
   if "skipped" in status:
     pytest.skip(status)
   assert status.startswith("host memory: freed memory stays in the process"), status
   _, default = _faults_in_subprocess(False)
-  assert default > 3 * 16384, default  # glibc default: every 64 MB output is mmapped and faulted in again
-  assert retained < default / 4, (retained, default)
+  assert min(default) >= 16384, default  # glibc default: every 64 MB output is mmapped and faulted in again
+  assert min(retained) < 1024, retained
+  assert sum(retained) < sum(default) / 2, (retained, default)
 
 
 def test_summarize_runs_medians_and_spread():
