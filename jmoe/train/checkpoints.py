@@ -6,16 +6,22 @@ breaks resuming; so we use two managers in two directories, each keeping one che
 validation metric improves). Saved trees are host-local, unreplicated numpy pytrees, so a checkpoint written on
 P devices restores on any device count.
 
-Crash consistency: re-saving a step that already exists (an epoch redone after an interruption) replaces it.
+Crash consistency: re-saving a step that already exists (an epoch redone after an interruption) replaces it: the old
+copy is first renamed aside (``.replaced-<step>``), and removed only once the new one is committed. What an
+interrupted save leaves is not damage: opening a :class:`Checkpoints` removes unfinished orbax saves
+(``<step>.orbax-checkpoint-tmp*``) and puts back an old copy whose replacement never committed, so a restore returns
+the last complete step (or None if there is none) and a plain re-run resumes from there.
 Damage: every save stores a SHA-256 of the saved arrays and metadata inside its own metadata (written in the same
-orbax commit); a restore that fails, or whose values do not hash to it, raises :class:`DamagedCheckpointError`
-naming the directory -- altered values are never returned.
+orbax commit); a restore that fails, whose values do not hash to it, or that has no checksum at all raises
+:class:`DamagedCheckpointError` naming the directory -- altered values are never returned.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +30,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 DIGEST_KEY = "_sha256"
+TMP_MARK = ".orbax-checkpoint-tmp"  # orbax writes a step as <step><TMP_MARK>-<time> and renames it when committed
+ASIDE_PREFIX = ".replaced-"  # a committed step being replaced by a re-save of the same step
 
 
 class DamagedCheckpointError(ValueError):
@@ -43,9 +51,39 @@ def digest(tree, meta: dict[str, Any]) -> str:
   return h.hexdigest()
 
 
+def _rmtree(p: Path) -> None:
+  if p.is_dir() and not p.is_symlink():
+    shutil.rmtree(p)
+  else:
+    p.unlink(missing_ok=True)
+
+
+def recover_interrupted(root: Path) -> list[str]:
+  """Undo what an interrupted save left in one manager directory ``root`` (``latest`` or ``best``): unfinished orbax
+  saves are removed; an old copy renamed aside is put back if its replacement never committed, else removed.
+  Returns one note per thing done (empty if nothing was left)."""
+  notes = []
+  if not root.is_dir():
+    return notes
+  for p in sorted(root.iterdir()):
+    if TMP_MARK in p.name:
+      _rmtree(p)
+      notes.append(f"{p}: unfinished save removed")
+  for p in sorted(root.iterdir()):
+    if p.name.startswith(ASIDE_PREFIX):
+      target = root / p.name[len(ASIDE_PREFIX) :]
+      if target.exists():
+        _rmtree(p)
+      else:
+        os.rename(p, target)
+        notes.append(f"{target}: its re-save was interrupted; the previous copy is kept")
+  return notes
+
+
 class Checkpoints:
   def __init__(self, directory: Path):
     self.directory = directory = Path(directory).absolute()
+    self.recovered = [n for name in ("latest", "best") for n in recover_interrupted(directory / name)]
     opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
     self.latest = ocp.CheckpointManager(directory / "latest", options=opts)
     self.best = ocp.CheckpointManager(directory / "best", options=opts)
@@ -54,12 +92,19 @@ class Checkpoints:
   def _save(mngr, step: int, tree, meta: dict[str, Any]):
     tree = jax.tree.map(np.asarray, jax.device_get(tree))
     meta = {**meta, DIGEST_KEY: digest(tree, meta)}
+    root, aside = Path(mngr.directory), None
     if step in mngr.all_steps():  # an epoch redone after an interruption: replace what it wrote before
-      mngr.delete(step)
+      aside = root / f"{ASIDE_PREFIX}{step}"  # kept until the new copy commits (see recover_interrupted)
+      if aside.exists():
+        _rmtree(aside)
+      os.rename(root / str(step), aside)
+      mngr.reload()
     mngr.save(
       step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)), force=True
     )
     mngr.wait_until_finished()
+    if aside is not None:
+      _rmtree(aside)
 
   def save_latest(self, step: int, tree, meta: dict[str, Any]):
     self._save(self.latest, step, tree, meta)
@@ -86,7 +131,9 @@ class Checkpoints:
       msg = (str(e).splitlines() or [""])[0][:160]
       raise DamagedCheckpointError(f"{where / str(step)} cannot be read ({type(e).__name__}: {msg})") from None
     want = meta.pop(DIGEST_KEY, None)
-    if want is not None and digest(state, meta) != want:
+    if want is None:
+      raise DamagedCheckpointError(f"{where / str(step)} has no checksum ({DIGEST_KEY} in its metadata): not trusted")
+    if digest(state, meta) != want:
       raise DamagedCheckpointError(f"{where / str(step)} does not match the checksum written with it")
     return state, meta
 
