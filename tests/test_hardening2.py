@@ -4,10 +4,14 @@ JSONL logs, duplicate ids, degenerate splits and the loaders' duplicate / off-sc
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from jmoe.train import workdir
 from jmoe.train.checkpoints import ASIDE_PREFIX, DIGEST_KEY, Checkpoints, DamagedCheckpointError
 
 LIKE = {"w": np.zeros(3, np.float32), "step": np.int32(0)}
@@ -89,3 +93,91 @@ def test_a_checkpoint_without_its_checksum_is_not_trusted(tmp_path):
   msg = str(e.value)
   assert "\n" not in msg and str(tmp_path / "latest/2") in msg and "checksum" in msg, msg
   ck.close()
+
+
+# --- one process per workdir (item 3) ----------------------------------------------------------------------------
+
+_HOLDER = """
+import sys, time
+from jmoe.train import workdir
+with workdir.lock(sys.argv[1], "run"):
+  print("locked", flush=True)
+  time.sleep(60)
+"""
+
+
+def test_a_second_process_is_refused_and_a_dead_holders_lock_is_taken_over(tmp_path):
+  wd = tmp_path / "run"
+  holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(wd)], stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(ValueError) as e, workdir.lock(wd, "run"):
+      pass
+    msg = str(e.value)
+    assert "\n" not in msg and str(wd) in msg and f"pid {holder.pid}" in msg, msg
+  finally:
+    holder.kill()  # kill -9: the lock file stays behind, stale
+    holder.wait()
+  assert (wd / workdir.LOCK_NAME).exists()
+  with workdir.lock(wd, "run") as f:
+    assert f.read_text().split()[0] == str(os.getpid())
+    with workdir.lock(wd, "run"):  # re-entering in the holding process is allowed
+      pass
+    assert f.exists()
+  assert not (wd / workdir.LOCK_NAME).exists()  # released: removed
+
+
+def test_lock_on_an_output_file_uses_a_lock_file_beside_it(tmp_path):
+  out = tmp_path / "feats.npz"
+  with workdir.lock(out, "feature extraction", file=tmp_path / "feats.npz.lock"):
+    assert (tmp_path / "feats.npz.lock").exists() and not out.exists()
+    code = (
+      "import sys; from jmoe.train import workdir\n"
+      "with workdir.lock(sys.argv[1], 'feature extraction', file=sys.argv[1] + '.lock'): pass"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(out)], check=False, capture_output=True, text=True)
+    assert r.returncode == 1 and f"{out} is in use by another feature extraction (pid {os.getpid()}" in r.stderr
+
+
+# --- JSONL logs a kill cannot block (item 2) -------------------------------------------------------------------------
+
+
+def test_a_torn_last_jsonl_line_is_dropped_with_a_warning_and_the_file_repaired(tmp_path, capsys):
+  p = tmp_path / "fitness.jsonl"
+  workdir.append_jsonl(p, {"generation": 0, "fitness": np.float32(0.5)})
+  workdir.append_jsonl(p, {"generation": 0, "fitness": float("nan")})
+  with p.open("a") as f:
+    f.write('{"generation": 1, "indiv')
+  assert workdir.read_jsonl(p) == [{"generation": 0, "fitness": 0.5}, {"generation": 0, "fitness": None}]
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and str(p) in err and "cut-off last line" in err, err
+  assert p.read_text() == '{"generation": 0, "fitness": 0.5}\n{"generation": 0, "fitness": null}\n'
+  with p.open("a") as f:
+    f.write('{"generation": 1, "indiv')
+  workdir.append_jsonl(p, {"generation": 1})  # an append after a torn line does not join it
+  assert workdir.read_jsonl(p)[-1] == {"generation": 1} and len(workdir.read_jsonl(p)) == 3
+  assert workdir.read_jsonl(tmp_path / "absent.jsonl") == []
+
+
+def test_a_bad_jsonl_line_in_the_middle_is_one_line_naming_file_and_line(tmp_path):
+  p = tmp_path / "metrics.jsonl"
+  p.write_text('{"epoch": 0}\n{"epoch": 1, "tr\n{"epoch": 2}\n')
+  with pytest.raises(ValueError) as e:
+    workdir.read_jsonl(p)
+  assert "\n" not in str(e.value) and f"{p}:2:" in str(e.value), e.value
+  p.write_text('{"epoch": 0}\n[1, 2]\n')
+  with pytest.raises(ValueError, match=r"metrics.jsonl:2: a JSON list"):
+    workdir.read_jsonl(p)
+
+
+def test_write_atomic_leaves_the_old_text_when_interrupted(tmp_path, monkeypatch):
+  p = tmp_path / "results.json"
+  workdir.write_atomic(p, "old")
+
+  def boom(*a):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(os, "replace", boom)
+  with pytest.raises(OSError):
+    workdir.write_atomic(p, "new")
+  assert p.read_text() == "old" and not (tmp_path / "results.json.tmp").exists()
