@@ -3,7 +3,8 @@
   python -m experiments.drmoe_logreg --exp=ravdess        # or synthetic | iemocap; [--set data.path=DIR ...]
 
 Same data, task and folds as ``experiments.drmoe_<exp>`` (its ``get_config()`` through the platform's
-``sources.load`` and ``app.make_folds``); features: the ``<m>_global`` views concatenated, standardised on the
+``sources.load``, ``data.labelled_only`` and ``app.make_folds``: :func:`tools.baselines.load_data`); samples without
+a label for the head (``label_masks``) are dropped from fit, standardisation, selection and test; features: the ``<m>_global`` views concatenated, standardised on the
 training split; scikit-learn ``LogisticRegression`` (lbfgs, multinomial) with C chosen on validation UA from
 {0.001, 0.01, 0.1, 1, 10}; test UA / WA / weighted F1 with the platform's ``jmoe.metrics.classification_metrics``,
 mean ± std over folds (deterministic: one "seed"). Writes ``runs/drmoe_<exp>_logreg/results.json``.
@@ -34,18 +35,24 @@ def logreg_baseline(cfg) -> dict:
   from sklearn.preprocessing import StandardScaler
 
   from jmoe import metrics as metrics_lib
-  from jmoe.data import sources
-  from jmoe.train import app
+  from tools.baselines import load_data
 
-  ds = sources.load(cfg.data)
+  ds, folds = load_data(cfg)
   head = cfg.tasks[next(iter(cfg.tasks))].label
   classes = ds.label_specs[head].classes
   views = [v for v in cfg.data.modalities.split(",") if v.endswith("_global")]
-  folds = app.make_folds(cfg.folds, ds)
+  if not views:
+    raise ValueError(f"drmoe_logreg: data.modalities={cfg.data.modalities!r} has no '<m>_global' view to fit on")
   rows = []
   for fold in folds:
-    xs = {k: global_features(getattr(fold, k), views) for k in ("train", "valid", "test")}
-    ys = {k: np.asarray(getattr(fold, k).labels[head]) for k in ("train", "valid", "test")}
+    # Only the samples labelled for the head: fit, standardisation, selection and test never see a placeholder.
+    parts = {k: getattr(fold, k) for k in ("train", "valid", "test")}
+    parts = {k: sp.take(np.flatnonzero(sp.label_mask(head))) for k, sp in parts.items()}
+    empty = [k for k, sp in parts.items() if len(sp) == 0]
+    if empty:
+      raise ValueError(f"{fold.name}: no sample of the {empty[0]} split has a {head!r} label")
+    xs = {k: global_features(sp, views) for k, sp in parts.items()}
+    ys = {k: np.asarray(sp.labels[head]) for k, sp in parts.items()}
     scaler = StandardScaler().fit(xs["train"])
     xs = {k: scaler.transform(v) for k, v in xs.items()}
     best = None
@@ -59,7 +66,8 @@ def logreg_baseline(cfg) -> dict:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
       test = metrics_lib.classification_metrics(best[2].predict(xs["test"]), ys["test"], class_names=classes)
-    rows.append({"fold": fold.name, "C": best[1], "valid_UA": best[0], **{k: float(test[k]) for k in METRICS}})
+    sizes = {f"n_{k}": len(sp) for k, sp in parts.items()}
+    rows.append({"fold": fold.name, "C": best[1], "valid_UA": best[0], **sizes, **{k: float(test[k]) for k in METRICS}})
   summary = {k: (float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows]))) for k in METRICS}
   return {"dataset": ds.name, "views": views, "head": head, "folds": rows, "summary": summary}
 

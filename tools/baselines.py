@@ -7,7 +7,9 @@
 
 The data, tasks and folds come from the run's ``config.json`` (or an experiment's ``get_config()`` with ``--set``
 overrides) through the platform's ``sources.load`` and ``app.make_folds``. Features: each modality's utterance vector
-(sequences: masked mean over time), standardised with the TRAIN split's mean and std. Models (closed form):
+(sequences: masked mean over time), standardised with the mean and std of the TRAIN samples labelled for the
+selection task. Samples without a label (``label_masks``) enter neither fit, statistics nor scores, and
+``data.labelled_only`` drops them before the folds are made, as the platform does. Models (closed form):
 
 * ``ridge``: ridge regression on all modalities concatenated, alpha from ``ALPHAS`` chosen on VALIDATION;
 * ``single``: ridge on one modality, the (modality, alpha) pair chosen on VALIDATION.
@@ -42,11 +44,34 @@ def utterance_features(split, modality: str) -> np.ndarray:
   return (x * mask[:, :, None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1.0)
 
 
-def design(fold, modalities) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(train, valid, test) feature matrices of ``modalities`` concatenated, standardised on train."""
+def keep_labelled(ds, head: str):
+  """The dataset with only the samples labelled for ``head`` in every split (``data.labelled_only``; '' = all), as
+  the platform's data loading does before it makes the folds."""
+  if not head:
+    return ds
+  if head not in ds.label_specs:
+    raise ValueError(f"data.labelled_only={head!r}: {ds.name} has label heads {sorted(ds.label_specs)}")
+  splits = {k: sp.take(np.flatnonzero(sp.label_mask(head))) for k, sp in ds.splits.items()}
+  return dataclasses.replace(ds, splits=splits)
+
+
+def load_data(cfg):
+  """``(dataset, folds)`` as the platform makes them: ``sources.load(cfg.data)``, then ``data.labelled_only``
+  (applied here too, so a source that ignores it cannot change the baseline's folds), then ``make_folds``."""
+  from jmoe.data import sources
+  from jmoe.train import app
+
+  ds = keep_labelled(sources.load(cfg.data), str(cfg.data.get("labelled_only", "") or ""))
+  return ds, app.make_folds(cfg.folds, ds)
+
+
+def design(fold, modalities, keep=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(train, valid, test) feature matrices of ``modalities`` concatenated, standardised on the train rows ``keep``
+  (bool [B_train]; default all): samples without a label enter no statistic."""
   parts = [[utterance_features(getattr(fold, s), m) for m in modalities] for s in ("train", "valid", "test")]
   xs = [np.concatenate(p, axis=1) for p in parts]
-  mu, sd = xs[0].mean(0), xs[0].std(0)
+  ref = xs[0] if keep is None else xs[0][keep]
+  mu, sd = ref.mean(0), ref.std(0)
   sd = np.where(sd > 1e-12, sd, 1.0)
   return tuple((x - mu) / sd for x in xs)
 
@@ -87,9 +112,11 @@ def fit_select(fold, tasks, sel, candidates, alphas=ALPHAS) -> dict:
   label = lambda split: np.asarray(split.labels[sel.label], np.float64)
   ytr = label(fold.train)
   keep = fold.train.label_mask(sel.label)
+  if not keep.any():
+    raise ValueError(f"{fold.name}: no training sample has a {sel.label!r} label")
   best = None
   for name, mods in candidates.items():
-    xtr, xva, xte = design(fold, mods)
+    xtr, xva, xte = design(fold, mods, keep)
     for a in alphas:
       w, b = ridge_fit(xtr[keep], ytr[keep], a)
       valid = {t.name: tasks_lib.evaluate(t, xva @ w + b, fold.valid) for t in tasks}
@@ -112,18 +139,16 @@ def fit_select(fold, tasks, sel, candidates, alphas=ALPHAS) -> dict:
 
 def run_baselines(cfg: ml_collections.ConfigDict, out_prefix: Path, kinds=("ridge", "single")) -> dict[str, dict]:
   """Write ``<out_prefix>_<kind>/results.json`` for each kind; returns {kind: results}."""
-  from jmoe.data import sources
-  from jmoe.train import app, loop, report
+  from jmoe.train import loop, report
   from jmoe.train import tasks as tasks_lib
 
-  ds = sources.load(cfg.data)
+  ds, folds = load_data(cfg)
   mods = tuple(m for m in str(cfg.data.get("modalities", "")).split(",") if m) or tuple(ds.modalities)
   tasks = tasks_lib.from_config(cfg.tasks, ds.label_specs)
   bad = [t.name for t in tasks if t.kind not in ("sentiment", "regression") or t.num_outputs != ()]
   if bad:
     raise ValueError(f"baselines predict one score per sample; tasks {bad} need other heads")
   sel = select_task(cfg, tasks)
-  folds = app.make_folds(cfg.folds, ds)
   all_candidates = {"ridge": {"+".join(mods): mods}, "single": {m: (m,) for m in mods}}
   written = {}
   for kind in kinds:
