@@ -5,9 +5,11 @@
 Reads ``<run>/config.json`` and every ``<run>/fold_<f>/seed_<s>/test_outputs.npz`` (``per_sample.scale_<m>``: 0 local,
 1 global; ``label.<head>``); pools the test samples of all folds x seeds (each test sample once per seed) and writes
 ``<run>/routing.md`` (table), ``<run>/routing.json`` and ``<run>/routing.png`` (fraction routed to local per class and
-modality). On ``synthetic_scale`` data it also states the agreement with the planted scale of each class (per
-sample, and whether each class's majority route is its planted scale). On RAVDESS / IEMOCAP it states whether anger
-leans local and the low-arousal classes (sad, calm, neutral) lean global, the abstract's claim: "leans" = routed to
+modality). Class names come from the dataset's metadata (``<data.path>/meta.json`` label_specs) when the run read a
+saved dataset (``data.source='dir'``, e.g. one built by ``python -m jmoe.data.build``); then the share routed local
+is also given per value of each of the dataset's groups (speaker, session...). On ``synthetic_scale`` data it also
+states the agreement with the planted scale of each class (per sample, and whether each class's majority route is its
+planted scale). On RAVDESS / IEMOCAP (and any dataset with such class names) it states whether anger leans local and the low-arousal classes (sad, calm, neutral) lean global, the abstract's claim: "leans" = routed to
 that scale more often than the modality's average sample.
 """
 
@@ -20,11 +22,51 @@ from pathlib import Path
 import numpy as np
 
 LOW_AROUSAL = ("sad", "calm", "neutral")
+MAX_GROUP_VALUES = 24  # the table lists the per-group shares of groups with at most this many values
+
+
+def dataset_meta(cfg: dict) -> dict | None:
+  """The ``meta.json`` of the run's dataset when ``data.path`` is a saved jmoe dataset (``data.source='dir'``, or
+  any dataset built by ``python -m jmoe.data.build``), else None."""
+  path = str(cfg.get("data", {}).get("path") or "")
+  if not path or not (Path(path) / "meta.json").is_file():
+    if cfg.get("data", {}).get("source") == "dir":
+      raise FileNotFoundError(f"{path or '(empty data.path)'}: the run's dataset (data.path) has no meta.json")
+    return None
+  meta = json.loads((Path(path) / "meta.json").read_text())
+  if not isinstance(meta, dict) or "label_specs" not in meta:
+    raise ValueError(f"{path}/meta.json: no label_specs (not a format-2 jmoe dataset)")
+  return meta
+
+
+def dataset_groups(cfg: dict) -> dict[str, dict[str, str]]:
+  """{group name: {sample id: value}} from the run's saved dataset (every split's ``group.<name>.npy`` and
+  ``ids.npy``); {} when the run did not read a saved dataset."""
+  meta = dataset_meta(cfg)
+  if meta is None:
+    return {}
+  root = Path(cfg["data"]["path"])
+  out: dict[str, dict[str, str]] = {}
+  for split in meta.get("splits", {}):
+    ids = np.load(root / split / "ids.npy", allow_pickle=False).astype(str)
+    for f in sorted((root / split).glob("group.*.npy")):
+      vals = np.load(f, allow_pickle=False)
+      out.setdefault(f.stem[len("group.") :], {}).update(zip(ids.tolist(), (str(v) for v in vals.tolist())))
+  return out
 
 
 def class_names(cfg: dict) -> tuple[str, ...]:
-  """The class names of the run's head (from the data source named in its config)."""
+  """The class names of the run's head: from the dataset's metadata (``meta.json`` label_specs) when the run read a
+  saved dataset, else from the data source named in its config."""
   source, head = cfg["data"]["source"], cfg["tasks"][next(iter(cfg["tasks"]))]["label"]
+  meta = dataset_meta(cfg)
+  if meta is not None:
+    specs = meta["label_specs"]
+    if head not in specs:
+      raise ValueError(f"{cfg['data']['path']}: the run's head {head!r} is not in the dataset's heads {sorted(specs)}")
+    if specs[head].get("kind") != "classification" or not specs[head].get("classes"):
+      raise ValueError(f"{cfg['data']['path']}: head {head!r} is not a classification head with class names")
+    return tuple(specs[head]["classes"])
   if source == "synthetic_scale":
     from jmoe.data.synthetic_scale import CLASSES
 
@@ -69,13 +111,17 @@ def analyze(run: str | Path, planted: dict[str, str] | None = None) -> dict:
   # older runs lack it: every sample counts) are left out of the per-class tables.
   keep = [o.get(f"label_mask.{head}", np.ones(len(o[f"label.{head}"]), bool)).astype(bool) for o in outs]
   y = np.concatenate([o[f"label.{head}"][k] for o, k in zip(outs, keep)])
+  groups = dataset_groups(cfg)
+  ids = np.concatenate([np.asarray(o["ids"]).astype(str)[k] for o, k in zip(outs, keep)]) if groups else None
   res: dict = {"run": str(run), "head": head, "classes": list(names), "files": len(outs), "modalities": {}}
   if cfg["data"]["source"] == "synthetic_scale" and planted is None:
-    from jmoe.data import speech_sources  # noqa: F401  (registers the source)
-    from jmoe.data import sources
-    from jmoe.data.synthetic_scale import planted_scales
-
     import ml_collections
+
+    from jmoe.data import (
+      sources,
+      speech_sources,  # noqa: F401  (registers the source)
+    )
+    from jmoe.data.synthetic_scale import planted_scales
 
     planted = planted_scales(sources.load(ml_collections.ConfigDict(cfg["data"])))
   for m in mods:
@@ -86,6 +132,14 @@ def analyze(run: str | Path, planted: dict[str, str] | None = None) -> dict:
       if sel.any():
         per[name] = {"n": int(sel.sum()), "local": float(np.mean(s[sel] == 0)), "global": float(np.mean(s[sel] == 1))}
     entry = {"overall_local": float(np.mean(s == 0)), "classes": per}
+    if groups:  # fraction routed local per value of each dataset group (speaker, session, ...)
+      entry["groups"] = {}
+      for g, of in groups.items():
+        vals = np.array([of.get(u, "?") for u in ids.tolist()])
+        entry["groups"][g] = {
+          v: {"n": int((vals == v).sum()), "local": float(np.mean(s[vals == v] == 0))}
+          for v in sorted(set(vals.tolist()))
+        }
     if planted:
       truth = np.array([0 if planted[names[c]] == "local" else 1 for c in y])
       entry["planted_agreement"] = float(np.mean(s == truth))
@@ -136,6 +190,10 @@ def table(res: dict) -> str:
     if e.get("claims"):
       line += "; " + ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in e["claims"].items())
     lines.append(line)
+    for g, per in e.get("groups", {}).items():
+      if len(per) <= MAX_GROUP_VALUES:
+        cells = ", ".join(f"{v} {c['local']:.0%} (n={c['n']})" for v, c in per.items())
+        lines.append(f"  - {m} routed local by {g}: {cells}")
   return "\n".join(lines) + "\n"
 
 
