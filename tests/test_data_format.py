@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from jmoe.data import format as fmt
 from jmoe.data.format import (
   MODALITIES,
   Dataset,
@@ -361,3 +362,68 @@ def test_feature_table(tmp_path):
   np.savez(p, ids=np.array(["a_1"]), vec=np.zeros((1, 3), np.float32))
   assert "needs arrays 'ids' and 'pooled'" in one_line_error(ValueError, load_feature_npz, p)
   one_line_error(FileNotFoundError, load_feature_npz, tmp_path / "missing.npz")
+
+
+# --- issue 23: duplicate ids, samples without data, degenerate splits -----------------------------------------------
+
+
+def test_duplicate_sample_ids_in_a_split_are_refused_naming_the_first():
+  ds = make_ds()
+  ids = ds.splits["test"].ids.copy()
+  ids[3] = ids[1]
+  msg = one_line_error(ValueError, validate, with_split(ds, "test", ids=ids), "p")
+  assert msg.startswith("p: split 'test': sample id 'testvid_2' occurs 2 times"), msg
+
+
+def test_a_sample_with_no_data_in_any_modality_is_refused():
+  ds = make_ds()
+  sp = ds.splits["train"]
+  masks = {"audio": sp.masks["audio"].copy()}
+  masks["audio"][2] = False
+  present = {"text": np.arange(len(sp)) != 2}
+  assert fmt.samples_without_data(dataclasses.replace(sp, masks=masks)).size == 0  # text still there
+  bad = dataclasses.replace(sp, masks=masks, present=present)
+  assert fmt.samples_without_data(bad).tolist() == [2]
+  assert fmt.samples_without_data(bad, ["text"]).tolist() == [2]
+  assert fmt.samples_without_data(bad, ["audio"]).tolist() == [2]
+  msg = one_line_error(ValueError, validate, with_split(ds, "train", masks=masks, present=present), "p")
+  assert "split 'train': 1 samples have no data in any modality (first 'trainvid_3'" in msg, msg
+  msg = one_line_error(
+    ValueError, fmt.check_split_sizes, bad, ds.splits["valid"], ds.splits["test"], "fold_0", modalities=["audio"]
+  )
+  assert msg.startswith("fold_0: split 'train': 1 samples have no data in any of ['audio']"), msg
+
+
+def test_split_sizes_too_small_to_select_or_score_on_are_refused():
+  ds = make_ds(n=(30, 12, 12))
+  tr, va, te = (ds.splits[s] for s in ("train", "valid", "test"))
+  assert fmt.check_split_sizes(tr, va, te, "fold_0") == []
+  msg = one_line_error(ValueError, fmt.check_split_sizes, tr, va.take([0]), te, "fold_1")
+  assert msg.startswith("fold_1: split 'valid' has 1 sample(s) labelled for 'sentiment'; at least 2"), msg
+  lm = {"sentiment": np.arange(len(te)) == 0}
+  msg = one_line_error(ValueError, fmt.check_split_sizes, tr, va, dataclasses.replace(te, label_masks=lm), "f")
+  assert "split 'test' has 1 sample(s)" in msg, msg
+  warns = fmt.check_split_sizes(tr, va.take([0, 1, 2]), te, "fold_2")
+  assert warns == ["fold_2: split 'valid' has only 3 samples labelled for 'sentiment' (below 10): its scores are noisy"]
+
+
+def test_a_classification_split_with_one_class_is_refused_naming_it():
+  spec = {"emo": LabelSpec("classification", classes=("sad", "happy", "angry"))}
+
+  def split(y):
+    n = len(y)
+    return Split(
+      features={"text": np.zeros((n, 2), np.float32)},
+      masks={},
+      labels={"emo": np.asarray(y, np.int32)},
+      ids=np.asarray([f"u{i}" for i in range(n)]),
+    )
+
+  tr, va = split([0, 1, 2] * 4), split([0, 1] * 6)
+  assert fmt.check_split_sizes(tr, va, split([2, 0] * 6), "f", label_specs=spec) == []
+  msg = one_line_error(ValueError, fmt.check_split_sizes, tr, va, split([1] * 12), "fold_4", label_specs=spec)
+  assert msg.startswith("fold_4: split 'test' holds only class ['happy'] of 'emo' (12 samples); at least 2 classes"), (
+    msg
+  )
+  msg = one_line_error(ValueError, fmt.check_split_sizes, tr, va, split([1] * 12), "fold_4")  # kind from the dtype
+  assert "holds only class [1] of 'emo'" in msg, msg

@@ -284,8 +284,9 @@ def validate(ds: Dataset, where, label_range: tuple[float, float] | None = None)
   (the format-1 set keeps its canonical order); every feature array is float32 ``[B, D]`` or ``[B, T, D]`` with
   ``D == dims[m]`` and the same rank in every split, finite; sequence modalities (and only they) have a bool
   ``[B, T]`` mask; every head of ``label_specs`` is in every split and its labels match the spec (kind, dtype,
-  range, classes) where the label mask is set; groups, presence and ids agree on B. ``label_range`` overrides the
-  range of a format-1 ``sentiment`` head.
+  range, classes) where the label mask is set; groups, presence and ids agree on B; sample ids are unique within a
+  split; every sample has data in at least one modality. ``label_range`` overrides the range of a format-1
+  ``sentiment`` head. Split sizes are checked per fold, by :func:`check_split_sizes`.
   """
   if not isinstance(ds, Dataset):
     _fail(where, f"expected a jmoe Dataset, got {type(ds).__name__}")
@@ -344,7 +345,104 @@ def validate(ds: Dataset, where, label_range: tuple[float, float] | None = None)
     for g, v in sp.groups.items():
       if np.shape(v) != (b,):
         _fail(where, f"split '{sname}': groups['{g}'] have shape {np.shape(v)}, expected [{b}]")
+    uniq, first, counts = np.unique(ids.astype(str), return_index=True, return_counts=True)
+    if (counts > 1).any():
+      dup = uniq[counts > 1]
+      name = min(dup, key=lambda u: first[np.searchsorted(uniq, u)])
+      _fail(
+        where,
+        f"split '{sname}': sample id {str(name)!r} occurs {int(counts[uniq == name][0])} times "
+        f"({len(dup)} ids are duplicated); sample ids must be unique (two files for one recording?)",
+      )
+    empty = samples_without_data(sp, mods)
+    if empty.size:
+      _fail(
+        where,
+        f"split '{sname}': {empty.size} samples have no data in any modality (first {str(ids[empty[0]])!r}: "
+        "every step masked or absent); drop them before training",
+      )
   return ds
+
+
+def samples_without_data(split: Split, modalities=None) -> np.ndarray:
+  """int ``[n]``: indices of the samples of ``split`` that have no data in any of ``modalities`` (default: all of
+  the split's): for each modality every step is padding (``masks``) or absent (``present``). Such a sample carries
+  nothing to predict from; :func:`validate` refuses it for the dataset's modalities, and a run that uses a subset of
+  them should refuse it for that subset (``check_split_sizes(..., modalities=...)``)."""
+  mods = tuple(split.features) if modalities is None else tuple(modalities)
+  b = len(split)
+  has = np.zeros(b, bool)
+  for m in mods:
+    x = split.features[m]
+    real = np.asarray(split.masks[m], bool) if np.ndim(x) == 3 and m in split.masks else np.ones((b, 1), bool)
+    if m in split.present:
+      p = np.asarray(split.present[m], bool)
+      real = real & (p[:, None] if p.ndim == 1 else p)
+    has |= real.any(axis=1)
+  return np.flatnonzero(~has)
+
+
+MIN_SPLIT = 2
+"""Fewest labelled samples per head (and, for a classification head, fewest classes present) that a train, valid or
+test split may have: one sample cannot select a model or define a correlation or a per-class score."""
+WARN_SPLIT = 10
+"""Below this many labelled samples per head, :func:`check_split_sizes` returns a warning (scores are noisy)."""
+
+
+def check_split_sizes(
+  train: Split,
+  valid: Split,
+  test: Split,
+  where: str,
+  heads=None,
+  label_specs: Mapping[str, LabelSpec] | None = None,
+  modalities=None,
+) -> list[str]:
+  """Refuse splits too small to train, select or score on; return warnings for small ones.
+
+  For every label head in ``heads`` (default: the heads of ``train``), each split must have at least
+  :data:`MIN_SPLIT` samples labelled for it, and for a classification head (``label_specs``, or integer labels when
+  no spec is given) at least :data:`MIN_SPLIT` distinct classes among them; otherwise a one-line ValueError starting
+  with ``where`` (e.g. ``'fold_2'``) names the split, the head and the minimum. With ``modalities``, a sample with no
+  data in any of them is refused too (:func:`samples_without_data`). Returns one warning line per (split, head)
+  with fewer than :data:`WARN_SPLIT` labelled samples."""
+  named = {"train": train, "valid": valid, "test": test}
+  heads = tuple(train.labels) if heads is None else tuple(heads)
+  warnings = []
+  for sname, sp in named.items():
+    if modalities is not None:
+      empty = samples_without_data(sp, modalities)
+      if empty.size:
+        raise ValueError(
+          f"{where}: split '{sname}': {empty.size} samples have no data in any of {list(modalities)} "
+          f"(first {str(np.asarray(sp.ids)[empty[0]])!r}); drop them or use other modalities"
+        )
+    for h in heads:
+      if h not in sp.labels:
+        raise ValueError(f"{where}: split '{sname}' has no labels for head '{h}' (it has {sorted(sp.labels)})")
+      mask = sp.label_mask(h)
+      n = int(mask.sum())
+      if n < MIN_SPLIT:
+        raise ValueError(
+          f"{where}: split '{sname}' has {n} sample(s) labelled for '{h}'; at least {MIN_SPLIT} are needed to "
+          "train, select a model and score it (use larger splits or fewer folds)"
+        )
+      y = np.asarray(sp.labels[h])[mask]
+      spec = (label_specs or {}).get(h)
+      is_class = spec.kind == "classification" if spec is not None else np.issubdtype(y.dtype, np.integer)
+      if is_class:
+        present = np.unique(y)
+        if present.size < MIN_SPLIT:
+          names = [spec.classes[int(c)] for c in present] if spec is not None and spec.classes else present.tolist()
+          raise ValueError(
+            f"{where}: split '{sname}' holds only class {names} of '{h}' ({n} samples); at least {MIN_SPLIT} "
+            "classes are needed to train or score a classifier (use other folds or a stratified split)"
+          )
+      if n < WARN_SPLIT:
+        warnings.append(
+          f"{where}: split '{sname}' has only {n} samples labelled for '{h}' (below {WARN_SPLIT}): its scores are noisy"
+        )
+  return warnings
 
 
 def _split_arrays(split: Split, modalities) -> dict[str, np.ndarray]:
