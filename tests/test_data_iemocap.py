@@ -176,14 +176,28 @@ def test_build_dataset_heads_groups_views(release, tmp_path):
     iem.build_dataset(utts, tmp_path / "short.npz")
 
 
-def test_vad_outside_range_is_masked(release, tmp_path):
+def test_vad_off_the_scale_is_one_line_naming_utterance_file_and_value(release, tmp_path):
+  """Issue 23: an off-scale VAD value used to mask the whole vad head without a word."""
   utts = iem.list_utterances(release, sessions=(2,))
   import dataclasses
 
-  utts[0] = dataclasses.replace(utts[0], vad=(5.5, 3.0, 3.0))
+  bad = list(utts)
+  bad[0] = dataclasses.replace(utts[0], vad=(5.5, 3.0, 3.0))
   _write_feats(tmp_path / "a.npz", [u.id for u in utts], 4, 0)
+  with pytest.raises(ValueError) as ei:
+    iem.build_dataset(bad, tmp_path / "a.npz")
+  msg = str(ei.value)
+  ef = release / "Session2" / "dialog" / "EmoEvaluation" / f"{utts[0].dialog}.txt"
+  assert "\n" not in msg and msg.startswith(f"{ef}: {utts[0].id}: valence 5.5 is off the IEMOCAP 1-5 scale"), msg
+  lines = ef.read_text().splitlines()
+  k = next(i for i, x in enumerate(lines) if x.startswith("[") and utts[0].id in x)
+  lines[k] = lines[k].rsplit("\t", 1)[0] + "\t[3.0000, 7.0000, 3.0000]"
+  ef.write_text("\n".join(lines) + "\n")
+  with pytest.raises(ValueError) as ei:
+    iem.list_utterances(release, sessions=(2,))
+  assert str(ei.value).startswith(f"{ef}:{k + 1}: {utts[0].id}: arousal 7 is off the IEMOCAP 1-5 scale"), ei.value
   sp = iem.build_dataset(utts, tmp_path / "a.npz").splits["pool"]
-  assert sp.label_mask("vad").tolist() == [False, True, True]
+  assert sp.label_mask("vad").all()
 
 
 def test_manifest_and_real_whisper_features(release, tmp_path):

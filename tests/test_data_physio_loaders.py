@@ -63,6 +63,15 @@ def test_deap_small_dataset(deap_dir):
   assert sp.ids[0] == "s01_t01_w000"
 
 
+def test_two_deap_files_of_one_subject_are_refused_naming_both(deap_dir):
+  src = deap_dir / "data_preprocessed_python"
+  (src / "s1.dat").write_bytes((src / "s01.dat").read_bytes())
+  with pytest.raises(ValueError) as e:
+    load_deap(deap_dir, **SMALL)
+  msg = str(e.value)
+  assert "\n" not in msg and str(src / "s01.dat") in msg and str(src / "s1.dat") in msg and "subject 1" in msg, msg
+
+
 def _evil(tmp_path):
   class Evil:
     def __reduce__(self):

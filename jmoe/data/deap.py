@@ -48,13 +48,22 @@ def deap_source(rate: float = DEAP_RATE, source: str = "DEAP", synthetic: bool =
 
 
 def deap_files(src_dir) -> list[Path]:
-  """The ``sXX.dat`` files of ``src_dir`` (or of its ``data_preprocessed_python`` folder), by subject number."""
+  """The ``sXX.dat`` files of ``src_dir`` (or of its ``data_preprocessed_python`` folder), by subject number.
+  Two files naming one subject (``s1.dat`` and ``s01.dat``) are a one-line ValueError naming both."""
   src = Path(src_dir)
   if (src / "data_preprocessed_python").is_dir():
     src = src / "data_preprocessed_python"
-  files = sorted((p for p in src.glob("s*.dat") if _FILE.match(p.name)), key=lambda p: int(_FILE.match(p.name)[1]))
+  files = sorted(
+    (p for p in src.glob("s*.dat") if _FILE.match(p.name)), key=lambda p: (int(_FILE.match(p.name)[1]), p.name)
+  )
   if not files:
     raise FileNotFoundError(f"{src}: no DEAP sXX.dat files")
+  for a, b in zip(files, files[1:]):
+    if int(_FILE.match(a.name)[1]) == int(_FILE.match(b.name)[1]):
+      raise ValueError(
+        f"{a} and {b} are both subject {int(_FILE.match(a.name)[1])}: keep one of them (a copy of one recording "
+        "would be counted twice)"
+      )
   return files
 
 

@@ -29,7 +29,8 @@ group by :mod:`jmoe.data.folds`), every evaluated utterance included:
 * label heads ``emotion4`` (neutral, happy = hap + exc, angry, sad: the 4-class protocol, 5,531 utterances of the
   release), ``emotion6`` (HAEMSA's order: happy, sad, neutral, angry, excited, frustrated), both int32 [B] with
   ``label_masks`` False for utterances outside the head's classes, and ``vad`` float32 [B, 3] (valence, arousal,
-  dominance, range 1-5; an utterance whose values fall outside 1-5 gets ``label_masks['vad']`` False);
+  dominance, range 1-5; a value off that scale is a one-line ``ValueError`` naming the file, line and utterance,
+  never a silently masked head);
 * groups ``session`` (int64 1-5), ``speaker`` (str, e.g. ``Ses01F``), ``dialog`` (str), ``gender`` (str F/M);
 * modalities from ``tools/extract_features`` feature files: ``audio_local`` [B, T, D] + mask, ``audio_global``
   [B, D] and, when a text feature file is given, ``text_local`` + mask and ``text_global``; each view's
@@ -90,6 +91,16 @@ class Utterance:
     return f"Ses0{self.session}{self.id.rsplit('_', 1)[1][0]}"
 
 
+def _check_vad(uid: str, vad, where: str) -> None:
+  """One-line ValueError if a valence/arousal/dominance value of ``uid`` is off the 1-5 scale (or not finite)."""
+  for name, x in zip(VAD_NAMES, vad):
+    if not VAD_RANGE[0] <= x <= VAD_RANGE[1]:  # NaN fails too
+      raise ValueError(
+        f"{where}: {uid}: {name} {x:g} is off the IEMOCAP {VAD_RANGE[0]:g}-{VAD_RANGE[1]:g} scale (fix or drop that "
+        "line; the vad head would otherwise learn from it)"
+      )
+
+
 def read_emo_evaluation(path: str | Path) -> list[tuple[str, float, float, str, tuple[float, float, float]]]:
   """Summary lines of one EmoEvaluation file as (id, start, end, label, (v, a, d)), in file order."""
   path = Path(path)
@@ -108,6 +119,7 @@ def read_emo_evaluation(path: str | Path) -> list[tuple[str, float, float, str, 
       start, end, uid, label, v, a, d = m.groups()
       if label not in LABELS:
         raise ValueError(f"{path}:{n}: unknown label {label!r} for {uid} (known: {' '.join(LABELS)})")
+      _check_vad(uid, (float(v), float(a), float(d)), f"{path}:{n}")
       out.append((uid, float(start), float(end), label, (float(v), float(a), float(d))))
   return out
 
@@ -221,15 +233,15 @@ def build_dataset(
   labels = [u.label for u in utterances]
   y4, m4 = _head(labels, EMOTION4_OF)
   y6, m6 = _head(labels, EMOTION6_OF)
+  for u in utterances:
+    _check_vad(u.id, u.vad, str(Path(u.wav).parents[3] / "dialog" / "EmoEvaluation" / f"{u.dialog}.txt"))
   vad = np.array([u.vad for u in utterances], np.float32).reshape(len(ids), 3)
-  mvad = ((vad >= VAD_RANGE[0]) & (vad <= VAD_RANGE[1])).all(1)
-  vad = np.where(mvad[:, None], vad, np.float32(VAD_RANGE[0]))  # masked rows hold an in-range placeholder
   split = fmt.Split(
     features=feats,
     masks=masks,
     labels={"emotion4": y4, "emotion6": y6, "vad": vad},
     ids=np.asarray(ids, str),
-    label_masks={"emotion4": m4, "emotion6": m6, "vad": mvad},
+    label_masks={"emotion4": m4, "emotion6": m6},
     groups={
       "session": np.array([u.session for u in utterances], np.int64),
       "speaker": np.array([u.speaker for u in utterances], str),
