@@ -15,7 +15,7 @@ Folds: each session is the test set once; 1 validation session is carved at rand
 """
 
 from experiments.drmoe_common import drmoe_config, smoke_model
-from jmoe.train import app
+from jmoe.train import app, cli
 
 
 def get_config():
@@ -36,5 +36,9 @@ def smoke(c):
   smoke_model(c)
 
 
+def run(cfg):
+  return app.run(cfg, smoke)
+
+
 if __name__ == "__main__":
-  app.cli(get_config, smoke)
+  cli.main(get_config, run)

@@ -24,7 +24,7 @@ before the local expert (``model.frame_stride``) to fit the CPU budget.
 """
 
 from experiments.drmoe_common import drmoe_config, smoke_model
-from jmoe.train import app
+from jmoe.train import app, cli
 
 
 def get_config():
@@ -53,5 +53,9 @@ def smoke(c):
   smoke_model(c)
 
 
+def run(cfg):
+  return app.run(cfg, smoke)
+
+
 if __name__ == "__main__":
-  app.cli(get_config, smoke)
+  cli.main(get_config, run)

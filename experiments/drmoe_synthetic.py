@@ -12,7 +12,7 @@ utterance (audio and text alike). Folds: leave 2 speakers out (5 folds), 1 valid
 """
 
 from experiments.drmoe_common import drmoe_config, smoke_model
-from jmoe.train import app
+from jmoe.train import app, cli
 
 
 def get_config():
@@ -33,5 +33,9 @@ def smoke(c):
   smoke_model(c)
 
 
+def run(cfg):
+  return app.run(cfg, smoke)
+
+
 if __name__ == "__main__":
-  app.cli(get_config, smoke)
+  cli.main(get_config, run)

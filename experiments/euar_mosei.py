@@ -9,7 +9,7 @@ MOSEI features cannot be downloaded here; the embedded default is SYNTHETIC MOSE
 """
 
 from experiments.common import euar_config, smoke
-from jmoe.train import app
+from jmoe.train import app, cli
 
 
 def get_config():
@@ -18,5 +18,9 @@ def get_config():
   return config
 
 
+def run(cfg):
+  return app.run(cfg, smoke)
+
+
 if __name__ == "__main__":
-  app.cli(get_config, smoke)
+  cli.main(get_config, run)

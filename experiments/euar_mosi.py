@@ -18,12 +18,16 @@ Expected numbers: see README ("EUAR results").
 """
 
 from experiments.common import euar_config, smoke
-from jmoe.train import app
+from jmoe.train import app, cli
 
 
 def get_config():
   return euar_config(name="euar_mosi", synthetic_kind="mosi", text_dim=768, audio_dim=5, vision_dim=20)
 
 
+def run(cfg):
+  return app.run(cfg, smoke)
+
+
 if __name__ == "__main__":
-  app.cli(get_config, smoke)
+  cli.main(get_config, run)

@@ -2,28 +2,33 @@
 EUAR run on the synthetic MOSI source (whose truth is known)::
 
   python -m experiments.euar_mosi                                   # train (writes runs/euar_mosi)
-  python -m experiments.euar_uncertainty --run runs/euar_mosi       # uncertainty.{md,json,png} in the run dir
+  python -m experiments.euar_uncertainty --config.run=runs/euar_mosi       # uncertainty.{md,json,png} in the run dir
 """
 
-import argparse
-import sys
+import ml_collections
 
 from jmoe.evaluators import uncertainty
+from jmoe.train import cli
 
 
-def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--run", required=True, help="a finished EUAR run dir (config.data.source='synthetic')")
-  args = ap.parse_args(argv)
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.run = ""  # a finished EUAR run dir (config.data.source='synthetic')
+  c.debug = False
+  return c
+
+
+def run(cfg) -> list:
+  if not cfg.run:
+    raise ValueError("config.run is empty: name a finished EUAR run directory, e.g. --config.run=runs/euar_mosi")
   try:
-    _, text, paths = uncertainty.write(args.run)
-  except (uncertainty.RunError, ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    _, text, paths = uncertainty.write(cfg.run)
+  except uncertainty.RunError as e:
+    raise ValueError(str(e)) from None
   print(text)
   print("wrote " + ", ".join(str(p) for p in paths))
-  return 0
+  return paths
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.main(get_config, run)

@@ -23,7 +23,7 @@ jmoe/train/tasks.py); λ_1..4 = config.tasks.<t>.weight, γ = config.loss_weight
 import ml_collections
 
 from experiments.common import euar_config
-from jmoe.train import population
+from jmoe.train import cli, population
 
 ABLATIONS = ("full", "no_hierarchy", "no_evolution", "no_shared", "no_mtl")
 
@@ -131,4 +131,4 @@ def run(cfg):
 
 
 if __name__ == "__main__":
-  population.cli(get_config, smoke, apply_ablation)
+  cli.main(get_config, run)

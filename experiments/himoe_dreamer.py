@@ -15,12 +15,16 @@ Protocol and ablation switches as in ``experiments/himoe_deap.py``.
 """
 
 from experiments.himoe_deap import himoe_config, smoke
-from jmoe.train import app
+from jmoe.train import app, cli
 
 
 def get_config():
   return himoe_config("himoe_dreamer", "synthetic_dreamer", "eeg,ecg", "vad", 3.0)
 
 
+def run(cfg):
+  return app.run(cfg, smoke)
+
+
 if __name__ == "__main__":
-  app.cli(get_config, smoke)
+  cli.main(get_config, run)

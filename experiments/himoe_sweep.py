@@ -37,7 +37,8 @@ import ml_collections
 import numpy as np
 
 from experiments import himoe_deap
-from jmoe.train import app
+from jmoe.data import sources
+from jmoe.train import app, cli
 
 VARIANTS = {
   "himoe": {},
@@ -163,15 +164,14 @@ def run(cfg) -> dict:
     key = f"{r['curve']}|{r['variant']}|{r['rate']:.2f}|L{r['L']}"
     summary.setdefault(key, []).append(r["test_CCC_mean"])
   summary = {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for k, v in summary.items()}
-  mods = tuple(m for m in cfg.data.modalities.split(",") if m)
   dirs = [Path(runs[f"himoe_r{r:.2f}"][1]) for r in rates if r > 0 and "himoe" in variants]
-  routing = routing_table(dirs, mods)
+  first = next(iter(runs.values()))[0] if runs else {}
+  routing = routing_table(dirs, tuple(first.get("modalities", ())) or sources.modalities(cfg.data))
   root.mkdir(parents=True, exist_ok=True)
   with (root / "sweep.csv").open("w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["variant"])
     w.writeheader()
     w.writerows(rows)
-  first = next(iter(runs.values()))[0] if runs else {}
   out = {
     "synthetic": first.get("synthetic"),
     "dataset": first.get("dataset"),
@@ -236,29 +236,5 @@ def _plots(root: Path, rows, routing, variants, synthetic: bool) -> None:
     plt.close(fig)
 
 
-def cli() -> None:
-  import sys
-
-  from absl import app as absl_app
-  from absl import logging
-  from ml_collections import config_flags
-
-  flag = config_flags.DEFINE_config_dict("config", get_config())
-
-  def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)
-    cfg = flag.value
-    try:
-      run(cfg)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-      if cfg.get("debug", False):
-        raise
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
-
-  absl_app.run(main)
-
-
 if __name__ == "__main__":
-  cli()
+  cli.main(get_config, run)

@@ -27,7 +27,9 @@ def smoke_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def robustness(smoke_run):
-  return smoke_run, rob_cli.main(["--run", str(smoke_run), "--quiet"])
+  cfg = rob_cli.get_config()
+  cfg.run, cfg.quiet = str(smoke_run), True
+  return smoke_run, rob_cli.run(cfg)
 
 
 def test_files_rows_and_clean_row_matches_results(robustness):
@@ -36,7 +38,8 @@ def test_files_rows_and_clean_row_matches_results(robustness):
     assert (run_dir / f).is_file() and (run_dir / f).stat().st_size > 0, f
   miss = [r for r in out["conditions"] if r["group"] == "missing"]
   assert len(miss) == 7 and miss[0]["info"]["available"] == ["text", "audio", "vision"]
-  for kind, levels in (("gaussian", rob_cli.GAUSSIAN_LEVELS), ("salt_pepper", rob_cli.SP_RATIOS)):
+  defaults = rob_cli.get_config()
+  for kind, levels in (("gaussian", defaults.gaussian_levels), ("salt_pepper", defaults.sp_ratios)):
     assert [r["level"] for r in out["conditions"] if r["info"].get("kind") == kind] == list(levels)
   results = json.loads((run_dir / "results.json").read_text())
   seed = results["folds"][0]["seeds"][0]
@@ -61,7 +64,8 @@ def test_random_missing_rate_hits_the_rate_and_sets_presence(smoke_run):
 
 
 def test_errors(tmp_path):
-  with pytest.raises(SystemExit):
-    rob_cli.main(["--run", str(tmp_path / "nope"), "--quiet"])
+  from jmoe.train import cli
+
+  assert cli.invoke(rob_cli.get_config, rob_cli.run, {"run": str(tmp_path / "nope"), "quiet": True}) == 2
   with pytest.raises(rob.RunError, match="no config.json"):
     rob.load_run(tmp_path)

@@ -68,16 +68,16 @@ def test_seed_diagnostic_perfect_and_inverted_detectors():
 @pytest.mark.slow
 def test_diagnostic_on_a_smoke_run_writes_its_files(tmp_path, monkeypatch):
   from experiments import euar_mosi, euar_uncertainty
-  from jmoe.train import app
+  from jmoe.train import app, cli
 
   cfg = euar_mosi.get_config()
   cfg.smoke, cfg.quiet, cfg.workdir = True, True, str(tmp_path / "run")
   app.run(cfg, euar_mosi.smoke)
-  assert euar_uncertainty.main(["--run", cfg.workdir]) == 0
+  assert cli.invoke(euar_uncertainty.get_config, euar_uncertainty.run, {"run": cfg.workdir}) == 0
   for name in ("uncertainty.json", "uncertainty.md", "uncertainty.png"):
     assert (tmp_path / "run" / name).is_file()
   out = json.loads((tmp_path / "run" / "uncertainty.json").read_text())
   assert set(out["summary"]) == {"text", "audio", "vision"}
   with np.load(tmp_path / "run" / "fold_0" / "seed_0" / "test_outputs.npz") as z:
     assert z["per_sample.sigma2_text"].shape == (32,)
-  assert euar_uncertainty.main(["--run", str(tmp_path / "nothing")]) == 2
+  assert cli.invoke(euar_uncertainty.get_config, euar_uncertainty.run, {"run": str(tmp_path / "nothing")}) == 2

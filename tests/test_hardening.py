@@ -76,7 +76,7 @@ def _arm(mp, point: str, epoch: int, fired: list):
     return f
 
   if what == "jsonl":
-    mp.setattr(loop, "_append_jsonl", wrap(loop._append_jsonl, lambda a: a[1]["epoch"]))
+    mp.setattr(loop, "append_jsonl", wrap(loop.append_jsonl, lambda a: a[1]["epoch"]))
   else:
     mp.setattr(Checkpoints, f"save_{what}", wrap(getattr(Checkpoints, f"save_{what}"), lambda a: a[1]))
 

@@ -1,26 +1,36 @@
-"""Timing and load helpers shared by the benchmarks (``bench_routing``, ``bench_euar_train``, ``bench_parallel``).
+"""The one benchmark harness: timing, interleaving, fresh-process medians, foreign-CPU accounting, targets, tables.
 
-* :func:`time_fn`: warm up, then time calls of one function, each blocked until its result is ready.
-* :func:`time_interleaved`: time several rows in rounds (every row once per round), so that load from other
-  processes on a shared machine hits all rows alike and their ratios stay meaningful.
-* :func:`stats`: median, p10/p90 quantiles, fastest and mean of a list of times.
-* :class:`ForeignCpu`: the CPU share used by *other* processes while something was timed (/proc/stat); the load
-  average cannot tell, it counts the benchmark's own threads and compiles too. :func:`loadavg`, :func:`wait_idle`.
-* :func:`machine_info`, :func:`num_threads`, :func:`import_torch`: what the results were measured on.
-* :func:`format_rows`: an aligned text (or markdown) table.
-* :func:`add_malloc_flag` / :func:`apply_malloc`: ``--malloc retain|default``, the host allocator setting of
-  :mod:`jmoe.hostmem` (each benchmark picks its default); call before the first JAX op.
+Each benchmark (``bench_routing``, ``bench_members``, ``bench_euar_train``, ``bench_parallel``, ``device_suite``)
+is a file of *what is timed*; everything about *how* lives here:
 
-Only numpy is imported at module level: ``bench_parallel``'s parent process must not start a JAX backend.
+* :func:`time_fn` (warm up, then time calls) and :func:`time_interleaved` (several rows in rounds, every row once
+  per round, so that load from other processes hits all rows alike and their ratios stay meaningful);
+  :func:`stats`: median, p10/p90, fastest, mean.
+* :class:`ForeignCpu`: the CPU share used by *other* processes while something was timed (/proc/stat minus this
+  process's own CPU time); :func:`foreign_line` says it in one line. :func:`loadavg`, :func:`wait_idle`.
+* :func:`fresh_processes` / :func:`median_over_runs`: a benchmark in P fresh processes and each row's median and
+  [fastest-slowest] range over them (a ratio varies more between processes than between repeats in one).
+* :func:`load_targets` / :func:`judge`: the targets live in ``tools/targets.json`` (one table, data not code);
+  a benchmark measures a value per target id and the harness says MET or MISSED.
+* :func:`machine_info`, :func:`num_threads`, :func:`import_torch`; :func:`format_rows` (text or markdown table);
+  :func:`write_json`; ``--malloc`` (:func:`add_malloc_flag` / :func:`apply_malloc`, :mod:`jmoe.hostmem`).
+
+Only numpy is imported at module level: a parent process that leaves the accelerators to its children must not
+start a JAX backend.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,7 +65,7 @@ def import_torch(required: bool = False):
   """The torch module, or None when it is not installed (``required=True`` raises ImportError with a hint)."""
   try:
     import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
+  except (ImportError, OSError) as e:
     if required:
       raise ImportError("the PyTorch reference rows need torch: pip install torch==2.13.0 (CPU build)") from e
     return None
@@ -289,3 +299,136 @@ def format_rows(head: Sequence[str], lines: Sequence[Sequence[str]], markdown: b
     fmt = lambda row: " | ".join(cells(row))
     rule = "-+-".join("-" * w for w in widths)
   return [fmt(head), rule] + [fmt(line) for line in lines]
+
+
+def foreign_line(foreign: float | None, loaded: float = 0.10) -> str:
+  """One line on other processes' CPU share while a table was timed (a warning above ``loaded``)."""
+  if foreign is None:
+    return "   other processes' CPU share: unknown (/proc/stat unreadable)"
+  warn = "  -- WARNING: shared machine; absolute times are inflated and noisy (interleaved ratios suffer less)"
+  return f"   other processes used {100 * foreign:.0f}% of the CPU while this was timed" + (
+    warn if foreign > loaded else ""
+  )
+
+
+def write_json(obj: Any, path: str | os.PathLike | None) -> None:
+  """Write obj as JSON (parent folders created); no-op for path None."""
+  if path:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(obj, indent=1, default=str))
+    print(f"wrote {path}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Targets: one data table (tools/targets.json), judged here
+
+TARGETS_FILE = Path(__file__).with_name("targets.json")
+
+
+def load_targets(bench: str, path: str | os.PathLike = TARGETS_FILE) -> dict[str, dict[str, Any]]:
+  """{id: target} of one benchmark from the targets table; each target has ``id, bench, text, op ('<=' | '>='),
+  value`` (and optional ``where``: on which machine it is meant to hold)."""
+  try:
+    table = json.loads(Path(path).read_text())
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"targets table {path} is missing; restore tools/targets.json from git") from e
+  out = {}
+  for t in table:
+    missing = {"id", "bench", "text", "op", "value"} - set(t)
+    if missing or t["op"] not in ("<=", ">="):
+      raise ValueError(f"targets table {path}: entry {t.get('id')!r} needs id/bench/text/op ('<=' or '>=')/value")
+    if t["bench"] == bench:
+      out[t["id"]] = t
+  return out
+
+
+def judge(target: dict[str, Any], value: float | None, detail: str = "") -> dict[str, Any]:
+  """The verdict of one measured value against its target: met is True/False, or None when not measured."""
+  met = None if value is None else (value <= target["value"] if target["op"] == "<=" else value >= target["value"])
+  shown = "not measured" if value is None else f"{detail}{value:.2f}"
+  verdict = {None: "NOT MEASURED", True: "MET", False: "MISSED"}[met]
+  line = f"target {target['text']} ({target['op']} {target['value']}): {shown} -> {verdict}"
+  return {"id": target["id"], "value": value, "limit": target["value"], "op": target["op"], "met": met, "line": line}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fresh processes: the same benchmark P times, each row's median and range over them
+
+
+def without_flags(argv: Sequence[str], flags: Sequence[str]) -> list[str]:
+  """argv minus each ``--flag value`` / ``--flag=value`` in flags."""
+  out, skip = [], False
+  for a in argv:
+    if skip:
+      skip = False
+    elif a in flags:
+      skip = True
+    elif not any(a.startswith(f + "=") for f in flags):
+      out.append(a)
+  return out
+
+
+def fresh_processes(module: str, argv: Sequence[str], processes: int) -> list[dict[str, Any]]:
+  """Run ``python -m module *argv --processes 1 --json TMP`` P times, one after another; their JSON outputs."""
+  child_argv = without_flags(argv, ("--processes", "--json"))
+  root = Path(__file__).resolve().parents[1]
+  runs = []
+  with tempfile.TemporaryDirectory() as tmp:
+    for i in range(processes):
+      path = os.path.join(tmp, f"run{i}.json")
+      print(f"# process {i + 1} of {processes}", flush=True)
+      cmd = [sys.executable, "-m", module, *child_argv, "--processes", "1", "--json", path]
+      if subprocess.run(cmd, cwd=root, check=False).returncode != 0:
+        raise SystemExit(f"{module}: process {i + 1} of {processes} failed: {' '.join(cmd)}")
+      runs.append(json.loads(Path(path).read_text()))
+  return runs
+
+
+def median_over_runs(runs: list[list[dict[str, Any]]], key: Callable, values: Sequence[str]) -> list[dict[str, Any]]:
+  """Rows of P runs (same rows in each) -> one row per ``key(row)``: the first run's row with each of ``values``
+  (dotted paths into the row, e.g. 'x_floor.fwd') replaced by its median over the runs, plus ``spread`` {path:
+  (min, max)} and ``processes`` P."""
+  by_key: dict[Any, list[dict[str, Any]]] = {}
+  for rows in runs:
+    for r in rows:
+      by_key.setdefault(key(r), []).append(r)
+  out = []
+  for rows in by_key.values():
+    if len(rows) != len(runs):
+      raise ValueError(f"row {rows[0].get('name')!r} is in {len(rows)} of {len(runs)} runs; the runs do not match")
+    row = json.loads(json.dumps(rows[0]))
+    row.update(processes=len(runs), spread={})
+    for path in values:
+      vals = [v for v in (get_path(r, path) for r in rows) if v is not None]
+      set_path(row, path, statistics.median(vals) if vals else None)
+      if vals:
+        row["spread"][path] = (min(vals), max(vals))
+    out.append(row)
+  return out
+
+
+def get_path(d: dict[str, Any], path: str):
+  for part in path.split("."):
+    if not isinstance(d, dict) or part not in d:
+      return None
+    d = d[part]
+  return d
+
+
+def set_path(d: dict[str, Any], path: str, value) -> None:
+  *head, last = path.split(".")
+  for part in head:
+    d = d.setdefault(part, {})
+  d[last] = value
+
+
+def with_spread(row: dict[str, Any], path: str, scale: float = 1.0, fmt: str = "{:.2f}") -> str:
+  """A table cell: the value and, for a row over processes, its [min-max] range."""
+  v = get_path(row, path)
+  if v is None:
+    return "-"
+  cell = fmt.format(v * scale)
+  if path in row.get("spread", {}):
+    lo, hi = row["spread"][path]
+    cell += f" [{fmt.format(lo * scale)}-{fmt.format(hi * scale)}]"
+  return cell

@@ -41,8 +41,7 @@ def _preproc(cfg) -> dict:
 
 
 def _modalities(cfg) -> tuple[str, ...] | None:
-  mods = tuple(m for m in str(cfg.get("modalities", "")).split(",") if m)
-  return mods or None
+  return sources.modalities(cfg) or None
 
 
 def _with_missing(ds: fmt.Dataset, cfg) -> fmt.Dataset:
@@ -155,7 +154,45 @@ def _real(cfg, kind: str) -> fmt.Dataset:
   return _with_missing(ds, cfg)
 
 
-sources.register("synthetic_deap", _synthetic_deap)
-sources.register("synthetic_dreamer", _synthetic_dreamer)
-sources.register("deap", lambda cfg: _real(cfg, "deap"))
-sources.register("dreamer", lambda cfg: _real(cfg, "dreamer"))
+PREPROC_FIELDS = dict(per="window", window_s=4.0, stride_s=2.0, baseline="features")
+MISSING_FIELDS = dict(missing_rate=0.0, missing_per="sample", missing_seed=0)
+SYNTHETIC_FIELDS = dict(
+  synthetic_size="small",
+  synthetic_subjects=0,
+  synthetic_trials=0,
+  synthetic_seconds=0.0,
+  synthetic_seed=0,
+  synthetic_lag_s=3.0,
+  synthetic_effect=1.0,
+  synthetic_noise=1.0,
+)
+REAL_FIELDS = dict(cache_dir="")
+for _source in (
+  sources.Source(
+    "synthetic_deap",
+    _synthetic_deap,
+    {**SYNTHETIC_FIELDS, **PREPROC_FIELDS, **MISSING_FIELDS},
+    "DEAP-shaped raw EEG + peripheral signals with planted effects, through the DEAP preprocessing",
+    synthetic=True,
+  ),
+  sources.Source(
+    "synthetic_dreamer",
+    _synthetic_dreamer,
+    {**SYNTHETIC_FIELDS, **PREPROC_FIELDS, **MISSING_FIELDS},
+    "DREAMER-shaped raw EEG + ECG derived from the synthetic DEAP generator, 1-5 ratings",
+    synthetic=True,
+  ),
+  sources.Source(
+    "deap",
+    lambda cfg: _real(cfg, "deap"),
+    {**REAL_FIELDS, "deap_trials": 0, "deap_samples": 0, **PREPROC_FIELDS, **MISSING_FIELDS},
+    "DEAP data_preprocessed_python folder (path); cached under cache_dir (default jmoe_cache next to path)",
+  ),
+  sources.Source(
+    "dreamer",
+    lambda cfg: _real(cfg, "dreamer"),
+    {**REAL_FIELDS, "dreamer_baseline_samples": 0, **PREPROC_FIELDS, **MISSING_FIELDS},
+    "DREAMER.mat or its folder (path); cached under cache_dir (default jmoe_cache next to path)",
+  ),
+):
+  sources.register(_source)

@@ -1,28 +1,20 @@
-"""Data sources of the speech-emotion experiments (DR-MoE), registered in :mod:`jmoe.data.sources` on import.
+"""Data sources of the speech-emotion experiments (DR-MoE, HAEMSA on IEMOCAP), declared in
+:mod:`jmoe.data.sources` on import. ``data.labelled_only`` (every source) drops samples without a label for the head
+(RAVDESS calm/fearful/... for ``emotion4``, IEMOCAP frustrated for ``emotion4``).
 
-``config.data`` fields read (every source):
-
-* ``labelled_only``: a label head; when set, samples without a label for it (``label_masks[head]`` False, e.g.
-  RAVDESS calm/fearful/... for ``emotion4``, IEMOCAP frustrated for ``emotion4``) are dropped before the folds are
-  made. They would enter neither loss nor metrics anyway; dropping them halves the RAVDESS 4-class compute and
-  makes every ``label.<head>`` in ``test_outputs.npz`` a real label.
-
-Sources:
-
-* ``synthetic_scale``: :func:`jmoe.data.synthetic_scale.synthetic_scale` with ``synthetic_speakers``,
-  ``synthetic_per_speaker``, ``synthetic_seed``, ``synthetic_scales`` (comma list, e.g. ``local,local,global,global``).
-* ``ravdess``: :func:`jmoe.data.ravdess.build_dataset` from ``features`` (a ``tools/extract_features`` file or
+* ``synthetic_scale``: :func:`jmoe.data.synthetic_scale.synthetic_scale` (planted local/global scales).
+* ``ravdess``: :func:`jmoe.data.ravdess.build_dataset` from ``features`` (a feature-extraction output file or
   folder) and ``path`` (the audio root; when given the features must cover exactly its clips unless
-  ``smoke_clips`` is set), ``calm_as_neutral``. ``smoke_clips=N`` (smoke runs): take N clips per actor from
-  ``path`` (labelled for ``labelled_only`` when set, emotions spread; the first ``smoke_actors`` actors) and
-  extract their Whisper features into ``features`` first if that file does not exist yet.
+  ``smoke_clips`` is set). ``smoke_clips=N`` (smoke runs): take N clips per actor from ``path`` (the first
+  ``smoke_actors`` actors, emotions spread) and extract their Whisper features into ``features`` first if that file
+  does not exist yet.
 * ``iemocap``: :func:`jmoe.data.iemocap.build_dataset` from ``path`` (release folder), ``features`` (speech) and
-  optional ``text_features``.
+  optional ``text_features``; heads ``emotion4``, ``emotion6`` and ``vad``. One loader for every model.
+* ``synthetic_iemocap``: SYNTHETIC 6-class utterance vectors over 5 sessions (``text_global``, ``audio_global``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -33,29 +25,16 @@ from jmoe.data import sources
 EXTRACT_HINT = "python -m tools.extract_features --modality speech --input {audio} --output {out}"
 
 
-def keep_labelled(ds: fmt.Dataset, head: str) -> fmt.Dataset:
-  """The dataset with only the samples labelled for ``head`` (every split)."""
-  if not head:
-    return ds
-  if head not in ds.label_specs:
-    raise ValueError(f"data.labelled_only={head!r}: {ds.name} has label heads {sorted(ds.label_specs)}")
-  splits = {k: sp.take(np.flatnonzero(sp.label_mask(head))) for k, sp in ds.splits.items()}
-  kept = sum(len(sp) for sp in splits.values())
-  src = f"{ds.source}; only the {kept} samples labelled for {head}"
-  return dataclasses.replace(ds, splits=splits, source=src)
-
-
 def _synthetic_scale(cfg):
   from jmoe.data.synthetic_scale import DEFAULT_SCALES, synthetic_scale
 
-  scales = tuple(x for x in str(cfg.get("synthetic_scales", "")).split(",") if x) or DEFAULT_SCALES
-  ds = synthetic_scale(
-    n_speakers=int(cfg.get("synthetic_speakers", 10)),
-    per_speaker=int(cfg.get("synthetic_per_speaker", 40)),
+  scales = tuple(x for x in str(cfg.synthetic_scales).split(",") if x) or DEFAULT_SCALES
+  return synthetic_scale(
+    n_speakers=int(cfg.synthetic_speakers),
+    per_speaker=int(cfg.synthetic_per_speaker),
     scales=scales,
-    seed=int(cfg.get("synthetic_seed", 0)),
+    seed=int(cfg.synthetic_seed),
   )
-  return keep_labelled(ds, cfg.get("labelled_only", ""))
 
 
 def smoke_clip_paths(root, per_actor: int, actors: int, head: str = "") -> list[Path]:
@@ -116,8 +95,7 @@ def _ravdess(cfg):
     raise FileNotFoundError(
       f"no RAVDESS features at {file}: run first `{EXTRACT_HINT.format(audio=root or '../shared/data/ravdess', out=features)}`"
     )
-  ds = build_dataset(file, None if smoke_clips else root, calm_as_neutral=bool(cfg.get("calm_as_neutral", False)))
-  return keep_labelled(ds, head)
+  return build_dataset(file, None if smoke_clips else root, calm_as_neutral=bool(cfg.get("calm_as_neutral", False)))
 
 
 def _iemocap(cfg):
@@ -132,10 +110,64 @@ def _iemocap(cfg):
       f"first `{EXTRACT_HINT.format(audio='iemocap.csv', out=features or 'runs/features/iemocap_whisper')}`"
     )
   text = str(cfg.get("text_features", "")) or None
-  ds = build_dataset(cfg.path, features, text)
-  return keep_labelled(ds, cfg.get("labelled_only", ""))
+  return build_dataset(cfg.path, features, text)
 
 
-sources.register("synthetic_scale", _synthetic_scale)
-sources.register("ravdess", _ravdess)
-sources.register("iemocap", _iemocap)
+def _synthetic_iemocap(cfg):
+  """SYNTHETIC: 6 classes, 5 sessions, utterance vectors whose class means differ (smoke runs and tests)."""
+  from jmoe.data.iemocap import EMOTIONS6
+
+  r = np.random.default_rng(int(cfg.synthetic_seed))
+  n = int(cfg.synthetic_n)
+  if n < 30:
+    raise ValueError(f"data.synthetic_n={n} is invalid: use at least 30 utterances (6 per session)")
+  y = r.integers(0, 6, n).astype(np.int32)
+  dims = {"text_global": 12, "audio_global": 8}
+  feats = {m: (r.normal(size=(6, d))[y] + r.normal(size=(n, d)) * 1.5).astype(np.float32) for m, d in dims.items()}
+  split = fmt.Split(
+    features=feats,
+    masks={},
+    labels={"emotion6": y},
+    ids=np.array([f"u{i}" for i in range(n)]),
+    groups={"session": (np.arange(n) % 5 + 1).astype(np.int64)},
+  )
+  return fmt.Dataset(
+    name="synthetic-iemocap6",
+    splits={fmt.POOL: split},
+    modalities=tuple(dims),
+    dims=dims,
+    synthetic=True,
+    source=f"synthetic 6-class pool, n={n}",
+    label_specs={"emotion6": fmt.LabelSpec("classification", classes=EMOTIONS6)},
+  )
+
+
+for _source in (
+  sources.Source(
+    "synthetic_scale",
+    _synthetic_scale,
+    dict(synthetic_speakers=10, synthetic_per_speaker=40, synthetic_seed=0, synthetic_scales=""),
+    "speech-shaped local/global frame features with a planted scale per class (jmoe.data.synthetic_scale)",
+    synthetic=True,
+  ),
+  sources.Source(
+    "ravdess",
+    _ravdess,
+    dict(features="", calm_as_neutral=False, smoke_clips=0, smoke_actors=3),
+    "RAVDESS speech clips (path = the audio root) with features from the speech feature extractor",
+  ),
+  sources.Source(
+    "iemocap",
+    _iemocap,
+    dict(features="", text_features=""),
+    "IEMOCAP release folder (path, Session1..5) with speech features (and optional text features)",
+  ),
+  sources.Source(
+    "synthetic_iemocap",
+    _synthetic_iemocap,
+    dict(synthetic_seed=0, synthetic_n=300),
+    "IEMOCAP-shaped 6-class utterance vectors over 5 sessions",
+    synthetic=True,
+  ),
+):
+  sources.register(_source)

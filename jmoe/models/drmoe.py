@@ -64,13 +64,22 @@ the batch routed to each scale).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jmoe.models.layers import BidirectionalCrossAttention, ModalityEncoder, ScaleRouter, SequenceEncoder, masked_mean
+from jmoe.data import sources
+from jmoe.models.layers import (
+  BidirectionalCrossAttention,
+  ModalityEncoder,
+  ScaleRouter,
+  SequenceEncoder,
+  in_dtype,
+  masked_mean,
+)
 from jmoe.moe.layer import mixture
 from jmoe.moe.routing import top1_routing
 
@@ -138,6 +147,7 @@ class DRMoE(nn.Module):
   router_hidden: int = 64
   cross_attention: bool = True
   frame_stride: int = 1
+  dtype: str = "float32"  # compute dtype: "float32" | "bfloat16" (parameters, losses, metrics fp32)
 
   def _expert_tokens(self, m: str, batch, deterministic: bool):
     """Both experts of modality m in one buffer: ({'local': (tok, mask), 'global': (tok, mask)}, summaries)."""
@@ -174,8 +184,11 @@ class DRMoE(nn.Module):
     stats = {f"load_{m}": routing.metrics["load"]}
     return mixed["tokens"], mixed["mask"] > 0, per_sample, stats, routing.metrics["switch_loss"]
 
-  @nn.compact
   def __call__(self, batch: dict[str, Any], deterministic: bool = True):
+    return in_dtype(self, type(self).forward, batch, deterministic)
+
+  @nn.compact
+  def forward(self, batch: dict[str, Any], deterministic: bool = True):
     if self.scales not in SCALES:
       raise ValueError(f"DR-MoE scales must be one of {SCALES}, got {self.scales!r}")
     if self.router not in ROUTERS:
@@ -215,7 +228,7 @@ class DRMoE(nn.Module):
 
 
 def _views(cfg) -> tuple[str, ...]:
-  return tuple(x for x in str(cfg.data.modalities).split(",") if x)
+  return sources.modalities(cfg.data)
 
 
 def validate_config(cfg) -> None:
@@ -238,8 +251,8 @@ def validate_config(cfg) -> None:
     if not ok:
       raise ValueError(f"config.model.{key}={m[key]!r} is invalid: {allowed}")
   views = _views(cfg)
-  if not views:
-    raise ValueError(f"config.data.modalities={cfg.data.modalities!r} is invalid: name at least one view")
+  if not views:  # '' = every view of the dataset: checked by build() once the data are loaded
+    return
   mods = base_modalities(views)
   need = {"route": ("local", "global"), "concat": ("local", "global"), "local": ("local",), "global": ("global",)}
   for base in mods:
@@ -261,7 +274,7 @@ def build(cfg, ds, tasks) -> DRMoE:
   if bad:
     raise ValueError(f"DR-MoE predicts classes; tasks {bad} are not classification tasks")
   m = cfg.model
-  views = _views(cfg)
+  views = tuple(ds.modalities)
   keep = {"route": ("local", "global"), "concat": ("local", "global"), "local": ("local",), "global": ("global",)}
   views = tuple(v for v in views if v.rpartition("_")[2] in keep[m.scales])
   heads = tuple(dict.fromkeys((t.head, t.num_outputs[0]) for t in tasks))
@@ -277,4 +290,5 @@ def build(cfg, ds, tasks) -> DRMoE:
     router_hidden=m.router_hidden,
     cross_attention=m.cross_attention,
     frame_stride=m.frame_stride,
+    dtype=m.get("dtype", "float32"),
   )

@@ -25,13 +25,14 @@ MoE: one encoder + head per modality, predictions averaged).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jmoe.models.layers import ModalityEncoder
+from jmoe.models.layers import ModalityEncoder, in_dtype
 from jmoe.moe.experts import MLPExpert, ragged_dense
 from jmoe.moe.layer import MoELayer
 from jmoe.moe.losses import gaussian_kl
@@ -134,9 +135,13 @@ class EUAR(nn.Module):
   capacity_factor: float | None = None
   dropout: float = 0.1
   head: str = "sentiment"
+  dtype: str = "float32"  # compute dtype: "float32" | "bfloat16" (parameters, losses, metrics fp32)
+
+  def __call__(self, batch: dict[str, Any], deterministic: bool = True):
+    return in_dtype(self, type(self).forward, batch, deterministic)
 
   @nn.compact
-  def __call__(self, batch: dict[str, Any], deterministic: bool = True):
+  def forward(self, batch: dict[str, Any], deterministic: bool = True):
     if self.expert not in EXPERTS:
       raise ValueError(f"EUAR expert must be one of {sorted(EXPERTS)}, got {self.expert!r}")
     if self.fusion not in ("moe", "late"):
@@ -216,8 +221,6 @@ def validate_config(cfg) -> None:
   for key, ok, allowed in checks:
     if not ok:
       raise ValueError(f"config.model.{key}={m[key]!r} is invalid: {allowed}")
-  if not [x for x in cfg.data.modalities.split(",") if x]:
-    raise ValueError(f"config.data.modalities={cfg.data.modalities!r} is invalid: name at least one modality")
 
 
 def build(cfg, ds, tasks) -> EUAR:
@@ -227,7 +230,7 @@ def build(cfg, ds, tasks) -> EUAR:
     raise ValueError(f"EUAR predicts one score per sample; tasks {[t.name for t in tasks]} need other heads")
   m = cfg.model
   return EUAR(
-    modalities=tuple(x for x in cfg.data.modalities.split(",") if x),
+    modalities=tuple(ds.modalities),
     width=m.width,
     num_experts=m.num_experts,
     k=m.k,
@@ -237,4 +240,5 @@ def build(cfg, ds, tasks) -> EUAR:
     capacity_factor=m.capacity_factor or None,
     dropout=m.dropout,
     head=tasks[0].head,
+    dtype=m.get("dtype", "float32"),
   )

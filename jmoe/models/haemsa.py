@@ -58,7 +58,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jmoe.models.layers import ModalityEncoder, TaskGates, masked_mean
+from jmoe.data import sources
+from jmoe.models.layers import ModalityEncoder, TaskGates, in_dtype, masked_mean
 from jmoe.moe.experts import MLPExpert
 from jmoe.moe.layer import MoELayer, mixture
 from jmoe.moe.routing import soft_routing
@@ -109,9 +110,13 @@ class HAEMSA(nn.Module):
   kt_head: str = "unified"
   kt_classes: int = 7
   dropout: float = 0.1
+  dtype: str = "float32"  # compute dtype: "float32" | "bfloat16" (parameters, losses, metrics fp32)
+
+  def __call__(self, batch: dict[str, Any], deterministic: bool = True):
+    return in_dtype(self, type(self).forward, batch, deterministic)
 
   @nn.compact
-  def __call__(self, batch: dict[str, Any], deterministic: bool = True):
+  def forward(self, batch: dict[str, Any], deterministic: bool = True):
     mods = tuple(self.modalities)
     for m in mods:
       if m not in batch:
@@ -186,13 +191,6 @@ class HAEMSA(nn.Module):
     return outputs, {"losses": {"kl": kl}, "stats": stats, "per_sample": per_sample}
 
 
-def gene_names(cfg) -> tuple[str, ...]:
-  """The architecture genes this model reads (``hparams`` / batch keys, ``gene/...``)."""
-  mods = [x for x in cfg.data.modalities.split(",") if x]
-  out = [f"gene/expert/{m}" for m in mods] + [f"gene/shared_in/{m}" for m in mods]
-  return tuple(out + ["gene/levels"])
-
-
 def validate_genes(genes: dict[str, Any], modalities: Sequence[str], shared: bool = True) -> None:
   """One-line ValueError when gene values (scalars or [P] arrays) switch off every modality of an individual."""
   import numpy as np
@@ -222,9 +220,6 @@ def validate_config(cfg) -> None:
   for key, ok, allowed in checks:
     if not ok:
       raise ValueError(f"config.model.{key}={m[key]!r} is invalid: {allowed}")
-  mods = [x for x in cfg.data.modalities.split(",") if x]
-  if not mods:
-    raise ValueError(f"config.data.modalities={cfg.data.modalities!r} is invalid: name at least one modality")
   kt_tasks = [t for t, e in cfg.tasks.items() if (e.get("head") or t) == m.kt_head]
   if m.shared and cfg.get("loss_weights", {}).get("kl", 0.0) > 0 and not kt_tasks:
     raise ValueError(
@@ -233,9 +228,10 @@ def validate_config(cfg) -> None:
     )
   if not m.shared and kt_tasks:
     raise ValueError(f"config.model.shared=False has no {m.kt_head!r} head: remove task(s) {kt_tasks}")
-  fixed = {k: v for k, v in cfg.get("population", {}).get("genes", {}).items() if k.startswith("gene/")}
-  init = {k: max(v.get("init", (1.0, 1.0))) for k, v in fixed.items()}
-  validate_genes(init, mods, m.shared)
+  mods = sources.modalities(cfg.data)
+  if mods:  # '' = every modality of the dataset: checked once the data are loaded (the population's run)
+    fixed = {k: v for k, v in cfg.get("population", {}).get("genes", {}).items() if k.startswith("gene/")}
+    validate_genes({k: max(v.get("init", (1.0, 1.0))) for k, v in fixed.items()}, mods, m.shared)
 
 
 def build(cfg, ds, tasks) -> HAEMSA:
@@ -259,7 +255,7 @@ def build(cfg, ds, tasks) -> HAEMSA:
   if not heads:
     raise ValueError("HAEMSA needs at least one task besides the KL head")
   return HAEMSA(
-    modalities=tuple(x for x in cfg.data.modalities.split(",") if x),
+    modalities=tuple(ds.modalities),
     heads=tuple(heads.items()),
     width=m.width,
     levels=m.levels,
@@ -268,4 +264,5 @@ def build(cfg, ds, tasks) -> HAEMSA:
     kt_head=m.kt_head,
     kt_classes=m.kt_classes,
     dropout=m.dropout,
+    dtype=m.get("dtype", "float32"),
   )

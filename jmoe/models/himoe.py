@@ -70,7 +70,7 @@ import jax
 import jax.numpy as jnp
 
 from jmoe import objectives
-from jmoe.models.layers import DARouter, SequenceEncoder, masked_mean
+from jmoe.models.layers import DARouter, SequenceEncoder, in_dtype, masked_mean
 from jmoe.moe.expert_parallel import axis_is_bound
 from jmoe.moe.experts import MLPExpert
 from jmoe.moe.layer import MoELayer
@@ -155,6 +155,7 @@ class HiMoE(nn.Module):
   fusion: str = "moe"
   modality_routing: str = "soft"
   emotion_bank: bool = True
+  dtype: str = "float32"  # compute dtype: "float32" | "bfloat16" (parameters, losses, metrics fp32)
 
   def _encode(self, batch, deterministic):
     zs, masks, pres = [], [], []
@@ -196,8 +197,11 @@ class HiMoE(nn.Module):
       total = total + objectives.nt_xent(za, zb, w, self.temperature, axis_name=axis)
     return total / len(pairs)
 
-  @nn.compact
   def __call__(self, batch: dict[str, Any], deterministic: bool = True):
+    return in_dtype(self, type(self).forward, batch, deterministic)
+
+  @nn.compact
+  def forward(self, batch: dict[str, Any], deterministic: bool = True):
     for key, value, allowed in (
       ("fusion", self.fusion, FUSIONS),
       ("modality_routing", self.modality_routing, ROUTINGS),
@@ -277,8 +281,6 @@ def validate_config(cfg) -> None:
   for key, ok, allowed in checks:
     if not ok:
       raise ValueError(f"config.model.{key}={m[key]!r} is invalid: {allowed}")
-  if not [x for x in cfg.data.modalities.split(",") if x]:
-    raise ValueError(f"config.data.modalities={cfg.data.modalities!r} is invalid: name at least one modality")
 
 
 def head_specs(ds, tasks) -> tuple:
@@ -304,7 +306,7 @@ def build(cfg, ds, tasks) -> HiMoE:
   """The platform's model factory: Hi-MoE over ``config.data.modalities`` with one head per task head."""
   m = cfg.model
   return HiMoE(
-    modalities=tuple(x for x in cfg.data.modalities.split(",") if x),
+    modalities=tuple(ds.modalities),
     heads=head_specs(ds, tasks),
     width=m.width,
     enc_layers=m.enc_layers,
@@ -319,4 +321,5 @@ def build(cfg, ds, tasks) -> HiMoE:
     fusion=m.fusion,
     modality_routing=m.modality_routing,
     emotion_bank=m.emotion_bank,
+    dtype=m.get("dtype", "float32"),
   )

@@ -28,6 +28,26 @@ import jax.numpy as jnp
 
 from jmoe.moe.routing import Routing, soft_routing, top1_routing, weights_routing
 
+DTYPES = ("float32", "bfloat16")
+
+
+def _cast_floats(tree, dtype):
+  return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a, tree)
+
+
+def in_dtype(module: nn.Module, forward, batch, deterministic: bool):
+  """``forward(module, batch, deterministic)`` computed in ``module.dtype`` ('float32' | 'bfloat16'): parameters
+  stay float32 (initialisation runs in float32; under apply each parameter is cast on its way in, so gradients
+  reach the float32 parameters), float inputs are cast, and every float output (predictions, losses, metrics) is
+  cast back to float32."""
+  if module.dtype not in DTYPES:
+    raise ValueError(f"config.model.dtype={module.dtype!r} is invalid: choose one of {DTYPES}")
+  if module.dtype == "float32" or module.is_initializing():
+    return forward(module, batch, deterministic)
+  dt = jnp.dtype(module.dtype)
+  mapped = nn.map_variables(forward, "params", trans_in_fn=lambda v: _cast_floats(v, dt))
+  return _cast_floats(mapped(module, _cast_floats(batch, dt), deterministic), jnp.float32)
+
 
 def masked_mean(h: jax.Array, mask: jax.Array | None) -> jax.Array:
   """[B, T, W] with mask [B, T] (True = real step) -> [B, W]; an all-padding row gives zeros."""

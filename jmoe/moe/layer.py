@@ -73,6 +73,9 @@ class MoELayer(nn.Module):
     mesh: optional mesh for ``'expert_parallel'`` when the axis is not bound (default: the context mesh).
     check_numerics: raise at run time (host callback) when router logits are NaN/Inf inside ``jit``; concrete
       (non-traced) NaN logits always raise immediately.
+    dtype: compute dtype of the dispatch and the experts (None: the inputs' own; e.g. ``jnp.bfloat16``): tokens are
+      cast to it and an expert template with a ``dtype`` field is given it; parameters stay as initialised (fp32),
+      the router computes its softmax in float32 and routing weights and metrics stay float32.
   """
 
   router: nn.Module | None
@@ -85,6 +88,7 @@ class MoELayer(nn.Module):
   check_numerics: bool = False
   expert_axis: str | None = None
   mesh: Any = None
+  dtype: Any = None
 
   @nn.compact
   def __call__(
@@ -104,7 +108,11 @@ class MoELayer(nn.Module):
       if mask.shape != lead:
         raise ValueError(f"MoELayer: mask shape {mask.shape} must equal the token shape {lead}")
       mask = mask.reshape(-1)
-    bank = ExpertBank(self.expert, self.num_experts, name="experts")
+    expert = self.expert
+    if self.dtype is not None:
+      tokens = tokens.astype(self.dtype)
+      expert = expert.clone(dtype=self.dtype) if hasattr(expert, "dtype") else expert
+    bank = ExpertBank(expert, self.num_experts, name="experts")
     ys = None
     if routing is None:
       if self.router is None:
@@ -135,7 +143,7 @@ class MoELayer(nn.Module):
       dmetrics = {"dropped_fraction": jnp.zeros((), jnp.float32)}
     elif strategy == ep_lib.STRATEGY and not self.is_initializing():
       y, dmetrics = ep_lib.expert_parallel_dispatch(
-        self.expert,
+        expert,
         self.variables["params"]["experts"]["stack"],
         tokens,
         routing,

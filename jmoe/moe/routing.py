@@ -327,7 +327,8 @@ class SoftmaxRouter(nn.Module):
   def __call__(self, x: jax.Array, deterministic: bool = True, mask: jax.Array | None = None) -> Routing:
     """x: [N, D] -> dense Routing (weights [N, E])."""
     del deterministic
-    return soft_routing(nn.Dense(self.num_experts, name="gate")(x), mask, _loss_weights(self))
+    logits = nn.Dense(self.num_experts, name="gate")(x).astype(jnp.float32)  # softmax in fp32 for bf16 inputs too
+    return soft_routing(logits, mask, _loss_weights(self))
 
 
 class TopKRouter(nn.Module):
@@ -356,7 +357,7 @@ class TopKRouter(nn.Module):
     """x: [N, D] -> Routing with index/weights [N, K]."""
     if not 1 <= self.k <= self.num_experts:
       raise ValueError(f"TopKRouter needs 1 <= k <= num_experts, got k={self.k}, num_experts={self.num_experts}")
-    logits = nn.Dense(self.num_experts, name="gate")(x)
+    logits = nn.Dense(self.num_experts, name="gate")(x).astype(jnp.float32)  # softmax and top-k in fp32
     if self.noisy:
       scale = nn.softplus(nn.Dense(self.num_experts, name="noise", kernel_init=nn.initializers.zeros)(x))
       if not deterministic:

@@ -13,30 +13,34 @@ Run directory (``config.workdir``)::
 
 The model is ``jmoe.models.<config.model_name>.build(config, dataset, tasks)`` (big_vision's
 ``importlib.import_module(f"big_vision.models.{config.model_name}")``).
+
+Trainers compose three functions: :func:`prepare` (smoke settings, validation, data, folds, setup, the workdir),
+their own fitting (:func:`run` uses :func:`jmoe.train.loop.fit`; the population and the search train member groups
+with :func:`jmoe.train.loop.train_epoch`) and :func:`finish` (results.json / results.md, plots, the table). The
+command line is :func:`jmoe.train.cli.main`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import json
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from tqdm.auto import tqdm
 
 from jmoe import hostmem
 from jmoe.data import folds as folds_lib
 from jmoe.data import format as fmt
 from jmoe.data import sources
-from jmoe.train import loop
+from jmoe.train import loop, report
 from jmoe.train import parallel as parallel_lib
-from jmoe.train import report
 from jmoe.train import state as state_lib
 from jmoe.train import tasks as tasks_lib
 
@@ -46,7 +50,6 @@ MEMBERS = ("sequential", "vmap", "vmap_folds")
 # Keys that may change between a run and its resumption without changing what is computed.
 RUNTIME_KEYS = (
   "quiet",
-  "stop_after_epochs",
   "debug",
   "devices",
   "parallel",
@@ -74,7 +77,6 @@ def base_config(name: str, model_name: str) -> ml_collections.ConfigDict:
   c.retain_host_memory = False  # True: glibc keeps freed memory (jmoe.hostmem): for large layers, not small steps
   c.select = ""  # '<task>/<metric>' chosen on validation only; '' = the first task's rule
   c.smoke = False  # seconds: tiny data, 2 epochs, 1 seed, at most 2 folds (the tests run this)
-  c.stop_after_epochs = -1  # debug: simulate an interruption after N epochs of this invocation
   c.quiet = False
   c.debug = False  # show tracebacks instead of one-line errors
   c.discard_damaged = False  # a damaged checkpoint: False = stop with one line naming it; True = retrain that seed
@@ -100,7 +102,7 @@ def base_config(name: str, model_name: str) -> ml_collections.ConfigDict:
       batch_size=16,
       epochs=40,
       patience=8,
-      max_loss=0.0,
+      max_loss=0.0,  # > 0: a training loss above it stops the member as diverged; 0 = 100 x the first epoch's loss
       schedule="constant",  # or "cosine": annealed per epoch over optim.epochs (jmoe.train.state.schedule_factor)
     )
   )
@@ -122,6 +124,10 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
   need(cfg.optim.batch_size >= 1, "optim.batch_size", cfg.optim.batch_size, "use an int >= 1")
   need(cfg.optim.patience >= 1, "optim.patience", cfg.optim.patience, "use an int >= 1")
   need(cfg.optim.lr > 0, "optim.lr", cfg.optim.lr, "use a float > 0")
+  max_loss = cfg.optim.get("max_loss", 0.0)
+  need(max_loss >= 0, "optim.max_loss", max_loss, "use 0 (automatic: 100 x the first epoch's loss) or a limit > 0")
+  need(isinstance(cfg.seed_offset, int) and cfg.seed_offset >= 0, "seed_offset", cfg.seed_offset, "use an int >= 0")
+  need(str(cfg.workdir).strip() != "", "workdir", cfg.workdir, "name a run directory (e.g. runs/<name>)")
   schedule = cfg.optim.get("schedule", "constant")
   need(schedule in state_lib.SCHEDULES, "optim.schedule", schedule, " | ".join(state_lib.SCHEDULES))
   need(cfg.folds.kind in FOLD_KINDS, "folds.kind", cfg.folds.kind, f"choose one of {FOLD_KINDS}")
@@ -214,35 +220,79 @@ def setup(cfg: ml_collections.ConfigDict, ds: fmt.Dataset) -> loop.Setup:
   dp = parallel_lib.DataParallel.from_config(cfg)
   tx = state_lib.make_optimizer(cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.grad_clip)
   hparams = state_lib.default_hparams(tasks, dict(cfg.get("loss_weights", {})))
+  # Architecture genes of a population (``gene/<name>``) are hyperparameters too: every state of the run, and every
+  # restore template (evaluators), carries them; a plain run starts them at the top of their init range.
+  for name, gene in cfg.get("population", {}).get("genes", {}).items():
+    if name.startswith("gene/"):
+      hparams[name] = jax.numpy.float32(tuple(gene.get("init", (gene["low"], gene["high"])))[1])
   members = dp.make_steps(model, tasks, members=True) if cfg.members != "sequential" else None
   steps = dp.make_steps(model, tasks)
   init_fn = jax.jit(model.init)  # compiled once for every fold and seed
   return loop.Setup(cfg, model, tasks, tx, hparams, dp, steps, members, select_task, select_metric, init_fn)
 
 
-def run(cfg: ml_collections.ConfigDict, smoke: Callable[[ml_collections.ConfigDict], Any] | None = None) -> dict:
-  """Train ``config.seeds`` seeds on every fold, select on validation, report test mean ± std. Re-running resumes."""
-  t0 = time.time()
-  if cfg.smoke:
-    cfg.seeds = min(cfg.seeds, 1)
+@dataclasses.dataclass
+class Prepared:
+  """A run ready to train: its config, dataset, folds, setup (compiled steps), workdir and seeds."""
+
+  cfg: ml_collections.ConfigDict
+  ds: fmt.Dataset
+  folds: list[loop.FoldData]
+  setup: loop.Setup
+  workdir: Path
+  seeds: list[int]
+  t0: float
+
+
+SMOKE_SIZES = {"train": 96, "valid": 32, "test": 32, fmt.POOL: 240}
+
+
+def apply_smoke(cfg: ml_collections.ConfigDict, smoke: Callable | None = None, epochs: bool = True) -> None:
+  """``config.smoke``: 1 seed, at most 2 epochs and 2 folds, then the experiment's own ``smoke(cfg)``; says what
+  it changed (smoke mode overrides the user's sizes)."""
+  if not cfg.smoke:
+    return
+  before = dict(_flat(cfg))
+  cfg.seeds = min(cfg.seeds, 1)
+  if epochs:
     cfg.optim.epochs = min(cfg.optim.epochs, 2)
-    cfg.folds.max_folds = cfg.folds.max_folds or 2
-    if smoke is not None:
-      smoke(cfg)
-  validate_config(cfg)
-  # Both before anything touches a device (the allocator setting before XLA's threads make their arenas).
-  memory = hostmem.retain_freed_memory() if cfg.get("retain_host_memory", False) else None
-  parallel_lib.maybe_initialize_distributed(cfg.get("distributed", False))
-  if memory:
-    log(memory)
-  ds = sources.load(cfg.data)
-  if ds.synthetic:
-    log(f"*** SYNTHETIC DATA: {ds.name} ({ds.source}) — numbers are not results on a real dataset. ***")
-  log(f"data: {fmt.describe(ds)}")
-  folds = make_folds(cfg.folds, ds)
-  st = setup(cfg, ds)
+  cfg.folds.max_folds = cfg.folds.max_folds or 2
+  if smoke is not None:
+    smoke(cfg)
+  changed = [f"{k}={v!r}" for k, v in _flat(cfg) if before.get(k) != v]
+  if changed:
+    log(f"smoke mode: {', '.join(changed)}")
+
+
+def _flat(cfg, prefix=""):
+  for k, v in cfg.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      yield from _flat(v, f"{prefix}{k}.")
+    else:
+      yield f"{prefix}{k}", v
+
+
+def shrink(ds: fmt.Dataset, sizes: dict[str, int] = SMOKE_SIZES, seed: int = 0) -> fmt.Dataset:
+  """Smoke mode on any dataset: at most ``sizes[split]`` samples per split, a seeded random subset (sorted)."""
+  out = {}
+  for name, sp in ds.splits.items():
+    n = sizes.get(name, sizes["train"])
+    if len(sp) > n:
+      idx = np.sort(np.random.default_rng(seed).choice(len(sp), n, replace=False))
+      sp = sp.take(idx)
+    out[name] = sp
+  if all(len(out[k]) == len(ds.splits[k]) for k in out):
+    return ds
+  log(f"smoke mode: {ds.name} shrunk to {', '.join(f'{k} {len(v)}' for k, v in out.items())} samples")
+  return dataclasses.replace(ds, splits=out)
+
+
+def check_workdir(cfg: ml_collections.ConfigDict) -> Path:
+  """The run directory: a re-run with another config is refused; the config is written before training."""
   workdir = Path(cfg.workdir)
   if jax.process_index() == 0:
+    if workdir.exists() and not workdir.is_dir():
+      raise ValueError(f"config.workdir={str(workdir)!r} is a file, not a directory; choose another --config.workdir")
     saved = workdir / "config.json"
     if saved.exists():
       diff = _config_diff(json.loads(saved.read_text()), json.loads(cfg.to_json()))
@@ -252,10 +302,46 @@ def run(cfg: ml_collections.ConfigDict, smoke: Callable[[ml_collections.ConfigDi
           "use another --config.workdir or delete that run"
         )
     workdir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(cfg.to_json(indent=2))
-  log(f"model: {cfg.model_name} {cfg.model.to_dict()} | devices: {st.dp.describe()} | members: {cfg.members}")
+    loop.write_atomic(saved, cfg.to_json(indent=2))
+  return workdir
+
+
+def prepare(cfg: ml_collections.ConfigDict, smoke: Callable | None = None, epochs: bool = True) -> Prepared:
+  """Everything before training: smoke settings, validation, data (banner when synthetic), folds, the setup and
+  the workdir (config written; a re-run with another config refused)."""
+  t0 = time.time()
+  apply_smoke(cfg, smoke, epochs)
+  validate_config(cfg)
+  if cfg.members == "sequential" and cfg.get("member_chunk", 0):
+    log(f"note: member_chunk={cfg.member_chunk} has no effect with members='sequential'")
+  # Both before anything touches a device (the allocator setting before XLA's threads make their arenas).
+  memory = hostmem.retain_freed_memory() if cfg.get("retain_host_memory", False) else None
+  parallel_lib.maybe_initialize_distributed(cfg.get("distributed", False))
+  if memory:
+    log(memory)
+  ds = sources.load(cfg.data)
+  if cfg.smoke:
+    ds = shrink(ds)
+  if ds.synthetic:
+    log(f"*** SYNTHETIC DATA: {ds.name} ({ds.source}) — numbers are not results on a real dataset. ***")
+  log(f"data: {fmt.describe(ds)}")
+  folds = make_folds(cfg.folds, ds)
+  st = setup(cfg, ds)
+  workdir = check_workdir(cfg)
   seeds = [cfg.seed_offset + i for i in range(cfg.seeds)]
-  fold_results = []
+  return Prepared(cfg, ds, folds, st, workdir, seeds, t0)
+
+
+def fold_result(i: int, fold: loop.FoldData, seeds: list[dict]) -> dict:
+  """The results.json entry of fold ``i``."""
+  return {"fold": i, "name": fold.name, "dir": f"fold_{i}", "sizes": _sizes(fold), "seeds": seeds}
+
+
+def run(cfg: ml_collections.ConfigDict, smoke: Callable[[ml_collections.ConfigDict], Any] | None = None) -> dict:
+  """Train ``config.seeds`` seeds on every fold, select on validation, report test mean ± std. Re-running resumes."""
+  r = prepare(cfg, smoke)
+  st, folds, seeds, workdir = r.setup, r.folds, r.seeds, r.workdir
+  log(f"model: {cfg.model_name} {cfg.model.to_dict()} | devices: {st.dp.describe()} | members: {cfg.members}")
   if cfg.members == "vmap_folds":  # every fold x seed in one compiled program
     members = [(f, s, workdir / f"fold_{i}" / f"seed_{s}") for i, f in enumerate(folds) for s in seeds]
     res = loop.fit_members(st, members)
@@ -265,15 +351,14 @@ def run(cfg: ml_collections.ConfigDict, smoke: Callable[[ml_collections.ConfigDi
       loop.fit(st, fold, seeds, workdir / f"fold_{i}")
       for i, fold in enumerate(tqdm(folds, desc="folds", disable=len(folds) == 1 or cfg.quiet))
     ]
-  for i, (fold, res) in enumerate(zip(folds, per_fold)):
-    fold_results.append({"fold": i, "name": fold.name, "dir": f"fold_{i}", "sizes": _sizes(fold), "seeds": res})
+  fold_results = [fold_result(i, fold, res) for i, (fold, res) in enumerate(zip(folds, per_fold))]
   over = "seeds" if len(folds) == 1 else f"{len(folds)} folds (each the mean of its seeds)"
   select = f"{st.select_task.name}/{st.select_metric}"
   title = (
-    f"{cfg.name}: {ds.name}{' (SYNTHETIC)' if ds.synthetic else ''}, {len(seeds)} seeds, mean ± std over {over}, "
+    f"{cfg.name}: {r.ds.name}{' (SYNTHETIC)' if r.ds.synthetic else ''}, {len(seeds)} seeds, mean ± std over {over}, "
     f"best epoch on valid by {select}"
   )
-  return finish(cfg, ds, st.tasks, fold_results, title, select, t0)
+  return finish(cfg, r.ds, st.tasks, fold_results, title, select, r.t0)
 
 
 def finish(cfg, ds, tasks, fold_results: list[dict], title: str, select: str, t0: float, plots: bool = True) -> dict:
@@ -287,6 +372,9 @@ def finish(cfg, ds, tasks, fold_results: list[dict], title: str, select: str, t0
   ]
   if left_out:
     table += f"\nLeft out of the means: {', '.join(left_out)}\n"
+  flagged = [f"{f['name']}/seed {r['seed']}: {x}" for f in fold_results for r in f["seeds"] for x in r.get("flags", [])]
+  if flagged:
+    table += f"\nFlagged (in the means): {'; '.join(flagged)}\n"
   for t in tasks:
     for split, metrics in summary[t.name].items():
       undefined = [m for m, v in metrics.items() if v is None]
@@ -299,6 +387,7 @@ def finish(cfg, ds, tasks, fold_results: list[dict], title: str, select: str, t0
     "dataset": ds.name,
     "synthetic": ds.synthetic,
     "source": ds.source,
+    "modalities": list(ds.modalities),
     "select": select,
     "tasks": {t.name: {"kind": t.kind, "head": t.head, "label": t.label, "loss": t.loss} for t in tasks},
     "folds": fold_results,
@@ -311,108 +400,17 @@ def finish(cfg, ds, tasks, fold_results: list[dict], title: str, select: str, t0
     written = report.plots(workdir, tasks, fold_results, ds.synthetic, select) if plots else []
     print(table)
     print(f"\nrun dir: {workdir} (results.json{''.join(', ' + w for w in written)}); {out['seconds']:.0f} s")
+  if not any(r["status"] == "ok" for f in fold_results for r in f["seeds"]):
+    raise RunFailed(
+      f"no seed of {cfg.name} produced a usable model ({', '.join(sorted(set(left_out))) or 'none trained'}); "
+      "no best checkpoint exists: lower --config.optim.lr or check the data"
+    )
   return out
+
+
+class RunFailed(ValueError):
+  """Every member diverged or had no valid selection metric: the run has no result (exit status 2)."""
 
 
 def _sizes(fold: loop.FoldData) -> dict[str, int]:
   return {"train": len(fold.train), "valid": len(fold.valid), "test": len(fold.test)}
-
-
-def _leaves(cfg: ml_collections.ConfigDict, prefix: str = ""):
-  """(dotted key, value) of every leaf of ``cfg``, depth first, in the config's order."""
-  for k, v in cfg.items():
-    if isinstance(v, ml_collections.ConfigDict):
-      yield from _leaves(v, f"{prefix}{k}.")
-    else:
-      yield f"{prefix}{k}", v
-
-
-def unknown_key(argv: list[str], cfg: ml_collections.ConfigDict) -> str | None:
-  """One line for the first ``--config.<key>`` of ``argv`` that ``cfg`` does not have (with a did-you-mean)."""
-  leaves = [k for k, _ in _leaves(cfg)]
-  known = set(leaves) | {k.rsplit(".", n)[0] for k in leaves for n in range(1, k.count(".") + 1)}
-  for arg in argv:
-    if arg == "--":
-      break
-    for lead in ("--config.", "--noconfig."):
-      if arg.startswith(lead):
-        key = arg[len(lead) :].split("=", 1)[0]
-        if key not in known:
-          close = difflib.get_close_matches(key, leaves, n=1, cutoff=0.5)
-          return f"unknown config key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-  return None
-
-
-def config_choices(cfg: ml_collections.ConfigDict) -> dict[str, tuple]:
-  """{dotted key: allowed values} of the keys that take one of a fixed set of values."""
-  sources._register_builtin()
-  out = {"members": MEMBERS, "parallel": ("pmap", "jit"), "folds.kind": FOLD_KINDS}
-  if "data" in cfg:
-    out["data.source"] = tuple(sorted(sources.SOURCES))
-    if "nonfinite" in cfg.data:
-      out["data.nonfinite"] = ("error", "zero")
-  try:
-    model = importlib.import_module(f"jmoe.models.{cfg.model_name}")
-  except ModuleNotFoundError:
-    return out
-  return {**out, **getattr(model, "config_choices", dict)()}
-
-
-def help_text(cfg: ml_collections.ConfigDict, prog: str) -> str:
-  """``--help``: usage and the config with its nesting, defaults and the allowed values of each choice."""
-  choices = config_choices(cfg)
-  lines = [
-    f"usage: {prog} [--config.KEY=VALUE ...]   (re-running the same command resumes)",
-    "",
-    "config (key: default  # allowed values); e.g. --config.optim.lr=3e-4 --config.seeds=3",
-  ]
-  shown: set[str] = set()
-  for key, value in _leaves(cfg):
-    parts = key.split(".")
-    for depth in range(len(parts) - 1):
-      node = ".".join(parts[: depth + 1])
-      if node not in shown:
-        shown.add(node)
-        lines.append(f"{'  ' * (depth + 1)}{parts[depth]}:")
-    note = f"  # one of {', '.join(map(str, choices[key]))}" if key in choices else ""
-    lines.append(f"{'  ' * len(parts)}{parts[-1]}: {value!r}{note}")
-  lines += [
-    "",
-    "errors print one line and exit 2 (--config.debug=True shows the traceback); a damaged checkpoint stops the run:",
-    "--config.discard_damaged=True discards that seed's checkpoints and retrains it.",
-  ]
-  return "\n".join(lines)
-
-
-def cli(get_config: Callable[[], ml_collections.ConfigDict], smoke=None) -> None:
-  """``python -m experiments.<name> [--config.key=value ...]``: one-line errors (``--config.debug=True`` for the
-  traceback), exit status 2 on bad input; ``--help`` prints the config and exits 0."""
-  from absl import app as absl_app
-  from absl import logging
-  from ml_collections import config_flags
-
-  args = sys.argv[1:]
-  if any(a in ("-h", "--help", "--helpshort") for a in args):
-    print(help_text(get_config(), f"python -m experiments.{Path(sys.argv[0]).stem}"))
-    sys.exit(0)
-  bad = unknown_key(args, get_config())
-  if bad:
-    print(f"error: {bad}", file=sys.stderr)
-    print("(--help lists every config key)", file=sys.stderr)
-    sys.exit(2)
-  flag = config_flags.DEFINE_config_dict("config", get_config())
-
-  def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    cfg = flag.value
-    try:
-      run(cfg, smoke)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-      if cfg.get("debug", False):
-        raise
-      print(f"error: {e}", file=sys.stderr)
-      print("(add --config.debug=True for the traceback)", file=sys.stderr)
-      sys.exit(2)
-
-  absl_app.run(main)

@@ -98,14 +98,48 @@ class Setup:
 
 
 def _new_book() -> dict[str, Any]:
-  return {"epoch": -1, "best_value": None, "best_epoch": -1, "bad_epochs": 0, "stopped": False, "diverged": False}
+  return {
+    "epoch": -1,
+    "best_value": None,
+    "best_epoch": -1,
+    "bad_epochs": 0,
+    "stopped": False,
+    "diverged": False,
+    "first_loss": None,
+  }
 
 
-def predict(setup: Setup, eval_fn, params_r, split: fmt.Split, members: int | None) -> list[dict[str, np.ndarray]]:
+def with_consts(batch: dict, consts: dict[str, np.ndarray] | None, members: bool) -> dict:
+  """``batch`` plus every per-member constant of ``consts`` broadcast to the batch: [D, M, b] from [M] values
+  (members) or [D, b] from a scalar. Constants are the ``gene/<name>`` hyperparameters (architecture genes) that a
+  model reads from the batch (:mod:`jmoe.models.haemsa`)."""
+  if not consts:
+    return batch
+  w = batch["weight"]
+  out = dict(batch)
+  for name, v in consts.items():
+    v = np.asarray(v, np.float32)
+    out[name] = np.broadcast_to(v[None, :, None] if members else v, w.shape).copy()
+  return out
+
+
+def consts_of(hparams: dict) -> dict[str, np.ndarray]:
+  """The batch constants of a state's (or stacked states') hyperparameters: its ``gene/<name>`` entries."""
+  return {k: np.asarray(v, np.float32) for k, v in hparams.items() if k.startswith("gene/")}
+
+
+def before_epoch(epoch: int) -> None:
+  """Called at the start of every training epoch (a module function so that tests can interrupt a run here)."""
+
+
+def predict(
+  setup: Setup, eval_fn, params_r, split: fmt.Split, members: int | None, consts: dict | None = None
+) -> list[dict[str, np.ndarray]]:
   """Deterministic outputs for every sample of ``split``, padding removed: one dict {key: [B, ...]} per member."""
   opt = setup.cfg.optim
   parts: list[dict[str, np.ndarray]] = []
   for batch in batches_lib.iterate_batches(split, setup.modalities, opt.batch_size, setup.dp.num_shards):
+    batch = with_consts(batch, consts, members is not None)
     out = jax.device_get(eval_fn(params_r, batch))
     keep = batch["weight"].reshape(-1) > 0
     if members is None:
@@ -186,15 +220,18 @@ def _fit_group(setup: Setup, folds: list[FoldData], seeds: list[int], dirs: list
       ck.close()
 
 
-def _predict_members(setup: Setup, eval_fn, params_r, splits: list, vmapped: bool) -> list[dict[str, np.ndarray]]:
+def _predict_members(
+  setup: Setup, eval_fn, params_r, splits: list, vmapped: bool, consts: dict | None = None
+) -> list[dict[str, np.ndarray]]:
   """One output dict per member on its own split (members of one fold share one vmapped evaluation)."""
   if not vmapped:
-    return predict(setup, eval_fn, params_r, splits[0], None)
+    return predict(setup, eval_fn, params_r, splits[0], None, consts)
   if all(sp is splits[0] for sp in splits):
-    return predict(setup, eval_fn, params_r, splits[0], len(splits))
+    return predict(setup, eval_fn, params_r, splits[0], len(splits), consts)
   host = setup.dp.unreplicate(params_r)  # members on different folds: each evaluated on its own split
+  one = lambda i: {k: v[i] for k, v in (consts or {}).items()}
   return [
-    predict(setup, setup.steps[1], setup.dp.replicate(jax.tree.map(lambda a: a[i], host)), sp, None)[0]
+    predict(setup, setup.steps[1], setup.dp.replicate(jax.tree.map(lambda a: a[i], host)), sp, None, one(i))[0]
     for i, sp in enumerate(splits)
   ]
 
@@ -234,23 +271,84 @@ def _resume(setup: Setup, ckpts: list, i: int, d: Path, like, where: str) -> tup
   return state, book
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text(text)
   os.replace(tmp, path)
 
 
-def _append_jsonl(path: Path, record: dict) -> None:
+def append_jsonl(path: Path, record: dict) -> None:
   """One JSONL line per epoch (a module function so that tests can interrupt the save sequence here)."""
   with path.open("a") as f:
     f.write(json.dumps(jsonable(record)) + "\n")
 
 
+def read_jsonl(path: Path) -> list[dict]:
+  """The records of a JSONL log; a torn last line (a kill or a full disk during an append) is dropped with a
+  warning; a bad line before the last is a one-line ValueError naming the file and line."""
+  if not path.exists():
+    return []
+  lines = path.read_text().splitlines()
+  out = []
+  for n, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      out.append(json.loads(line))
+    except ValueError:
+      if n == len(lines):
+        log(f"  {path}: dropped a cut last line (an interrupted append); that step is redone")
+        break
+      raise ValueError(f"{path} line {n} is not JSON: repair or delete the file to rerun this member") from None
+  return out
+
+
+def evaluate_chosen(setup: Setup, fold: FoldData, state, member_dir: Path) -> tuple[dict, dict]:
+  """The chosen state (its batch constants included) evaluated on validation and, once, on test; the test outputs
+  written to ``member_dir/test_outputs.npz``. -> (valid metrics, test metrics)."""
+  consts = consts_of(state.hparams)
+  params_r = setup.dp.replicate(state.params)
+  val = jsonable(evaluate(setup, predict(setup, setup.steps[1], params_r, fold.valid, None, consts)[0], fold.valid))
+  out = predict(setup, setup.steps[1], params_r, fold.test, None, consts)[0]
+  flags = prediction_flags(setup, out, fold.test)
+  if flags:
+    log(f"  {fold.name} {member_dir.name}: warning: {'; '.join(flags)}")
+  save_test_outputs(setup, fold, out, member_dir)
+  return val, jsonable(evaluate(setup, out, fold.test))
+
+
+def train_epoch(setup: Setup, state_r, trains: list, shuffles: list, rngs, active, vmapped: bool, consts=None):
+  """One epoch of a member group (or of one model): every member on its own train split and batch order
+  (``shuffles``), with its RNG and batch constants; members not ``active`` keep their state. -> (state, one dict of
+  mean training metrics per member)."""
+  opt, dp = setup.cfg.optim, setup.dp
+  train_fn = setup.member_steps[0] if vmapped else setup.steps[0]
+  step_metrics = []
+  if vmapped:
+    it = batches_lib.iterate_member_batches(
+      trains, setup.modalities, opt.batch_size, dp.num_shards, shuffles, setup.heads
+    )
+    for batch in it:
+      state_r, m = train_fn(state_r, with_consts(batch, consts, True), rngs, active)
+      step_metrics.append(m)
+  else:
+    it = batches_lib.iterate_batches(
+      trains[0], setup.modalities, opt.batch_size, dp.num_shards, shuffles[0], setup.heads
+    )
+    for batch in it:
+      state_r, m = train_fn(state_r, with_consts(batch, consts, False), rngs)
+      step_metrics.append(m)
+  step_metrics = jax.device_get(step_metrics)  # one transfer per epoch; means on the host
+  train_ms = []
+  for i in range(len(shuffles)):
+    pick = (lambda a: np.asarray(a[0])[i]) if vmapped else (lambda a: np.asarray(a[0]))
+    train_ms.append({k: np.mean([pick(m[k]) for m in step_metrics], axis=0).tolist() for k in step_metrics[0]})
+  return state_r, train_ms
+
+
 def _train_group(setup, folds, seeds, vmapped, states, dirs, ckpts) -> list[dict]:
   cfg, opt, dp = setup.cfg, setup.cfg.optim, setup.dp
-  mods, heads = setup.modalities, setup.heads
-  m_count = len(seeds)
-  train_fn, eval_fn = setup.member_steps if vmapped else setup.steps
+  eval_fn = (setup.member_steps if vmapped else setup.steps)[1]
   books = []
   for i, s in enumerate(seeds):
     states[i], book = _resume(setup, ckpts, i, dirs[i], states[i], f"{folds[i].name} seed {s}")
@@ -264,21 +362,15 @@ def _train_group(setup, folds, seeds, vmapped, states, dirs, ckpts) -> list[dict
   for d, b in zip(dirs, books):  # keep the epochs that the checkpoint covers, drop any written after it
     jsonl = d / "metrics.jsonl"
     if jax.process_index() == 0:
-      keep = []
-      for line in jsonl.read_text().splitlines() if jsonl.exists() else []:
-        try:
-          if json.loads(line)["epoch"] <= b["epoch"]:
-            keep.append(line + "\n")
-        except ValueError:  # a line cut short by a kill: the checkpoint does not cover it
-          break
-      _write_atomic(jsonl, "".join(keep))
+      keep = [r for r in read_jsonl(jsonl) if r["epoch"] <= b["epoch"]]
+      write_atomic(jsonl, "".join(json.dumps(r) + "\n" for r in keep))
   stack = lambda trees: jax.tree.map(lambda *xs: np.stack(xs), *trees)
   host_state = stack(states) if vmapped else states[0]
+  consts = consts_of(host_state.hparams)
   state_r = dp.replicate(host_state)
   schedule = opt.get("schedule", "constant")
   rng_seeds = [jax.random.key(10_000 + s) for s in seeds]
   rngs = jax.random.wrap_key_data(np.stack([jax.random.key_data(k) for k in rng_seeds])) if vmapped else rng_seeds[0]
-  epochs_run = 0
   bar = tqdm(
     range(books[0]["epoch"] + 1, opt.epochs),
     desc=f"{'+'.join(dict.fromkeys(f.name for f in folds))} seed{'s' if vmapped else ''} {','.join(map(str, seeds))}",
@@ -289,32 +381,14 @@ def _train_group(setup, folds, seeds, vmapped, states, dirs, ckpts) -> list[dict
     active = np.array([not b["stopped"] for b in books])
     if not active.any():
       break
-    if 0 <= cfg.get("stop_after_epochs", -1) <= epochs_run:
-      raise KeyboardInterrupt(f"stop_after_epochs={cfg.stop_after_epochs} (simulated interruption)")
+    before_epoch(epoch)
     if schedule != "constant":  # the epoch's learning-rate factor, set on the host copy (no recompilation)
       factor = state_lib.schedule_factor(schedule, epoch, opt.epochs)
       state_r = dp.replicate(state_lib.with_lr_scale(host_state, factor))
-    step_metrics = []
     shuffles = [s * 100_003 + epoch for s in seeds]
-    if vmapped:
-      it = batches_lib.iterate_member_batches(
-        [f.train for f in folds], mods, opt.batch_size, dp.num_shards, shuffles, heads
-      )
-      for batch in it:
-        state_r, m = train_fn(state_r, batch, rngs, active)
-        step_metrics.append(m)
-    else:
-      it = batches_lib.iterate_batches(folds[0].train, mods, opt.batch_size, dp.num_shards, shuffles[0], heads)
-      for batch in it:
-        state_r, m = train_fn(state_r, batch, rngs)
-        step_metrics.append(m)
-    step_metrics = jax.device_get(step_metrics)  # one transfer per epoch; means on the host
-    train_ms = []
-    for i in range(m_count):
-      pick = (lambda a: np.asarray(a[0])[i]) if vmapped else (lambda a: np.asarray(a[0]))
-      train_ms.append({k: np.mean([pick(m[k]) for m in step_metrics], axis=0).tolist() for k in step_metrics[0]})
+    state_r, train_ms = train_epoch(setup, state_r, [f.train for f in folds], shuffles, rngs, active, vmapped, consts)
     params_r = state_r.params
-    val_outs = _predict_members(setup, eval_fn, params_r, [f.valid for f in folds], vmapped)
+    val_outs = _predict_members(setup, eval_fn, params_r, [f.valid for f in folds], vmapped, consts)
     host_state = dp.unreplicate(state_r)
     for i, (s, book) in enumerate(zip(seeds, books)):
       if book["stopped"]:
@@ -324,10 +398,12 @@ def _train_group(setup, folds, seeds, vmapped, states, dirs, ckpts) -> list[dict
         continue
       train_m = train_ms[i]
       loss = train_m["loss"]
-      max_loss = opt.get("max_loss", 0.0) or math.inf
+      if book.get("first_loss") is None and math.isfinite(loss):
+        book["first_loss"] = loss
+      max_loss, rule = loss_limit(opt.get("max_loss", 0.0), book.get("first_loss"))
       if not math.isfinite(loss) or loss > max_loss:
         book.update(stopped=True, diverged=True, epoch=epoch)
-        why = "non-finite" if not math.isfinite(loss) else f"above optim.max_loss={max_loss:g}"
+        why = "non-finite" if not math.isfinite(loss) else f"above {rule}"
         log(
           f"  {folds[i].name} seed {s}: training loss {loss:.4g} is {why} at epoch {epoch}: stopped as diverged "
           f"(best checkpoint kept; lower optim.lr)"
@@ -345,12 +421,56 @@ def _train_group(setup, folds, seeds, vmapped, states, dirs, ckpts) -> list[dict
         ckpts[i].save_best(epoch, member_state, {"epoch": epoch, "valid": val})
       book["stopped"] = book["bad_epochs"] >= opt.patience
       if jax.process_index() == 0:
-        _append_jsonl(dirs[i] / "metrics.jsonl", {"epoch": epoch, "train": train_m, "valid": val})
+        append_jsonl(dirs[i] / "metrics.jsonl", {"epoch": epoch, "train": train_m, "valid": val})
       ckpts[i].save_latest(epoch, member_state, book)  # last: it marks the epoch as done
     sel = f"{setup.select_task.name}/{setup.select_task.select}"
     bar.set_postfix(loss=f"{train_ms[0]['loss']:.3f}", best=books[0]["best_epoch"], sel=sel)
-    epochs_run += 1
   return _final_results(setup, folds, seeds, dirs, ckpts, books, states, vmapped)
+
+
+DIVERGENCE_FACTOR = 100.0
+
+
+def loss_limit(max_loss: float, first_loss: float | None) -> tuple[float, str]:
+  """(the training-loss limit above which a member is stopped as diverged, the rule in words).
+
+  ``optim.max_loss`` > 0: that value. 0 (default): :data:`DIVERGENCE_FACTOR` x max(|first epoch's loss|, 1): a loss
+  that grew a hundredfold is a run that diverged even while it stays finite."""
+  if max_loss and max_loss > 0:
+    return float(max_loss), f"optim.max_loss={max_loss:g}"
+  if first_loss is None:
+    return math.inf, "no limit yet"
+  limit = DIVERGENCE_FACTOR * max(abs(first_loss), 1.0)
+  return limit, f"{DIVERGENCE_FACTOR:g} x the first epoch's loss ({limit:.4g}; set optim.max_loss to change it)"
+
+
+def prediction_flags(setup: Setup, outputs: dict[str, np.ndarray], split: fmt.Split) -> list[str]:
+  """Warnings for a model's outputs on ``split``: a head whose predictions are constant (a collapsed model)."""
+  flags = []
+  for t in setup.tasks:
+    out = np.asarray(outputs[t.head], np.float64)
+    keep = split.label_mask(t.label)
+    if out.ndim == 0 or keep.sum() < 2:
+      continue
+    out = out[keep]
+    if t.kind in ("classification", "sentiment_class") and out.ndim == 2:
+      if len(np.unique(out.argmax(-1))) == 1:
+        flags.append(f"{t.name}: predicts one class for every sample")
+      continue
+    label_std = float(np.std(np.asarray(split.labels[t.label], np.float64)[keep]))
+    if label_std > 0 and float(np.max(np.std(out.reshape(len(out), -1), axis=0))) < 1e-3 * label_std:
+      flags.append(f"{t.name}: constant predictions (std < 1e-3 x the label std)")
+  return flags
+
+
+def save_test_outputs(setup: Setup, fold: FoldData, outputs: dict[str, np.ndarray], member_dir: Path) -> None:
+  """``test_outputs.npz``: every head and per-sample diagnostic, ``label.<head>``, ``label_mask.<head>``, ids."""
+  if jax.process_index() != 0:
+    return
+  arrays = {k.replace("/", "."): v for k, v in outputs.items()}
+  arrays.update({f"label.{h}": np.asarray(fold.test.labels[h]) for h in setup.heads})
+  arrays.update({f"label_mask.{h}": fold.test.label_mask(h) for h in setup.heads})
+  np.savez(member_dir / "test_outputs.npz", ids=np.asarray(fold.test.ids).astype(str), **arrays)
 
 
 def _final_results(setup, folds, seeds, dirs, ckpts, books, like_states, vmapped) -> list[dict]:
@@ -368,26 +488,28 @@ def _final_results(setup, folds, seeds, dirs, ckpts, books, like_states, vmapped
       results.append((i, {"seed": s, "status": status, "best_epoch": None, "valid": None, "test": None}))
       continue
     state, meta = best
-    best_params.append((i, state.params))
+    best_params.append((i, state))
     metas.append(meta)
   if best_params:
     idx = [i for i, _ in best_params]
     if vmapped:
-      stacked = jax.tree.map(lambda *xs: np.stack(xs), *[p for _, p in best_params])
+      stacked = jax.tree.map(lambda *xs: np.stack(xs), *[st for _, st in best_params])
       tests = [folds[i].test for i in idx]
-      outs = _predict_members(setup, setup.member_steps[1], setup.dp.replicate(stacked), tests, True)
+      outs = _predict_members(
+        setup, setup.member_steps[1], setup.dp.replicate(stacked.params), tests, True, consts_of(stacked.hparams)
+      )
     else:
-      outs = predict(setup, setup.steps[1], setup.dp.replicate(best_params[0][1]), folds[0].test, None)
+      st = best_params[0][1]
+      outs = predict(setup, setup.steps[1], setup.dp.replicate(st.params), folds[0].test, None, consts_of(st.hparams))
     for j, (i, meta) in enumerate(zip(idx, metas)):
       fold = folds[i]
       test = jsonable(evaluate(setup, outs[j], fold.test))
       status = "diverged" if books[i].get("diverged") else "ok"
-      results.append(
-        (i, {"seed": seeds[i], "status": status, "best_epoch": meta["epoch"], "valid": meta["valid"], "test": test})
-      )
-      if jax.process_index() == 0:
-        arrays = {k.replace("/", "."): v for k, v in outs[j].items()}
-        arrays.update({f"label.{h}": np.asarray(fold.test.labels[h]) for h in setup.heads})
-        arrays.update({f"label_mask.{h}": fold.test.label_mask(h) for h in setup.heads})
-        np.savez(dirs[i] / "test_outputs.npz", ids=np.asarray(fold.test.ids).astype(str), **arrays)
+      r = {"seed": seeds[i], "status": status, "best_epoch": meta["epoch"], "valid": meta["valid"], "test": test}
+      flags = prediction_flags(setup, outs[j], fold.test)
+      if flags:
+        r["flags"] = flags
+        log(f"  {fold.name} seed {seeds[i]}: warning: {'; '.join(flags)}")
+      results.append((i, r))
+      save_test_outputs(setup, fold, outs[j], dirs[i])
   return [r for _, r in sorted(results, key=lambda ir: ir[0])]  # member order

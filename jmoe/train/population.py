@@ -57,7 +57,6 @@ import ml_collections
 import numpy as np
 
 from jmoe.data import format as fmt
-from jmoe.data import sources
 from jmoe.train import app, loop
 from jmoe.train import batches as batches_lib
 from jmoe.train import state as state_lib
@@ -241,26 +240,6 @@ def validate_population(cfg, one_state_bytes: int | None = None, genes_check: Ca
 
 
 # --------------------------------------------------------------------------- training
-def _stack(trees):
-  return jax.tree.map(lambda *xs: np.stack(xs), *trees)
-
-
-def _gene_arrays(host_states, names) -> dict[str, np.ndarray]:
-  return {n: np.asarray(host_states.hparams[n], np.float32) for n in names}
-
-
-def _with_genes(batch, genes: dict[str, np.ndarray], members: bool):
-  """Add ``gene/<name>`` [D, P, b] (members) or [D, b] (one individual: genes are scalars) to a host batch."""
-  if not genes:
-    return batch
-  w = batch["weight"]
-  out = dict(batch)
-  for name, v in genes.items():
-    v = np.asarray(v, np.float32)
-    out[name] = np.broadcast_to(v[None, :, None] if members else v, w.shape).copy()
-  return out
-
-
 def make_fitness_fn(model, tasks, weights: dict[str, float]):
   """pmap(vmap): (params [D, P, ...], batch [D, P, b, ...]) -> (weighted task loss [D, P], real samples [D, P])."""
 
@@ -272,14 +251,14 @@ def make_fitness_fn(model, tasks, weights: dict[str, float]):
   return jax.pmap(jax.vmap(one), axis_name=steps_lib.AXIS)
 
 
-def fitness(setup: loop.Setup, fitness_fn, params_r, split: fmt.Split, genes, p: int) -> np.ndarray:
+def fitness(setup: loop.Setup, fitness_fn, params_r, split: fmt.Split, consts, p: int) -> np.ndarray:
   """Eq. 8: the mean validation loss of every individual [P] (+inf where not finite)."""
   opt = setup.cfg.optim
   total, count = np.zeros(p), 0.0
   for batch in batches_lib.iterate_member_batches(
     [split] * p, setup.modalities, opt.batch_size, setup.dp.num_shards, [None] * p, setup.heads
   ):
-    loss, n = jax.device_get(fitness_fn(params_r, _with_genes(batch, genes, True)))
+    loss, n = jax.device_get(fitness_fn(params_r, loop.with_consts(batch, consts, True)))
     total += np.asarray(loss)[0] * np.asarray(n)[0]
     count = float(np.asarray(n)[0][0]) + count
   f = total / max(count, 1.0)
@@ -292,18 +271,10 @@ def init_population(setup: loop.Setup, fold: loop.FoldData, seed: int, genes: tu
   sample = next(batches_lib.iterate_batches(fold.train, setup.modalities, opt.batch_size, 1))
   sample = jax.tree.map(lambda a: a[0], sample)
   shared = setup.cfg.population.init == "shared"
-  hp = dict(setup.hparams)
-  for g in genes:
-    if g.name.startswith("gene/"):
-      hp[g.name] = jnp.float32(g.init[1])
-  base = state_lib.create_state(setup.model, setup.tx, sample, jax.random.key(seed), hp, setup.init_fn)
-  states = [
-    base
-    if shared
-    else state_lib.create_state(setup.model, setup.tx, sample, jax.random.key(seed * p + i + 1), hp, setup.init_fn)
-    for i in range(p)
-  ]
-  stacked = _stack(states)
+  make = lambda key: state_lib.create_state(setup.model, setup.tx, sample, key, setup.hparams, setup.init_fn)
+  base = make(jax.random.key(seed))
+  states = [base if shared else make(jax.random.key(seed * p + i + 1)) for i in range(p)]
+  stacked = jax.tree.map(lambda *xs: np.stack(xs), *states)
   rng = np.random.default_rng(seed + 7919)
   for g in genes:
     lo, hi = (math.log10(g.init[0]), math.log10(g.init[1])) if g.log else g.init
@@ -317,178 +288,161 @@ def make_evolve_fn(pc, genes):
   return jax.jit(lambda s, f, key: next_generation(s, f, key, genes, pc.tournament, jnp.float32(pc.sigma), pc.elite))
 
 
-def evolve_run(
-  setup: loop.Setup,
-  fold: loop.FoldData,
-  seed: int,
-  run_dir: Path,
-  member_steps=None,
-  fitness_fn=None,
-  evolve_fn=None,
-):
+def patience_generations(cfg) -> int:
+  """Early stopping of the evolution: ``optim.patience`` epochs without a better best fitness, counted in whole
+  generations (ceil(patience / epochs_per_generation))."""
+  return max(1, -(-cfg.optim.patience // cfg.population.epochs_per_generation))
+
+
+def train_generation(setup: loop.Setup, states, fold: loop.FoldData, seed: int, gen: int, rngs):
+  """``epochs_per_generation`` epochs of every individual, in vmapped programs of at most ``member_chunk``
+  individuals (:func:`jmoe.train.loop.member_chunks`) -> (host states, mean training loss per individual)."""
+  pc, dp = setup.cfg.population, setup.dp
+  p = pc.size
+  parts, losses = [], np.zeros(p)
+  for chunk in loop.member_chunks(setup.cfg, p):
+    idx = np.asarray(chunk)
+    sub = jax.tree.map(lambda a: a[idx], states)
+    consts = loop.consts_of(sub.hparams)
+    state_r = dp.replicate(sub)
+    active = np.ones(len(idx), bool)
+    per_epoch = []
+    for e in range(pc.epochs_per_generation):
+      epoch = gen * pc.epochs_per_generation + e
+      loop.before_epoch(epoch)
+      shuffles = [seed * 1_000_003 + epoch * 1009 + int(i) for i in idx]
+      state_r, ms = loop.train_epoch(setup, state_r, [fold.train] * len(idx), shuffles, rngs[idx], active, True, consts)
+      per_epoch.append([m["loss"] for m in ms])
+    losses[idx] = np.mean(per_epoch, axis=0)
+    parts.append(dp.unreplicate(state_r))
+  states = parts[0] if len(parts) == 1 else jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+  return jax.tree.map(np.asarray, states), losses
+
+
+def evolve_run(setup: loop.Setup, fold: loop.FoldData, seed: int, run_dir: Path, fitness_fn, evolve_fn) -> dict:
   """Evolve one population on ``fold`` with seed ``seed``; resumes from ``run_dir/latest``. -> result dict
-  (``seed``, ``status``, ``best_epoch`` (the last generation), ``valid``, ``test``, ``individual``, ``fitness``)."""
-  cfg, pc, opt, dp = setup.cfg, setup.cfg.population, setup.cfg.optim, setup.dp
-  if dp.kind != "pmap":
-    raise ValueError("population: only parallel='pmap' is supported (the fitness step is pmap(vmap))")
+  (``seed``, ``status``, ``best_epoch`` (the last trained epoch), ``valid``, ``test``, ``chosen``)."""
+  cfg, pc, dp = setup.cfg, setup.cfg.population, setup.dp
   p = pc.size
   genes = genes_from_config(pc.genes)
-  arch = tuple(g.name for g in genes if g.name.startswith("gene/"))
-  train_fn, _ = member_steps or dp.make_steps(setup.model, setup.tasks, members=True)
-  fitness_fn = fitness_fn or make_fitness_fn(setup.model, setup.tasks, {t.name: t.weight for t in setup.tasks})
-  evolve = evolve_fn or make_evolve_fn(pc, genes)
   states = init_population(setup, fold, seed, genes, p)
   run_dir = Path(run_dir)
   run_dir.mkdir(parents=True, exist_ok=True)
   ckpt = Checkpoints(run_dir)
-  start = 0
-  restored = ckpt.restore_latest(states)
-  if restored is not None:
-    states, meta = restored
-    start = int(meta["generation"])
-    log(f"  {fold.name} seed {seed}: resuming the population at generation {start} from {run_dir / 'latest'}")
-  jsonl = run_dir / "fitness.jsonl"
-  lines = jsonl.read_text().splitlines() if jsonl.exists() else []
-  jsonl.write_text("".join(l + "\n" for l in lines if json.loads(l)["generation"] < start))
-  heads = setup.heads
-  root = jax.random.key(seed)
-  fit = None
-  for gen in range(start, pc.generations):
-    if 0 <= cfg.get("stop_after_epochs", -1) <= gen - start:  # debug: simulated interruption at a boundary
-      ckpt.close()
-      raise KeyboardInterrupt(f"stop_after_epochs={cfg.stop_after_epochs} (simulated interruption)")
-    gkey = jax.random.fold_in(root, gen)
-    g_arrays = _gene_arrays(states, arch)
-    state_r = dp.replicate(states)
-    rngs = jax.random.split(jax.random.fold_in(gkey, 1), p)
-    active = np.ones(p, bool)
-    losses = []
-    t0 = time.time()
-    for e in range(pc.epochs_per_generation):
-      epoch = gen * pc.epochs_per_generation + e
-      shuffles = [seed * 1_000_003 + epoch * 1009 + i for i in range(p)]
-      for batch in batches_lib.iterate_member_batches(
-        [fold.train] * p, setup.modalities, opt.batch_size, dp.num_shards, shuffles, heads
-      ):
-        state_r, m = train_fn(state_r, _with_genes(batch, g_arrays, True), rngs, active)
-        losses.append(m["loss"])
-    train_loss = np.mean(np.stack([np.asarray(x)[0] for x in jax.device_get(losses)]), axis=0)
-    fit = fitness(setup, fitness_fn, state_r.params, fold.valid, g_arrays, p)
-    states = dp.unreplicate(state_r)
-    lr = np.asarray(states.opt_state.hyperparams["learning_rate"])
+  book = {"generation": 0, "best_fitness": None, "bad_generations": 0, "stopped": False}
+  try:
+    restored = ckpt.restore_latest(states)
+    if restored is not None:
+      states, meta = restored
+      book.update(meta)
+      log(f"  {fold.name} seed {seed}: resuming the population at generation {book['generation']} from {run_dir}")
+    jsonl = run_dir / "fitness.jsonl"
     if jax.process_index() == 0:
-      with jsonl.open("a") as f:
+      kept = [r for r in loop.read_jsonl(jsonl) if r["generation"] < book["generation"]]
+      loop.write_atomic(jsonl, "".join(json.dumps(r) + "\n" for r in kept))
+    root = jax.random.key(seed)
+    patience = patience_generations(cfg)
+    fit, gen = None, book["generation"]
+    while gen < pc.generations and not book["stopped"]:
+      gkey = jax.random.fold_in(root, gen)
+      rngs = jax.random.split(jax.random.fold_in(gkey, 1), p)
+      t0 = time.time()
+      states, train_loss = train_generation(setup, states, fold, seed, gen, rngs)
+      fit = fitness(setup, fitness_fn, dp.replicate(states).params, fold.valid, loop.consts_of(states.hparams), p)
+      lr = np.asarray(states.opt_state.hyperparams["learning_rate"])
+      if jax.process_index() == 0:
         for i in range(p):
           row = {"generation": gen, "individual": i, "fitness": fit[i], "train_loss": train_loss[i], "lr": lr[i]}
           row.update({k: np.asarray(v)[i] for k, v in states.hparams.items()})
-          f.write(json.dumps(loop.jsonable(row)) + "\n")
-    log(
-      f"  {fold.name} seed {seed} generation {gen}: fitness best {np.min(fit):.4f} median {np.median(fit):.4f} "
-      f"worst {np.max(fit):.4f} ({time.time() - t0:.1f} s)"
-    )
-    if gen + 1 < pc.generations:
-      states = jax.tree.map(np.asarray, jax.device_get(evolve(states, jnp.asarray(fit), jax.random.fold_in(gkey, 2))))
-      ckpt.save_latest(gen + 1, states, {"generation": gen + 1})
-  if fit is None:  # resumed after the last generation: recompute the last fitness
-    g_arrays = _gene_arrays(states, arch)
-    fit = fitness(setup, fitness_fn, dp.replicate(states).params, fold.valid, g_arrays, p)
-  best = int(np.argmin(fit))
-  individual = jax.tree.map(lambda a: a[best], states)
-  ckpt.save_best(pc.generations, individual, {"generation": pc.generations - 1, "individual": best})
-  ckpt.close()
-  genes_best = {n: np.asarray(individual.hparams[n]) for n in arch}
-  _, eval_fn = setup.steps
-  ev = lambda params, batch: eval_fn(params, _with_genes(batch, genes_best, False))
-  params_r = dp.replicate(individual.params)
-  val = loop.jsonable(loop.evaluate(setup, loop.predict(setup, ev, params_r, fold.valid, None)[0], fold.valid))
-  test_out = loop.predict(setup, ev, params_r, fold.test, None)[0]  # the one test evaluation
-  test = loop.jsonable(loop.evaluate(setup, test_out, fold.test))
-  if jax.process_index() == 0:
-    arrays = {k.replace("/", "."): v for k, v in test_out.items()}
-    arrays.update({f"label.{h}": np.asarray(fold.test.labels[h]) for h in setup.heads})
-    np.savez(run_dir / "test_outputs.npz", ids=np.asarray(fold.test.ids).astype(str), **arrays)
+          loop.append_jsonl(jsonl, row)
+      log(
+        f"  {fold.name} seed {seed} generation {gen}: fitness best {np.min(fit):.4f} median {np.median(fit):.4f} "
+        f"worst {np.max(fit):.4f} ({time.time() - t0:.1f} s)"
+      )
+      best = float(np.min(fit))
+      improved = np.isfinite(best) and (book["best_fitness"] is None or best < book["best_fitness"])
+      book.update(
+        best_fitness=best if improved else book["best_fitness"],
+        bad_generations=0 if improved else book["bad_generations"] + 1,
+      )
+      book["stopped"] = book["bad_generations"] >= patience and gen + 1 < pc.generations
+      if book["stopped"]:
+        log(f"  {fold.name} seed {seed}: no better fitness for {patience} generations: evolution stopped early")
+      gen += 1
+      if gen < pc.generations and not book["stopped"]:
+        states = jax.tree.map(
+          np.asarray, jax.device_get(evolve_fn(states, jnp.asarray(fit), jax.random.fold_in(gkey, 2)))
+        )
+      book["generation"] = gen
+      ckpt.save_latest(gen, states, dict(book))
+    if fit is None:  # resumed after the last generation: recompute the last fitness
+      fit = fitness(setup, fitness_fn, dp.replicate(states).params, fold.valid, loop.consts_of(states.hparams), p)
+    best = int(np.argmin(fit))
+    individual = jax.tree.map(lambda a: a[best], states)
+    ckpt.save_best(book["generation"], individual, {"generation": book["generation"] - 1, "individual": best})
+  finally:
+    ckpt.close()
+  valid, test = loop.evaluate_chosen(setup, fold, individual, run_dir)
   chosen = {
     "individual": best,
     "fitness": float(fit[best]),
     "lr": float(individual.opt_state.hyperparams["learning_rate"]),
   }
   chosen.update({k: float(v) for k, v in individual.hparams.items()})
-  status = "ok" if np.isfinite(fit[best]) else "diverged"
   return {
     "seed": seed,
-    "status": status,
-    "best_epoch": pc.generations * pc.epochs_per_generation - 1,
-    "valid": val,
+    "status": "ok" if np.isfinite(fit[best]) else "diverged",
+    "best_epoch": book["generation"] * pc.epochs_per_generation - 1,
+    "valid": valid,
     "test": test,
     "chosen": loop.jsonable(chosen),
-    "state": individual,
   }
 
 
-# --------------------------------------------------------------------------- the app
+# --------------------------------------------------------------------------- the trainer
 def run(cfg: ml_collections.ConfigDict, smoke: Callable | None = None) -> dict:
   """Like :func:`jmoe.train.app.run`, with one evolved population per fold x seed instead of one model."""
-  t0 = time.time()
-  if cfg.smoke:
-    cfg.seeds = min(cfg.seeds, 1)
-    cfg.folds.max_folds = cfg.folds.max_folds or 2
-    if smoke is not None:
-      smoke(cfg)
-  app.validate_config(cfg)
-  model_mod = importlib.import_module(f"jmoe.models.{cfg.model_name}")
-  mods = [x for x in cfg.data.modalities.split(",") if x]
-  check = None
-  if hasattr(model_mod, "validate_genes"):
-    check = lambda g: model_mod.validate_genes(g, mods, cfg.model.get("shared", True))
-  validate_population(cfg, genes_check=check)
-  ds = sources.load(cfg.data)
-  if ds.synthetic:
-    log(f"*** SYNTHETIC DATA: {ds.name} ({ds.source}) — numbers are not results on a real dataset. ***")
-  log(f"data: {fmt.describe(ds)}")
-  folds = app.make_folds(cfg.folds, ds)
-  st = app.setup(cfg, ds)
-  genes = genes_from_config(cfg.population.genes)
-  unknown = [g.name for g in genes if g.name != LR and not g.name.startswith("gene/") and g.name not in st.hparams]
+  validate_population(cfg)
+  r = app.prepare(cfg, smoke, epochs=False)
+  st, pc = r.setup, cfg.population
+  validate_population(cfg, genes_check=_genes_check(cfg, st.modalities))
+  genes = genes_from_config(pc.genes)
+  unknown = [g.name for g in genes if g.name != LR and g.name not in st.hparams]
   if unknown:
     raise ValueError(
       f"config.population.genes: {unknown} are not hyperparameters of this run ({sorted(st.hparams)} or lr)"
     )
-  sample = next(batches_lib.iterate_batches(folds[0].train, st.modalities, cfg.optim.batch_size, 1))
+  if st.dp.kind != "pmap":
+    raise ValueError("population: only parallel='pmap' is supported (the fitness step is pmap(vmap))")
+  sample = next(batches_lib.iterate_batches(r.folds[0].train, st.modalities, cfg.optim.batch_size, 1))
   one = state_lib.create_state(
     st.model, st.tx, jax.tree.map(lambda a: a[0], sample), jax.random.key(0), st.hparams, st.init_fn
   )
   validate_population(cfg, state_bytes(one))
-  workdir = Path(cfg.workdir)
-  saved = workdir / "config.json"
-  if saved.exists():
-    diff = app._config_diff(json.loads(saved.read_text()), json.loads(cfg.to_json()))
-    if diff:
-      raise ValueError(
-        f"{workdir} holds a run with another config ({'; '.join(diff[:4])}); use another --config.workdir"
-      )
-  workdir.mkdir(parents=True, exist_ok=True)
-  saved.write_text(cfg.to_json(indent=2))
-  pc = cfg.population
+  if st.member_steps is None:
+    st = dataclasses.replace(st, member_steps=st.dp.make_steps(st.model, st.tasks, members=True))
   log(f"model: {cfg.model_name} {cfg.model.to_dict()} | population P={pc.size} x G={pc.generations} generations")
-  member_steps = st.dp.make_steps(st.model, st.tasks, members=True)
   fitness_fn = make_fitness_fn(st.model, st.tasks, {t.name: t.weight for t in st.tasks})
-  evolve_fn = make_evolve_fn(pc, genes_from_config(pc.genes))  # compiled once for every fold and seed
-  seeds = [cfg.seed_offset + i for i in range(cfg.seeds)]
+  evolve_fn = make_evolve_fn(pc, genes)  # compiled once for every fold and seed
   fold_results = []
-  for i, fold in enumerate(folds):
-    res = []
-    for s in seeds:
-      r = evolve_run(st, fold, s, workdir / f"fold_{i}" / f"seed_{s}", member_steps, fitness_fn, evolve_fn)
-      r.pop("state")
-      res.append(r)
-    fold_results.append({"fold": i, "name": fold.name, "dir": f"fold_{i}", "sizes": app._sizes(fold), "seeds": res})
-    plot_fitness(workdir / f"fold_{i}", seeds)
+  for i, fold in enumerate(r.folds):
+    res = [evolve_run(st, fold, s, r.workdir / f"fold_{i}" / f"seed_{s}", fitness_fn, evolve_fn) for s in r.seeds]
+    fold_results.append(app.fold_result(i, fold, res))
+    plot_fitness(r.workdir / f"fold_{i}", r.seeds)
   title = (
-    f"{cfg.name}: {ds.name}{' (SYNTHETIC)' if ds.synthetic else ''}, {len(seeds)} seeds, population P={pc.size}, "
-    f"G={pc.generations}, mean ± std over {'seeds' if len(folds) == 1 else f'{len(folds)} folds'}, fittest "
-    "individual of the last generation (validation loss); fitness plots: fold_*/seed_*/fitness.png"
+    f"{cfg.name}: {r.ds.name}{' (SYNTHETIC)' if r.ds.synthetic else ''}, {len(r.seeds)} seeds, population "
+    f"P={pc.size}, G={pc.generations}, mean ± std over {'seeds' if len(r.folds) == 1 else f'{len(r.folds)} folds'}, "
+    "fittest individual of the last generation (validation loss); fitness plots: fold_*/seed_*/fitness.png"
   )
-  return app.finish(cfg, ds, st.tasks, fold_results, title, "population fitness (validation loss)", t0, plots=False)
+  return app.finish(cfg, r.ds, st.tasks, fold_results, title, "population fitness (validation loss)", r.t0)
+
+
+def _genes_check(cfg, modalities):
+  """The model's ``validate_genes`` when it has one (one line for initial genes that break the model)."""
+  model_mod = importlib.import_module(f"jmoe.models.{cfg.model_name}")
+  if not hasattr(model_mod, "validate_genes"):
+    return None
+  return lambda g: model_mod.validate_genes(g, modalities, cfg.model.get("shared", True))
 
 
 def plot_fitness(fold_dir: Path, seeds) -> list[Path]:
@@ -541,29 +495,3 @@ def run_or_app(cfg, smoke=None, prepare=None) -> dict:
   if prepare is not None:
     prepare(cfg)
   return (run if cfg.population.enabled else app.run)(cfg, smoke)
-
-
-def cli(get_config, smoke=None, prepare=None) -> None:
-  """``python -m experiments.<name>``: :func:`run_or_app` with one-line errors (exit status 2)."""
-  import sys
-
-  from absl import app as absl_app
-  from absl import logging
-  from ml_collections import config_flags
-
-  flag = config_flags.DEFINE_config_dict("config", get_config())
-
-  def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)
-    cfg = flag.value
-    try:
-      run_or_app(cfg, smoke, prepare)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-      if cfg.get("debug", False):
-        raise
-      print(f"error: {e}", file=sys.stderr)
-      print("(add --config.debug=True for the traceback)", file=sys.stderr)
-      sys.exit(2)
-
-  absl_app.run(main)

@@ -79,7 +79,7 @@ def plots(workdir: Path, tasks, folds: list[dict], synthetic: bool, select: str)
 
   written = []
   tag = " (SYNTHETIC data)" if synthetic else ""
-  task0, metric = select.split("/", 1)
+  task0, metric = select.split("/", 1) if "/" in select else (tasks[0].name, tasks[0].select)
   # curves: train loss and the selection metric per seed of the first fold, the selected epoch marked
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
   f0 = folds[0]
