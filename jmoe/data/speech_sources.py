@@ -63,7 +63,7 @@ def extract_smoke_features(root, out: Path, per_actor: int, actors: int, head: s
   """Whisper tiny.en features of a handful of RAVDESS clips -> ``out`` (a folder with ``features.npz``)."""
   import csv
 
-  from tools import extract_features
+  from jmoe.features import extract as extract_features
 
   paths = smoke_clip_paths(root, per_actor, actors, head)
   out.mkdir(parents=True, exist_ok=True)
