@@ -218,11 +218,20 @@ def test_smoke_run_writes_results_table_and_plots(tmp_path, capsys):
   assert len(lines) == 2 and "load_text" in json.loads(lines[0])["train"]
 
 
-def test_interrupted_run_resumes_to_the_same_numbers(tmp_path):
+def test_interrupted_run_resumes_to_the_same_numbers(tmp_path, monkeypatch):
+  from jmoe.train import loop
+
   small = {"smoke": False, "seeds": 1, "optim.epochs": 4, "data.synthetic_sizes": (96, 32, 32)}
   full = run_experiment(_smoke_config(tmp_path / "full", **small))
-  with pytest.raises(KeyboardInterrupt):
-    run_experiment(_smoke_config(tmp_path / "cut", **small, stop_after_epochs=2))
+
+  def interrupt(epoch):
+    if epoch >= 2:
+      raise KeyboardInterrupt("simulated interruption")
+
+  with monkeypatch.context() as mp:
+    mp.setattr(loop, "before_epoch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+      run_experiment(_smoke_config(tmp_path / "cut", **small))
   assert len((tmp_path / "cut/fold_0/seed_0/metrics.jsonl").read_text().splitlines()) == 2
   resumed = run_experiment(_smoke_config(tmp_path / "cut", **small))
   assert resumed["folds"][0]["seeds"][0]["test"] == full["folds"][0]["seeds"][0]["test"]

@@ -19,7 +19,7 @@ import pytest
 from experiments import euar_mosi
 from jmoe.data import sources
 from jmoe.data.mmsa import safe_load_pickle
-from jmoe.train import app, loop
+from jmoe.train import app, cli, loop
 from jmoe.train.checkpoints import Checkpoints, DamagedCheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -229,7 +229,7 @@ def test_cli_unknown_key_did_you_mean_and_help(tmp_path):
   assert "  optim:\n" in helped.stdout and "    lr: 0.001" in helped.stdout
   assert "expert: 'gaussian'  # one of gaussian, linear, mlp" in helped.stdout
   assert "members: 'sequential'  # one of sequential, vmap" in helped.stdout
-  assert app.unknown_key(["--config.model.k=2", "--config.optim=x"], euar_mosi.get_config()) is None
+  assert cli.unknown_key(["--config.model.k=2", "--config.optim=x"], euar_mosi.get_config()) is None
 
 
 def test_unknown_value_for_model_keys_is_one_line(tmp_path):
@@ -238,8 +238,8 @@ def test_unknown_value_for_model_keys_is_one_line(tmp_path):
     c = _cfg(tmp_path / "bad", **{f"model.{key}": value})
     with pytest.raises(ValueError, match=rf"^config\.model\.{key}=.* is invalid: "):
       app.validate_config(c)
-  cfg.data.modalities = ""
-  with pytest.raises(ValueError, match="config.data.modalities='' is invalid"):
+  cfg.data.modalities = "text,text"
+  with pytest.raises(ValueError, match="data.modalities='text,text' names"):
     app.validate_config(cfg)
 
 

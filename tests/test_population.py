@@ -112,13 +112,19 @@ def test_all_modalities_off_refused_before_training(tmp_path):
   assert not (tmp_path / "run").exists()  # nothing written
 
 
-@pytest.mark.slow
-def test_resume_at_generation_boundary_equals_uninterrupted(tmp_path):
+def test_resume_at_generation_boundary_equals_uninterrupted(tmp_path, monkeypatch):
+  from jmoe.train import loop
+
   full = haemsa_mosi.run(_cfg(tmp_path, "full"))
-  c = _cfg(tmp_path, "cut")
-  c.stop_after_epochs = 1  # interrupted after one generation (at the boundary checkpoint)
-  with pytest.raises(KeyboardInterrupt):
-    haemsa_mosi.run(c)
+
+  def interrupt(epoch):  # smoke: 1 epoch per generation; epoch 1 opens generation 1
+    if epoch >= 1:
+      raise KeyboardInterrupt("simulated interruption")
+
+  with monkeypatch.context() as mp:
+    mp.setattr(loop, "before_epoch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+      haemsa_mosi.run(_cfg(tmp_path, "cut"))
   lines = (tmp_path / "cut/fold_0/seed_0/fitness.jsonl").read_text().splitlines()
   assert {json.loads(l)["generation"] for l in lines} == {0}
   resumed = haemsa_mosi.run(_cfg(tmp_path, "cut"))
@@ -128,3 +134,39 @@ def test_resume_at_generation_boundary_equals_uninterrupted(tmp_path):
   assert a == (tmp_path / "cut/fold_0/seed_0/fitness.jsonl").read_text()  # deterministic given the seed
   rows = [json.loads(l) for l in a.splitlines()]
   assert len(rows) == 2 * 4 and all("gene/levels" in r and "lr" in r for r in rows)
+
+
+def test_member_chunks_train_the_population_like_one_program(tmp_path):
+  whole = haemsa_mosi.run(_cfg(tmp_path, "whole"))
+  c = _cfg(tmp_path, "chunked")
+  c.member_chunk = 3  # P=4 -> programs of 2 and 2
+  chunked = haemsa_mosi.run(c)
+  a, b = whole["folds"][0]["seeds"][0], chunked["folds"][0]["seeds"][0]
+  assert a["chosen"]["individual"] == b["chosen"]["individual"]
+  np.testing.assert_allclose(a["chosen"]["fitness"], b["chosen"]["fitness"], rtol=1e-4)
+  np.testing.assert_allclose(a["test"]["sentiment"]["MAE"], b["test"]["sentiment"]["MAE"], rtol=1e-4)
+
+
+def test_early_stopping_ends_the_evolution_and_test_outputs_carry_label_masks(tmp_path, monkeypatch):
+  c = _cfg(tmp_path)
+  c.population.generations = 6
+  c.optim.patience = 1  # one generation without a better best fitness stops it (smoke: 1 epoch per generation)
+  monkeypatch.setattr(pop, "fitness", lambda setup, fn, params, split, consts, p: np.ones(p))  # never improves
+  out = haemsa_mosi.run(c)
+  rows = [json.loads(l) for l in (tmp_path / "run/fold_0/seed_0/fitness.jsonl").read_text().splitlines()]
+  assert max(r["generation"] for r in rows) < 5, "the evolution must stop before its last generation"
+  assert out["folds"][0]["seeds"][0]["best_epoch"] == max(r["generation"] for r in rows)
+  with np.load(tmp_path / "run/fold_0/seed_0/test_outputs.npz") as z:
+    assert "label_mask.sentiment" in z and z["label_mask.sentiment"].all()
+
+
+def test_robustness_evaluator_loads_a_population_run_with_its_genes(tmp_path):
+  from jmoe.evaluators import robustness as rob
+
+  out = haemsa_mosi.run(_cfg(tmp_path))
+  run = rob.load_run(tmp_path / "run")
+  params = run.params[(0, 0)]
+  assert params is not None
+  res = rob.evaluate(run, rob.missing_conditions(run.modalities)[:1], 0)
+  clean = res["conditions"][0]["per_run"]["0/0"]
+  assert clean == out["folds"][0]["seeds"][0]["test"], "the evaluator must reproduce the population's test metrics"

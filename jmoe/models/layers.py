@@ -20,7 +20,7 @@ Axis alphabet (:mod:`jmoe`): B batch, T time steps, N tokens, E experts, G exper
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax

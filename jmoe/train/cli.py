@@ -58,7 +58,9 @@ def unknown_key(argv: list[str], cfg: ml_collections.ConfigDict) -> str | None:
         if key not in known:
           close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
           return f"unknown config key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-    if arg.startswith("-") and not arg.startswith(("--config.", "--noconfig.")) and arg not in HELP and not _number(arg):
+    if (
+      arg.startswith("-") and not arg.startswith(("--config.", "--noconfig.")) and arg not in HELP and not _number(arg)
+    ):
       flag = arg.split("=", 1)[0]
       return f"unknown option {flag!r}: every setting is a --config.KEY=VALUE (--help lists them)"
   return None
