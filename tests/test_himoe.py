@@ -145,7 +145,7 @@ def test_ablation_switches_change_the_model():
   assert "lambda" in diff["da_router"]
   # no alignment is lambda = 0 in the objective
   specs = {"vadl": fmt.LabelSpec("regression", range=(1.0, 9.0), names=("v", "a", "d", "l"))}
-  tasks = tasks_lib.from_config({"vadl": dict(kind="regression", head="vadl")}, specs)
+  tasks = tasks_lib.from_config({"vadl": {"kind": "regression", "head": "vadl"}}, specs)
   assert float(state_lib.default_hparams(tasks, {"nt_xent": 0.0})["loss/nt_xent"]) == 0.0
   with pytest.raises(ValueError, match="fusion"):
     _init(_model(fusion="early"), batch)
@@ -206,17 +206,17 @@ def test_random_missing_edge_cases():
 
 def test_physio_sources_apply_missing():
   cfg = ml_collections.ConfigDict(
-    dict(
-      source="synthetic_deap",
-      modalities="eeg,peripheral",
-      per="window",
-      synthetic_subjects=2,
-      synthetic_trials=3,
-      synthetic_seconds=8.0,
-      missing_rate=0.3,
-      missing_per="sample",
-      missing_seed=1,
-    )
+    {
+      "source": "synthetic_deap",
+      "modalities": "eeg,peripheral",
+      "per": "window",
+      "synthetic_subjects": 2,
+      "synthetic_trials": 3,
+      "synthetic_seconds": 8.0,
+      "missing_rate": 0.3,
+      "missing_per": "sample",
+      "missing_seed": 1,
+    }
   )
   ds = sources.load(cfg)
   pool = ds.splits[fmt.POOL]
@@ -304,3 +304,67 @@ def test_sweep_smoke(tmp_path):
   assert {"rate|himoe|0.40|L4", "rate|late|0.40|L4", "L|himoe|0.40|L2"} <= keys
   assert out["routing"]["rows"] and all(len(v) == 2 * 4 + 2 for v in out["routing"]["rows"].values())
   assert himoe_sweep.parse_rates("0.0:0.4:0.05") == [round(0.05 * i, 6) for i in range(9)]
+
+
+# ------------------------------------------------------------------------------- defaults on unscaled real-like data
+def _offset_dataset(tmp_path, offset=5000.0, scale=1000.0):
+  """A planted DEAP-like pool whose features have large offsets and scales (as real band powers do): ratings on 1-9
+  are a smooth function of the standardised features, the features seen by the model are ``z * scale + offset``
+  (with per-feature scale spread over two decades)."""
+  rng = np.random.default_rng(0)
+  subjects, trials, windows = 4, 10, 3
+  b = subjects * trials * windows
+  trial_id = np.repeat(np.arange(subjects * trials), windows)
+  z_eeg = rng.normal(size=(subjects * trials, 8))[trial_id] + 0.2 * rng.normal(size=(b, 8))
+  z_per = rng.normal(size=(subjects * trials, 3))[trial_id] + 0.2 * rng.normal(size=(b, 3))
+  w = rng.normal(size=(11, 4))
+  y = np.clip(5 + 2.2 * np.tanh(np.concatenate([z_eeg, z_per], 1) @ w / 2), 1, 9).astype(np.float32)
+  spread = lambda d: scale * np.logspace(-1, 1, d)
+  pool = fmt.Split(
+    features={
+      "eeg": (z_eeg * spread(8) + offset).astype(np.float32),
+      "peripheral": (z_per * spread(3) + offset).astype(np.float32),
+    },
+    masks={},
+    labels={"vadl": y},
+    ids=np.array([f"w{i}" for i in range(b)]),
+    groups={"subject": np.repeat(np.arange(subjects), trials * windows), "trial": trial_id},
+  )
+  spec = fmt.LabelSpec("regression", range=(1.0, 9.0), names=("valence", "arousal", "dominance", "liking"))
+  ds = fmt.Dataset(
+    "offset", {"pool": pool}, ("eeg", "peripheral"), {"eeg": 8, "peripheral": 3}, False, "test", {"vadl": spec}
+  )
+  return fmt.save_dataset(ds, tmp_path / "offset_data")
+
+
+def _prediction_spread(tmp_path, name, **over):
+  """Train the shipped himoe_deap default (tiny model, 1 fold, 1 seed) on the offset data; test prediction std /
+  label std per rating dimension."""
+  from experiments import himoe_deap
+  from jmoe.train import app
+
+  cfg = himoe_deap.get_config()
+  cfg.data.source, cfg.data.path = "dir", str(_offset_dataset(tmp_path))
+  cfg.workdir, cfg.quiet, cfg.seeds = str(tmp_path / name), True, 1
+  cfg.folds.k, cfg.folds.max_folds = 5, 1
+  cfg.optim.epochs, cfg.optim.patience = 25, 25
+  cfg.model.width, cfg.model.key_dim, cfg.model.modality_experts, cfg.model.emotion_experts = 16, 8, 2, 2
+  cfg.update_from_flattened_dict(over)
+  app.run(cfg)
+  z = np.load(next((tmp_path / name).glob("fold_0/seed_0/test_outputs.npz")))
+  return np.std(z["vadl"], axis=0) / np.std(z["label.vadl"], axis=0)
+
+
+@pytest.mark.slow  # ~50 s on a busy 2-core machine (compile + 25 epochs)
+def test_default_does_not_collapse_on_offset_features(tmp_path):
+  """Issue 21: with features * 1000 + 5000 the shipped default (per-fold standardisation from the training split)
+  still follows the ratings; without standardisation predictions are near-constants (the test below)."""
+  ratio = _prediction_spread(tmp_path, "default")
+  assert ratio.mean() > 0.25 and ratio.min() > 0.15, ratio
+
+
+@pytest.mark.slow
+def test_without_standardisation_offset_features_collapse(tmp_path):
+  """The failure the default avoids (the evidence that the test above can fail)."""
+  ratio = _prediction_spread(tmp_path, "raw", **{"folds.standardize": False})
+  assert ratio.max() < 0.15, ratio
