@@ -3,7 +3,6 @@
   python -m tools.bench_members --json runs/bench/members.json                  # EUAR: 5 seeds, M=16
   python -m tools.bench_members --model haemsa --json runs/bench/members_haemsa.json   # P = 4, 16, 64
   python -m tools.bench_members --smoke --json /tmp/m.json                      # seconds (tests)
-  python -m tools.bench_members --decompose --sizes 1,4,8,16 --json runs/bench/members_decompose.json
 
 Rows ``{members, mode ('vmap'|'vmap_chunked'|'sequential'), wall_s, samples_per_s, ...}``: ``wall_s`` is the median time of
 ``--steps`` training steps of all M members (vmap: ``steps`` member steps, ``DataParallel.make_steps(members=True)``;
@@ -12,7 +11,7 @@ sequential: M separate states, each ``steps`` steps of the platform's single-mem
 compilation and warm-up, each call blocked until ready. Both modes use the same batches (one per member and step,
 shuffled per member as in the loop), and are timed interleaved in rounds (tools/benchlib.time_interleaved) so a
 foreign load hits both alike; the foreign CPU share (benchlib.ForeignCpu) and load average are reported.
-Targets (issue 12 / platform issue): EUAR M=5 wall-time speedup >= 2.5x, M=16 throughput >= 8x; HAEMSA P=16 >= 8x.
+Targets: ``tools/targets.json`` (bench ``members``).
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from pathlib import Path
 
 from tools import benchlib
 
-TARGETS = {"euar": {5: ("wall", 2.5), 16: ("throughput", 8.0)}, "haemsa": {16: ("throughput", 8.0)}}
 SIZES = {"euar": (5, 16), "haemsa": (4, 16, 64)}
 
 
@@ -48,15 +46,27 @@ def _setup(model_name: str, smoke: bool):
   return cfg, ds, st
 
 
-def bench(model_name: str, sizes, steps: int, repeats: int, smoke: bool, chunk: int = 0) -> dict:
-  import jax
+def _with_genes(batch, genes: dict, members: bool):
+  """Add ``gene/<name>`` [D, P, b] (members) or [D, b] (one individual) to a host batch (HAEMSA reads them)."""
   import numpy as np
 
+  w = batch["weight"]
+  return {
+    **batch,
+    **{
+      k: np.broadcast_to(np.float32(v)[None, :, None] if members else np.float32(v), w.shape).copy()
+      for k, v in genes.items()
+    },
+  }
+
+
+def bench(model_name: str, sizes, steps: int, repeats: int, smoke: bool, chunk: int = 0) -> dict:
+  import jax
   import ml_collections
+  import numpy as np
 
   from jmoe.train import batches as batches_lib
   from jmoe.train import loop
-  from jmoe.train import population as pop
   from jmoe.train import state as state_lib
 
   cfg, ds, st = _setup(model_name, smoke)
@@ -79,13 +89,13 @@ def bench(model_name: str, sizes, steps: int, repeats: int, smoke: bool, chunk: 
     def stacked(members):
       g = {k: np.full(len(members), v, np.float32) for k, v in genes.items()}
       return [
-        pop._with_genes({k: np.stack([per_member[i][s][k] for i in members], 1) for k in per_member[0][s]}, g, True)
+        _with_genes({k: np.stack([per_member[i][s][k] for i in members], 1) for k in per_member[0][s]}, g, True)
         for s in range(steps)
       ]
 
     stacked_batches = stacked(range(m))
     single_batches = [
-      [pop._with_genes(b, {k: np.float32(v) for k, v in genes.items()}, False) for b in bl] for bl in per_member
+      [_with_genes(b, {k: np.float32(v) for k, v in genes.items()}, False) for b in bl] for bl in per_member
     ]
     holder = {"v": st.dp.replicate(jax.tree.map(lambda *xs: np.stack(xs), *[base] * m))}
     rngs = jax.random.split(jax.random.key(1), m)
@@ -162,17 +172,10 @@ def bench(model_name: str, sizes, steps: int, repeats: int, smoke: bool, chunk: 
     s = next(r for r in rows if r["members"] == m and r["mode"] == "sequential")
     speedup = s["wall_s"] / v["wall_s"]
     c = next((r for r in rows if r["members"] == m and r["mode"] == "vmap_chunked"), None)
-    kind, target = TARGETS[model_name].get(m, ("throughput", None))
-    verdicts.append(
-      {
-        "members": m,
-        "speedup": speedup,
-        "chunked_speedup": None if c is None else s["wall_s"] / c["wall_s"],
-        "kind": kind,
-        "target": target,
-        "met": None if target is None else speedup >= target,
-      }
-    )
+    target = benchlib.load_targets("members").get(f"members.{model_name}.{m}")
+    verdict = benchlib.judge(target, speedup) if target else {"line": None, "met": None}
+    chunked = None if c is None else s["wall_s"] / c["wall_s"]
+    verdicts.append({"members": m, "speedup": speedup, "chunked_speedup": chunked, **verdict})
   return {
     "model": model_name,
     "rows": rows,
@@ -187,59 +190,6 @@ def bench(model_name: str, sizes, steps: int, repeats: int, smoke: bool, chunk: 
   }
 
 
-def decompose(model_name: str, sizes, repeats: int = 30, smoke: bool = False) -> list[dict]:
-  """Where a member's step time goes: the vmapped forward, gradient and optimizer update (AdamW with clipping, the
-  platform's optimizer), each jitted alone on M identical members, timed as ms per member. A member axis pays only
-  where these per-member costs fall as M grows."""
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  import optax
-
-  from jmoe.train import batches as batches_lib
-  from jmoe.train import state as state_lib
-
-  cfg, ds, st = _setup(model_name, smoke)
-  train = ds.splits["train"]
-  bs = cfg.optim.batch_size
-  sample = jax.tree.map(lambda a: a[0], next(batches_lib.iterate_batches(train, st.modalities, bs, 1)))
-  base = state_lib.create_state(st.model, st.tx, sample, jax.random.key(0), st.hparams, st.init_fn)
-  batch = jax.tree.map(lambda a: a[0], next(batches_lib.iterate_batches(train, st.modalities, bs, 1, 0, st.heads)))
-  if model_name == "haemsa":
-    batch = dict(batch, **{"gene/levels": np.float32(2.0)})
-
-  def loss(params, b):  # a stand-in objective of the model's outputs: same forward and backward graph sizes
-    out, _ = st.model.apply({"params": params}, b, True)
-    return sum(jnp.mean(jnp.square(v)) for v in jax.tree.leaves(out))
-
-  def update(p, o, g):
-    u, o = st.tx.update(g, o, p)
-    return optax.apply_updates(p, u), o
-
-  n_params = sum(int(np.size(x)) for x in jax.tree.leaves(base.params))
-  rows = []
-  for m in sizes:
-    stack = lambda tree, m=m: jax.tree.map(lambda x: jnp.stack([jnp.asarray(x)] * m), tree)
-    p, o, b = stack(base.params), stack(base.opt_state), stack(batch)
-    g = jax.jit(jax.vmap(jax.grad(loss)))(p, b)
-    parts = {
-      "forward": (jax.jit(jax.vmap(loss)), (p, b)),
-      "gradient": (jax.jit(jax.vmap(jax.grad(loss))), (p, b)),
-      "update": (jax.jit(jax.vmap(update)), (p, o, g)),
-    }
-    row = {"members": m, "params_per_member": n_params}
-    for name, (fn, args) in parts.items():
-      jax.block_until_ready(fn(*args))
-      times = []
-      for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-      row[f"{name}_ms_per_member"] = float(np.median(times)) * 1e3 / m
-    rows.append(row)
-  return rows
-
-
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--json", required=True)
@@ -249,7 +199,6 @@ def main(argv=None):
   ap.add_argument("--sizes", default="", help="comma-separated member counts (default: the issue's)")
   ap.add_argument("--smoke", action="store_true", help="tiny sizes (2 members, 2 steps): checks the tool runs")
   benchlib.add_malloc_flag(ap, "default")
-  ap.add_argument("--decompose", action="store_true", help="per-member forward / gradient / update times instead")
   ap.add_argument(
     "--chunk", type=int, default=8, help="also time vmapped programs of at most this many members (0 = off)"
   )
@@ -257,14 +206,6 @@ def main(argv=None):
   print(benchlib.apply_malloc(a), flush=True)
   sizes = tuple(int(x) for x in a.sizes.split(",") if x) or SIZES[a.model]
   steps, repeats = a.steps, a.repeats
-  if a.decompose:
-    rows = decompose(a.model, sizes, smoke=a.smoke)
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps({"model": a.model, "decompose": rows, "machine": benchlib.machine_info()}))
-    head = ["members", "forward ms/member", "gradient ms/member", "update ms/member"]
-    keys = ["forward_ms_per_member", "gradient_ms_per_member", "update_ms_per_member"]
-    print("\n".join(benchlib.format_rows(head, [[str(r["members"])] + [f"{r[k]:.3f}" for k in keys] for r in rows])))
-    return {"decompose": rows}
   chunk = a.chunk
   if a.smoke:
     sizes, steps, repeats, chunk = (3,), 2, 1, 2
@@ -274,7 +215,7 @@ def main(argv=None):
   lines = [[str(r["members"]), r["mode"], f"{r['wall_s']:.4f}", f"{r['samples_per_s']:.0f}"] for r in out["rows"]]
   print("\n".join(benchlib.format_rows(["members", "mode", "wall_s", "samples_per_s"], lines)))
   for v in out["verdicts"]:
-    tgt = "" if v["target"] is None else f" (target {v['kind']} >= {v['target']}x: {'MET' if v['met'] else 'NOT met'})"
+    tgt = "" if v["line"] is None else f" ({v['line']})"
     chunked = "" if v["chunked_speedup"] is None else f"; in programs of <= {chunk} members {v['chunked_speedup']:.2f}x"
     print(f"M={v['members']}: vmap speedup {v['speedup']:.2f}x{tgt}{chunked}")
   print(
