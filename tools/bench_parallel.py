@@ -21,14 +21,9 @@ steps are timed, each ended by ``block_until_ready``; step time = median chunk t
 samples/s = B / step time (B real samples; padding rows not counted). Rows are run in ``--rounds`` rounds with
 the row order rotated, and the median over rounds is reported.
 
-What forced CPU devices mean: ``--xla_force_host_platform_device_count=8`` splits *the same CPU cores* into 8
-logical XLA devices. It runs the real multi-device program (per-device shards, all-reduce of the gradients,
-all_to_all for expert parallelism) and so measures the overhead of the parallel program, but it adds no compute:
-on the 2-core dev box 8 "devices" cannot be faster than 1, and a drop in samples/s is the cost of splitting small
-per-device work and of the collectives, not a forecast for GPUs. Only accelerator rows measure scaling.
-The share of CPU used by other processes while each row ran is printed (``foreign%``, ``benchlib.ForeignCpu``
-with the child processes' time counted as our own).
-Measured results belong in the JSON this writes and in README, not here.
+Forced CPU devices (``--xla_force_host_platform_device_count=8``) split *the same cores* into logical devices:
+they run the real multi-device program and measure its overhead, not scaling; only accelerator rows measure
+scaling. ``foreign%`` is other processes' CPU share while a row ran (``benchlib.ForeignCpu``, children counted).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ is a file of *what is timed*; everything about *how* lives here:
   per round, so that load from other processes hits all rows alike and their ratios stay meaningful);
   :func:`stats`: median, p10/p90, fastest, mean.
 * :class:`ForeignCpu`: the CPU share used by *other* processes while something was timed (/proc/stat minus this
-  process's own CPU time); :func:`foreign_line` says it in one line. :func:`loadavg`, :func:`wait_idle`.
+  process's own CPU time); :func:`foreign_line` says it in one line. :func:`loadavg`.
 * :func:`fresh_processes` / :func:`median_over_runs`: a benchmark in P fresh processes and each row's median and
   [fastest-slowest] range over them (a ratio varies more between processes than between repeats in one).
 * :func:`load_targets` / :func:`judge`: the targets live in ``tools/targets.json`` (one table, data not code);
@@ -234,16 +234,6 @@ def loadavg() -> float | None:
     return os.getloadavg()[0]
   except OSError:  # pragma: no cover
     return None
-
-
-def wait_idle(max_seconds: float, threshold: float, poll_s: float = 10.0) -> float | None:
-  """Wait up to ``max_seconds`` for the 1-minute load average to drop below ``threshold``; returns it."""
-  load = loadavg()
-  deadline = time.monotonic() + max_seconds
-  while load is not None and load >= threshold and time.monotonic() < deadline:
-    time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
-    load = loadavg()
-  return load
 
 
 class ForeignCpu:
