@@ -38,6 +38,7 @@ def euar_config(name: str, synthetic_kind: str, text_dim: int, audio_dim: int, v
       dispatch="dense",
       capacity_factor=0.0,
       dropout=0.1,
+      dtype="float32",  # compute dtype: float32 | bfloat16 (parameters, losses and metrics stay float32)
     )
   )
   return c

@@ -43,6 +43,7 @@ def drmoe_config(name: str, source: str, modalities: str, head: str = "emotion4"
       layers=1,
       dropout=0.1,
       frame_stride=1,
+      dtype="float32",  # compute dtype: float32 | bfloat16 (parameters, losses and metrics stay float32)
     )
   )
   c.optim.epochs = 30

@@ -16,7 +16,12 @@ the source is a small SYNTHETIC 6-class pool (banner printed): numbers on it are
 
 import ml_collections
 
-from experiments.haemsa_mosi import add_modality_genes, apply_ablation, haemsa_config, smoke_population
+from experiments.haemsa_mosi import (
+  add_modality_genes,
+  apply_ablation,
+  haemsa_config,
+  smoke_population,
+)
 from jmoe.train import app, cli, population
 
 MODALITIES = ("text_global", "audio_global")

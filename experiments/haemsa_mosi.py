@@ -34,7 +34,7 @@ def haemsa_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.ablation = "full"
   c.loss_weights = ml_collections.ConfigDict(dict(kl=0.1))  # γ of eq. 14
   c.model = ml_collections.ConfigDict(
-    dict(width=64, levels=2, shared=True, task_experts=4, kt_head="unified", kt_classes=7, dropout=0.1)
+    dict(width=64, levels=2, shared=True, task_experts=4, kt_head="unified", kt_classes=7, dropout=0.1, dtype="float32")
   )
   c.population = population.population_config()
   c.population.genes = ml_collections.ConfigDict(

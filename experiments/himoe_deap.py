@@ -94,6 +94,7 @@ def himoe_config(name: str, source: str, modalities: str, head: str, threshold: 
       fusion="moe",
       modality_routing="soft",
       emotion_bank=True,
+      dtype="float32",  # compute dtype: float32 | bfloat16 (parameters, losses and metrics stay float32)
     )
   )
   return c

@@ -136,7 +136,7 @@ def task_members(ds, tx, model, pars):
   jit) vs each trained alone on 8 devices: two steps; member 1 inactive (early-stopped) must not move."""
   losses = [STO_LOSS, {**STO_LOSS, "kl": 0.0}, {**STO_LOSS, "uloss": 1e-1}]
   states = [
-    state_lib.with_learning_rate(init_state(model, ds, tx, 12, loss, seed=m), lr)
+    state_lib.with_overrides(init_state(model, ds, tx, 12, loss, seed=m), {"learning_rate": lr})
     for m, (loss, lr) in enumerate(zip(losses, (1e-2, 3e-3, 1e-3)))
   ]
   rngs = [jax.random.key(100 + m) for m in range(3)]

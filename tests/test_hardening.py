@@ -199,18 +199,12 @@ def jax_tree_nan(tree):
   return jax.tree.map(lambda a: a * np.nan, tree)
 
 
-def test_degenerate_splits_report_undefined_metrics(tmp_path, capsys):
-  """1-sample valid and test splits: Non0 metrics of a label-0 sample are undefined -> null, 'undefined', a warning."""
-  cfg = _cfg(tmp_path, **{"optim.epochs": 1, "data.synthetic_sizes": (96, 1, 1)})
-  out = app.run(cfg)
-  captured = capsys.readouterr()
-  text = (tmp_path / "results.json").read_text()
-  assert "NaN" not in text and "Infinity" not in text
-  undefined = [(s, m) for s, ms in out["summary"]["sentiment"].items() for m, v in ms.items() if v is None]
-  if undefined:  # which metrics are undefined depends on the one label drawn
-    assert "undefined" in (tmp_path / "results.md").read_text() and "undefined" in captured.out
-    assert "warning: sentiment" in captured.err
-  assert " nan " not in captured.out.lower()
+def test_degenerate_splits_are_refused_before_anything_is_written(tmp_path):
+  """1-sample valid and test splits cannot select or score a model: one line naming the split and the minimum."""
+  cfg = _cfg(tmp_path / "run", **{"optim.epochs": 1, "data.synthetic_sizes": (96, 1, 1)})
+  with pytest.raises(ValueError, match=r"split 'valid' has 1 sample\(s\) labelled for 'sentiment'; at least 2"):
+    app.run(cfg)
+  assert not (tmp_path / "run" / "config.json").exists()
 
 
 def _cli(*args, timeout=120):

@@ -112,10 +112,17 @@ def test_all_modalities_off_refused_before_training(tmp_path):
   assert not (tmp_path / "run").exists()  # nothing written
 
 
-def test_resume_at_generation_boundary_equals_uninterrupted(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+  """One uninterrupted smoke population run, shared by the resume, chunk and evaluator tests."""
+  root = tmp_path_factory.mktemp("population")
+  return root, haemsa_mosi.run(_cfg(root, "full"))
+
+
+def test_resume_at_generation_boundary_equals_uninterrupted(full_run, tmp_path, monkeypatch):
   from jmoe.train import loop
 
-  full = haemsa_mosi.run(_cfg(tmp_path, "full"))
+  root, full = full_run
 
   def interrupt(epoch):  # smoke: 1 epoch per generation; epoch 1 opens generation 1
     if epoch >= 1:
@@ -130,14 +137,14 @@ def test_resume_at_generation_boundary_equals_uninterrupted(tmp_path, monkeypatc
   resumed = haemsa_mosi.run(_cfg(tmp_path, "cut"))
   assert resumed["folds"][0]["seeds"][0]["test"] == full["folds"][0]["seeds"][0]["test"]
   assert resumed["folds"][0]["seeds"][0]["chosen"] == full["folds"][0]["seeds"][0]["chosen"]
-  a = (tmp_path / "full/fold_0/seed_0/fitness.jsonl").read_text()
+  a = (root / "full/fold_0/seed_0/fitness.jsonl").read_text()
   assert a == (tmp_path / "cut/fold_0/seed_0/fitness.jsonl").read_text()  # deterministic given the seed
   rows = [json.loads(l) for l in a.splitlines()]
   assert len(rows) == 2 * 4 and all("gene/levels" in r and "lr" in r for r in rows)
 
 
-def test_member_chunks_train_the_population_like_one_program(tmp_path):
-  whole = haemsa_mosi.run(_cfg(tmp_path, "whole"))
+def test_member_chunks_train_the_population_like_one_program(full_run, tmp_path):
+  _, whole = full_run
   c = _cfg(tmp_path, "chunked")
   c.member_chunk = 3  # P=4 -> programs of 2 and 2
   chunked = haemsa_mosi.run(c)
@@ -160,11 +167,11 @@ def test_early_stopping_ends_the_evolution_and_test_outputs_carry_label_masks(tm
     assert "label_mask.sentiment" in z and z["label_mask.sentiment"].all()
 
 
-def test_robustness_evaluator_loads_a_population_run_with_its_genes(tmp_path):
+def test_robustness_evaluator_loads_a_population_run_with_its_genes(full_run):
   from jmoe.evaluators import robustness as rob
 
-  out = haemsa_mosi.run(_cfg(tmp_path))
-  run = rob.load_run(tmp_path / "run")
+  root, out = full_run
+  run = rob.load_run(root / "full")
   params = run.params[(0, 0)]
   assert params is not None
   res = rob.evaluate(run, rob.missing_conditions(run.modalities)[:1], 0)

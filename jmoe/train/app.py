@@ -22,6 +22,7 @@ command line is :func:`jmoe.train.cli.main`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -43,9 +44,10 @@ from jmoe.train import loop, report
 from jmoe.train import parallel as parallel_lib
 from jmoe.train import state as state_lib
 from jmoe.train import tasks as tasks_lib
+from jmoe.train import workdir as workdir_lib
 
 log = loop.log
-FOLD_KINDS = ("predefined", "kfold", "logo", "random")
+FOLD_KINDS = ("auto", "predefined", "kfold", "logo", "random")
 MEMBERS = ("sequential", "vmap", "vmap_folds")
 # Keys that may change between a run and its resumption without changing what is computed.
 RUNTIME_KEYS = (
@@ -76,13 +78,22 @@ def base_config(name: str, model_name: str) -> ml_collections.ConfigDict:
   c.distributed = False  # jax.distributed.initialize() (also when JAX_COORDINATOR_ADDRESS is set)
   c.retain_host_memory = False  # True: glibc keeps freed memory (jmoe.hostmem): for large layers, not small steps
   c.select = ""  # '<task>/<metric>' chosen on validation only; '' = the first task's rule
+  c.ensemble = 0  # K >= 2: also report the mean prediction of each fold's K best seeds on validation (own row)
+  c.search = ml_collections.ConfigDict(
+    dict(
+      trials=0,  # N >= 1: hyperparameter search of N trials on the member axis (jmoe.train.search); 0 = none
+      seed=0,  # draws the N trials
+      space="",  # 'key=log:a:b;key=uniform:a:b;key=choice:x,y' ('' = learning rate, weight decay, loss weights)
+    )
+  )
   c.smoke = False  # seconds: tiny data, 2 epochs, 1 seed, at most 2 folds (the tests run this)
   c.quiet = False
   c.debug = False  # show tracebacks instead of one-line errors
   c.discard_damaged = False  # a damaged checkpoint: False = stop with one line naming it; True = retrain that seed
   c.folds = ml_collections.ConfigDict(
     dict(
-      kind="predefined",  # predefined (train/valid/test) | kfold | logo (leave groups out) | random (leaky demo)
+      kind="predefined",  # predefined (train/valid/test) | kfold | logo (leave groups out) | random (leaky demo) |
+      # auto (predefined when the dataset has a split, else kfold)
       k=10,
       group="",  # kfold: whole groups (e.g. trial) never split; logo: the group left out (subject, session, actor)
       within="",  # kfold: spread each of these (e.g. subject) over all k folds
@@ -118,6 +129,10 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
 
   need(cfg.members in MEMBERS, "members", cfg.members, f"choose one of {MEMBERS}")
   need(isinstance(cfg.seeds, int) and cfg.seeds >= 1, "seeds", cfg.seeds, "use an int >= 1")
+  k = cfg.get("ensemble", 0)
+  need(isinstance(k, int) and (k == 0 or 2 <= k <= cfg.seeds), "ensemble", k, f"use 0 or 2..seeds={cfg.seeds}")
+  trials = cfg.get("search", {}).get("trials", 0)
+  need(isinstance(trials, int) and trials >= 0, "search.trials", trials, "use an int >= 0 (0 = no search)")
   chunk = cfg.get("member_chunk", 0)
   need(isinstance(chunk, int) and chunk >= 0, "member_chunk", chunk, "use an int >= 0 (0 = no limit)")
   need(cfg.optim.epochs >= 1, "optim.epochs", cfg.optim.epochs, "use an int >= 1")
@@ -147,6 +162,9 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
 def make_folds(cfg: ml_collections.ConfigDict, ds: fmt.Dataset) -> list[loop.FoldData]:
   """The folds of ``config.folds`` over ``ds`` (a predefined split is one fold)."""
   kind = cfg.kind
+  if kind == "auto":  # the dataset's own train/valid/test split, or k-fold over a pool (whole groups with folds.group)
+    kind = "predefined" if not ds.is_pool else "kfold"
+    cfg = ml_collections.ConfigDict({**cfg.to_dict(), "kind": kind})
   if not ds.is_pool:
     if kind != "predefined":
       raise ValueError(
@@ -302,16 +320,32 @@ def check_workdir(cfg: ml_collections.ConfigDict) -> Path:
           "use another --config.workdir or delete that run"
         )
     workdir.mkdir(parents=True, exist_ok=True)
-    loop.write_atomic(saved, cfg.to_json(indent=2))
+    workdir_lib.write_atomic(saved, cfg.to_json(indent=2))
   return workdir
 
 
-def prepare(cfg: ml_collections.ConfigDict, smoke: Callable | None = None, epochs: bool = True) -> Prepared:
-  """Everything before training: smoke settings, validation, data (banner when synthetic), folds, the setup and
-  the workdir (config written; a re-run with another config refused)."""
+@contextlib.contextmanager
+def prepared(cfg: ml_collections.ConfigDict, smoke: Callable | None = None, epochs: bool = True):
+  """``with prepared(cfg) as r:`` :func:`prepare` with the workdir locked for the whole run: a second process on a
+  live workdir is refused in one line naming it and the other process (a lock whose process is gone is taken
+  over)."""
   t0 = time.time()
   apply_smoke(cfg, smoke, epochs)
   validate_config(cfg)
+  with workdir_lib.lock(Path(cfg.workdir), "run"):
+    yield prepare(cfg, t0=t0)
+
+
+def prepare(
+  cfg: ml_collections.ConfigDict, smoke: Callable | None = None, epochs: bool = True, t0: float | None = None
+) -> Prepared:
+  """Everything before training: smoke settings, validation, data (banner when synthetic), folds (each checked
+  for splits too small to select or score on), the setup and the workdir (config written; a re-run with another
+  config refused). Called by :func:`prepared`, which holds the workdir's lock; ``t0`` set = already validated."""
+  if t0 is None:
+    t0 = time.time()
+    apply_smoke(cfg, smoke, epochs)
+    validate_config(cfg)
   if cfg.members == "sequential" and cfg.get("member_chunk", 0):
     log(f"note: member_chunk={cfg.member_chunk} has no effect with members='sequential'")
   # Both before anything touches a device (the allocator setting before XLA's threads make their arenas).
@@ -327,9 +361,52 @@ def prepare(cfg: ml_collections.ConfigDict, smoke: Callable | None = None, epoch
   log(f"data: {fmt.describe(ds)}")
   folds = make_folds(cfg.folds, ds)
   st = setup(cfg, ds)
+  for fold in folds:
+    for warning in check_fold(fold, st, ds):
+      log(f"warning: {warning}")
   workdir = check_workdir(cfg)
   seeds = [cfg.seed_offset + i for i in range(cfg.seeds)]
   return Prepared(cfg, ds, folds, st, workdir, seeds, t0)
+
+
+def check_fold(fold: loop.FoldData, st: loop.Setup, ds: fmt.Dataset) -> list[str]:
+  """Refuse a fold whose splits are too small to train, select or score on (:func:`jmoe.data.format.
+  check_split_sizes`, one line naming the fold); warnings for small splits and for a split holding one class only
+  (a leave-one-group-out test split may: its scores are per-class recalls of that class)."""
+  try:
+    return fmt.check_split_sizes(fold.train, fold.valid, fold.test, fold.name, st.heads, ds.label_specs)
+  except ValueError as e:
+    if "holds only class" not in str(e):
+      raise
+    return [str(e).split("; at least")[0] + ": its classification scores cover that class only"]
+
+
+def add_ensembles(cfg, st: loop.Setup, folds: list[loop.FoldData], fold_results: list[dict], workdir: Path) -> None:
+  """With ``config.ensemble=K``: per fold, the mean test prediction of the K seeds best on validation (class
+  probabilities for classification heads), evaluated once, in ``fold['ensemble']``."""
+  k = int(cfg.get("ensemble", 0) or 0)
+  if k < 2:
+    return
+  for fold, fr in zip(folds, fold_results):
+    score = lambda r: tasks_lib.selection_value(st.select_task, r["valid"][st.select_task.name])
+    ok = [r for r in fr["seeds"] if r["status"] == "ok" and r["valid"] and score(r) is not None]
+    if len(ok) < k:
+      log(f"  {fold.name}: ensemble of {k} needs {k} finished seeds, has {len(ok)}: no ensemble row")
+      continue
+    ranked = sorted(ok, key=score, reverse=st.select_task.mode == "max")[:k]
+    outs = []
+    for r in ranked:
+      with np.load(workdir / fr["dir"] / f"seed_{r['seed']}" / "test_outputs.npz") as z:
+        outs.append({t.head: np.asarray(z[t.head.replace("/", ".")]) for t in st.tasks})
+    mean = {}
+    for t in st.tasks:
+      stack = np.stack([o[t.head] for o in outs]).astype(np.float64)
+      if t.kind in ("classification", "sentiment_class", "high_low") and stack.ndim == 3:
+        p = np.exp(stack - stack.max(-1, keepdims=True))
+        stack = np.log(np.mean(p / p.sum(-1, keepdims=True), axis=0) + 1e-12)[None]
+      mean[t.head] = np.mean(stack, axis=0)
+    test = loop.jsonable(loop.evaluate(st, mean, fold.test))
+    fr["ensemble"] = {"seeds": [r["seed"] for r in ranked], "test": test}
 
 
 def fold_result(i: int, fold: loop.FoldData, seeds: list[dict]) -> dict:
@@ -338,8 +415,17 @@ def fold_result(i: int, fold: loop.FoldData, seeds: list[dict]) -> dict:
 
 
 def run(cfg: ml_collections.ConfigDict, smoke: Callable[[ml_collections.ConfigDict], Any] | None = None) -> dict:
-  """Train ``config.seeds`` seeds on every fold, select on validation, report test mean ± std. Re-running resumes."""
-  r = prepare(cfg, smoke)
+  """Train ``config.seeds`` seeds on every fold, select on validation, report test mean ± std. Re-running resumes.
+  With ``config.search.trials`` > 0: the hyperparameter search first (:mod:`jmoe.train.search`)."""
+  if cfg.get("search", {}).get("trials", 0):
+    from jmoe.train import search
+
+    return search.run(cfg, smoke)
+  with prepared(cfg, smoke) as r:
+    return _run(cfg, r)
+
+
+def _run(cfg, r: Prepared) -> dict:
   st, folds, seeds, workdir = r.setup, r.folds, r.seeds, r.workdir
   log(f"model: {cfg.model_name} {cfg.model.to_dict()} | devices: {st.dp.describe()} | members: {cfg.members}")
   if cfg.members == "vmap_folds":  # every fold x seed in one compiled program
@@ -352,6 +438,7 @@ def run(cfg: ml_collections.ConfigDict, smoke: Callable[[ml_collections.ConfigDi
       for i, fold in enumerate(tqdm(folds, desc="folds", disable=len(folds) == 1 or cfg.quiet))
     ]
   fold_results = [fold_result(i, fold, res) for i, (fold, res) in enumerate(zip(folds, per_fold))]
+  add_ensembles(cfg, st, folds, fold_results, workdir)
   over = "seeds" if len(folds) == 1 else f"{len(folds)} folds (each the mean of its seeds)"
   select = f"{st.select_task.name}/{st.select_metric}"
   title = (
@@ -395,7 +482,7 @@ def finish(cfg, ds, tasks, fold_results: list[dict], title: str, select: str, t0
     "seconds": time.time() - t0,
   }
   if jax.process_index() == 0:
-    (workdir / "results.json").write_text(json.dumps(loop.jsonable(out), indent=2))
+    workdir_lib.write_atomic(workdir / "results.json", json.dumps(workdir_lib.jsonable(out), indent=2))
     (workdir / "results.md").write_text(table + "\n")
     written = report.plots(workdir, tasks, fold_results, ds.synthetic, select) if plots else []
     print(table)

@@ -87,6 +87,8 @@ def config_choices(cfg: ml_collections.ConfigDict) -> dict[str, tuple]:
     out["data.source"] = tuple(sources.names())
     if "nonfinite" in cfg.data:
       out["data.nonfinite"] = ("error", "zero")
+  if "model" in cfg and "dtype" in cfg.model:
+    out["model.dtype"] = ("float32", "bfloat16")
   if "model_name" in cfg:
     try:
       model = importlib.import_module(f"jmoe.models.{cfg.model_name}")

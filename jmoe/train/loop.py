@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -39,6 +38,7 @@ from jmoe.data import format as fmt
 from jmoe.train import batches as batches_lib
 from jmoe.train import state as state_lib
 from jmoe.train import tasks as tasks_lib
+from jmoe.train import workdir
 from jmoe.train.checkpoints import Checkpoints, DamagedCheckpointError
 
 
@@ -47,19 +47,7 @@ def log(msg: str) -> None:
     tqdm.write(msg, file=sys.stderr)
 
 
-def jsonable(x):
-  """Nested metrics -> JSON-safe values: numpy scalars to Python, non-finite floats to None (valid JSON)."""
-  if isinstance(x, dict):
-    return {str(k): jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [jsonable(v) for v in x]
-  if isinstance(x, (np.floating, float)):
-    return float(x) if math.isfinite(float(x)) else None
-  if isinstance(x, np.integer):
-    return int(x)
-  if isinstance(x, np.ndarray):
-    return jsonable(x.tolist())
-  return x
+jsonable = workdir.jsonable  # nested metrics -> JSON-safe values (NaN -> null)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +94,7 @@ def _new_book() -> dict[str, Any]:
     "stopped": False,
     "diverged": False,
     "first_loss": None,
+    "best_valid": None,
   }
 
 
@@ -159,16 +148,34 @@ def evaluate(setup: Setup, outputs: dict[str, np.ndarray], split: fmt.Split) -> 
   return {t.name: tasks_lib.evaluate(t, outputs[t.head], split) for t in setup.tasks}
 
 
-def fit(setup: Setup, fold: FoldData, seeds: list[int], fold_dir: Path) -> list[dict[str, Any]]:
-  """Train ``seeds`` on ``fold`` (resuming where checkpoints exist); one result dict per seed."""
-  dirs = [fold_dir / f"seed_{s}" for s in seeds]
+def fit(
+  setup: Setup,
+  fold: FoldData,
+  seeds: list[int],
+  fold_dir: Path,
+  dirs: list[Path] | None = None,
+  hparams: list[dict] | None = None,
+  test: bool = True,
+) -> list[dict[str, Any]]:
+  """Train ``seeds`` on ``fold`` (resuming where checkpoints exist); one result dict per member.
+
+  ``dirs``: the members' directories (default ``fold_dir/seed_<s>``); ``hparams``: per member, hyperparameters that
+  live in the state (:func:`jmoe.train.state.with_overrides`: a search's trials train as members of one program);
+  ``test=False``: select on validation only and leave the test split untouched (a search's trials)."""
+  dirs = dirs or [fold_dir / f"seed_{s}" for s in seeds]
+  hparams = hparams or [{} for _ in seeds]
   if setup.cfg.members != "sequential" and len(seeds) > 1:
-    return [
-      r
-      for part in member_chunks(setup.cfg, len(seeds))
-      for r in _fit_group(setup, [fold] * len(part), [seeds[i] for i in part], [dirs[i] for i in part], len(part) > 1)
-    ]
-  return [r for s, d in zip(seeds, dirs) for r in _fit_group(setup, [fold], [s], [d], vmapped=False)]
+    parts = member_chunks(setup.cfg, len(seeds))
+  else:
+    parts = [range(i, i + 1) for i in range(len(seeds))]
+  pick = lambda xs, part: [xs[i] for i in part]
+  return [
+    r
+    for part in parts
+    for r in _fit_group(
+      setup, [fold] * len(part), pick(seeds, part), pick(dirs, part), len(part) > 1, pick(hparams, part), test
+    )
+  ]
 
 
 def member_chunks(cfg, count: int) -> list[range]:
@@ -205,16 +212,18 @@ def fit_members(setup: Setup, members: list[tuple[FoldData, int, Path]]) -> list
   ]
 
 
-def _fit_group(setup: Setup, folds: list[FoldData], seeds: list[int], dirs: list[Path], vmapped: bool) -> list[dict]:
+def _fit_group(
+  setup: Setup, folds: list[FoldData], seeds: list[int], dirs: list[Path], vmapped: bool, hparams=None, test=True
+) -> list[dict]:
   sample = next(batches_lib.iterate_batches(folds[0].train, setup.modalities, setup.cfg.optim.batch_size, 1))
   sample = jax.tree.map(lambda a: a[0], sample)
   init = lambda s: state_lib.create_state(
     setup.model, setup.tx, sample, jax.random.key(s), setup.hparams, setup.init_fn
   )
-  states = [init(s) for s in seeds]
+  states = [state_lib.with_overrides(init(s), hp) for s, hp in zip(seeds, hparams or [{}] * len(seeds))]
   ckpts = [Checkpoints(d) for d in dirs]
   try:
-    return _train_group(setup, folds, seeds, vmapped, states, dirs, ckpts)
+    return _train_group(setup, folds, seeds, vmapped, states, dirs, ckpts, test)
   finally:
     for ck in ckpts:
       ck.close()
@@ -271,36 +280,12 @@ def _resume(setup: Setup, ckpts: list, i: int, d: Path, like, where: str) -> tup
   return state, book
 
 
-def write_atomic(path: Path, text: str) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
+write_atomic, read_jsonl = workdir.write_atomic, workdir.read_jsonl
 
 
 def append_jsonl(path: Path, record: dict) -> None:
   """One JSONL line per epoch (a module function so that tests can interrupt the save sequence here)."""
-  with path.open("a") as f:
-    f.write(json.dumps(jsonable(record)) + "\n")
-
-
-def read_jsonl(path: Path) -> list[dict]:
-  """The records of a JSONL log; a torn last line (a kill or a full disk during an append) is dropped with a
-  warning; a bad line before the last is a one-line ValueError naming the file and line."""
-  if not path.exists():
-    return []
-  lines = path.read_text().splitlines()
-  out = []
-  for n, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    try:
-      out.append(json.loads(line))
-    except ValueError:
-      if n == len(lines):
-        log(f"  {path}: dropped a cut last line (an interrupted append); that step is redone")
-        break
-      raise ValueError(f"{path} line {n} is not JSON: repair or delete the file to rerun this member") from None
-  return out
+  workdir.append_jsonl(path, record)
 
 
 def evaluate_chosen(setup: Setup, fold: FoldData, state, member_dir: Path) -> tuple[dict, dict]:
@@ -346,7 +331,7 @@ def train_epoch(setup: Setup, state_r, trains: list, shuffles: list, rngs, activ
   return state_r, train_ms
 
 
-def _train_group(setup, folds, seeds, vmapped, states, dirs, ckpts) -> list[dict]:
+def _train_group(setup, folds, seeds, vmapped, states, dirs, ckpts, test=True) -> list[dict]:
   cfg, opt, dp = setup.cfg, setup.cfg.optim, setup.dp
   eval_fn = (setup.member_steps if vmapped else setup.steps)[1]
   books = []
@@ -417,7 +402,7 @@ def _train_group(setup, folds, seeds, vmapped, states, dirs, ckpts) -> list[dict
       book.update(epoch=epoch, bad_epochs=0 if improved else book["bad_epochs"] + 1)
       member_state = jax.tree.map(lambda a: a[i], host_state) if vmapped else host_state
       if improved:
-        book.update(best_value=value, best_epoch=epoch)
+        book.update(best_value=value, best_epoch=epoch, best_valid=val)
         ckpts[i].save_best(epoch, member_state, {"epoch": epoch, "valid": val})
       book["stopped"] = book["bad_epochs"] >= opt.patience
       if jax.process_index() == 0:
@@ -425,7 +410,25 @@ def _train_group(setup, folds, seeds, vmapped, states, dirs, ckpts) -> list[dict
       ckpts[i].save_latest(epoch, member_state, book)  # last: it marks the epoch as done
     sel = f"{setup.select_task.name}/{setup.select_task.select}"
     bar.set_postfix(loss=f"{train_ms[0]['loss']:.3f}", best=books[0]["best_epoch"], sel=sel)
+  if not test:  # validation only: the best epoch and its validation metrics, the test split untouched
+    return [_valid_result(setup, folds[i], s, b, ckpts[i]) for i, (s, b) in enumerate(zip(seeds, books))]
   return _final_results(setup, folds, seeds, dirs, ckpts, books, states, vmapped)
+
+
+def _valid_result(setup, fold, seed, book, ckpt) -> dict:
+  """A member's result without its test evaluation: its best epoch and that epoch's validation metrics."""
+  if book["best_epoch"] < 0 or book.get("best_valid") is None:
+    status = "diverged" if book.get("diverged") else "no valid selection metric"
+    return {"seed": seed, "status": status, "best_epoch": None, "valid": None, "test": None, "select": None}
+  status = "diverged" if book.get("diverged") else "ok"
+  return {
+    "seed": seed,
+    "status": status,
+    "best_epoch": book["best_epoch"],
+    "valid": book["best_valid"],
+    "test": None,
+    "select": book["best_value"],
+  }
 
 
 DIVERGENCE_FACTOR = 100.0

@@ -57,7 +57,7 @@ import ml_collections
 import numpy as np
 
 from jmoe.data import format as fmt
-from jmoe.train import app, loop
+from jmoe.train import app, loop, workdir
 from jmoe.train import batches as batches_lib
 from jmoe.train import state as state_lib
 from jmoe.train import steps as steps_lib
@@ -338,8 +338,8 @@ def evolve_run(setup: loop.Setup, fold: loop.FoldData, seed: int, run_dir: Path,
       log(f"  {fold.name} seed {seed}: resuming the population at generation {book['generation']} from {run_dir}")
     jsonl = run_dir / "fitness.jsonl"
     if jax.process_index() == 0:
-      kept = [r for r in loop.read_jsonl(jsonl) if r["generation"] < book["generation"]]
-      loop.write_atomic(jsonl, "".join(json.dumps(r) + "\n" for r in kept))
+      kept = [r for r in workdir.read_jsonl(jsonl) if r["generation"] < book["generation"]]
+      workdir.write_atomic(jsonl, "".join(json.dumps(r) + "\n" for r in kept))
     root = jax.random.key(seed)
     patience = patience_generations(cfg)
     fit, gen = None, book["generation"]
@@ -354,7 +354,7 @@ def evolve_run(setup: loop.Setup, fold: loop.FoldData, seed: int, run_dir: Path,
         for i in range(p):
           row = {"generation": gen, "individual": i, "fitness": fit[i], "train_loss": train_loss[i], "lr": lr[i]}
           row.update({k: np.asarray(v)[i] for k, v in states.hparams.items()})
-          loop.append_jsonl(jsonl, row)
+          workdir.append_jsonl(jsonl, row)
       log(
         f"  {fold.name} seed {seed} generation {gen}: fitness best {np.min(fit):.4f} median {np.median(fit):.4f} "
         f"worst {np.max(fit):.4f} ({time.time() - t0:.1f} s)"
@@ -395,7 +395,7 @@ def evolve_run(setup: loop.Setup, fold: loop.FoldData, seed: int, run_dir: Path,
     "best_epoch": book["generation"] * pc.epochs_per_generation - 1,
     "valid": valid,
     "test": test,
-    "chosen": loop.jsonable(chosen),
+    "chosen": workdir.jsonable(chosen),
   }
 
 
@@ -403,7 +403,16 @@ def evolve_run(setup: loop.Setup, fold: loop.FoldData, seed: int, run_dir: Path,
 def run(cfg: ml_collections.ConfigDict, smoke: Callable | None = None) -> dict:
   """Like :func:`jmoe.train.app.run`, with one evolved population per fold x seed instead of one model."""
   validate_population(cfg)
-  r = app.prepare(cfg, smoke, epochs=False)
+  if cfg.get("search", {}).get("trials", 0):
+    raise ValueError(
+      "config.search.trials: a population evolves its own hyperparameters; search the platform loop instead "
+      "(--config.population.enabled=False)"
+    )
+  with app.prepared(cfg, smoke, epochs=False) as r:
+    return _run(cfg, r)
+
+
+def _run(cfg, r: app.Prepared) -> dict:
   st, pc = r.setup, cfg.population
   validate_population(cfg, genes_check=_genes_check(cfg, st.modalities))
   genes = genes_from_config(pc.genes)
@@ -457,7 +466,9 @@ def plot_fitness(fold_dir: Path, seeds) -> list[Path]:
     path = Path(fold_dir) / f"seed_{s}" / "fitness.jsonl"
     if not path.exists():
       continue
-    rows = [json.loads(l) for l in path.read_text().splitlines()]
+    rows = workdir.read_jsonl(path)
+    if not rows:
+      continue
     gens = sorted({r["generation"] for r in rows})
     fit = {
       g: np.array([np.inf if r["fitness"] is None else r["fitness"] for r in rows if r["generation"] == g])

@@ -44,6 +44,9 @@ def summarize(tasks, folds: list[dict]) -> dict[str, Any]:
           ]
           per_metric[metric] = _mean_std(means)
       out[t.name][split] = per_metric
+    ens = [f["ensemble"]["test"][t.name] for f in folds if f.get("ensemble")]
+    if ens:  # the ensemble row: one value per fold (mean +- std over folds)
+      out[t.name]["test_ensemble"] = {m: _mean_std([e.get(m) for e in ens]) for m in tasks_lib.headline_metrics(t)}
   return out
 
 
@@ -53,7 +56,8 @@ def table(tasks, summary, title: str) -> str:
     cols = list(tasks_lib.headline_metrics(t))
     rows = [
       {"split": split, **{m: "undefined" if v is None else v for m, v in summary[t.name][split].items()}}
-      for split in ("valid", "test")
+      for split in ("valid", "test", "test_ensemble")
+      if split in summary[t.name]
     ]
     variant = {
       "sentiment": "MMSA metrics: Has0/Non0 Acc2 and weighted F1",

@@ -4,7 +4,7 @@ Hyperparameters that a population may vary are *in the state*, not Python consta
 
 * ``state.hparams``: the objective's weights, ``{'task/<name>': w, 'loss/<aux name>': w}`` (float32 scalars);
 * the learning rate (and weight decay) inside ``opt_state`` via ``optax.inject_hyperparams``
-  (:func:`learning_rate` reads it, :func:`with_learning_rate` sets it);
+  (:func:`with_overrides` sets them, and the objective weights, per member);
 * ``lr_scale``, the learning-rate schedule's factor (AdamW steps with ``learning_rate * lr_scale``): the training
   loop sets it once per epoch (:func:`schedule_factor`, :func:`with_lr_scale`), so a schedule never overwrites a
   population's learning-rate gene.
@@ -71,13 +71,25 @@ def with_lr_scale(state: TrainState, factor: float) -> TrainState:
   return state.replace(opt_state=state.opt_state._replace(hyperparams=hp))
 
 
-def learning_rate(state: TrainState) -> jax.Array:
-  return state.opt_state.hyperparams["learning_rate"]
+OPTIMIZER_HPARAMS = ("learning_rate", "weight_decay")
 
 
-def with_learning_rate(state: TrainState, lr) -> TrainState:
-  hp = dict(state.opt_state.hyperparams, learning_rate=jnp.asarray(lr, jnp.float32))
-  return state.replace(opt_state=state.opt_state._replace(hyperparams=hp))
+def with_overrides(state: TrainState, overrides: Mapping[str, float]) -> TrainState:
+  """``state`` with hyperparameters that live in it replaced: ``learning_rate`` / ``weight_decay`` (the injected
+  optimizer hyperparameters) and ``task/<name>`` / ``loss/<name>`` (objective weights). One-line ValueError for any
+  other key (it does not live in the state: it changes the compiled program)."""
+  if not overrides:
+    return state
+  opt = dict(state.opt_state.hyperparams)
+  hp = dict(state.hparams)
+  for key, value in overrides.items():
+    if key in OPTIMIZER_HPARAMS:
+      opt[key] = jnp.asarray(value, jnp.float32)
+    elif key in hp:
+      hp[key] = jnp.asarray(value, jnp.float32)
+    else:
+      raise ValueError(f"{key!r} is not a hyperparameter of the state ({sorted(OPTIMIZER_HPARAMS)} or {sorted(hp)})")
+  return state.replace(opt_state=state.opt_state._replace(hyperparams=opt), hparams=hp)
 
 
 def default_hparams(tasks, loss_weights: Mapping[str, float]) -> dict[str, jax.Array]:
