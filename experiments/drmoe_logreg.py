@@ -1,6 +1,6 @@
 """Baseline for the DR-MoE experiments: logistic regression on the global (utterance) features, on the same folds.
 
-  python -m experiments.drmoe_logreg --exp=ravdess        # or synthetic | iemocap; [--set data.path=DIR ...]
+  python -m experiments.drmoe_logreg --config.exp=ravdess   # or synthetic | iemocap; [--config.data.path=DIR ...]
 
 Same data, task and folds as ``experiments.drmoe_<exp>`` (its ``get_config()`` through the platform's
 ``sources.load``, ``data.labelled_only`` and ``app.make_folds``: :func:`tools.baselines.load_data`); samples without
@@ -12,12 +12,14 @@ mean ± std over folds (deterministic: one "seed"). Writes ``runs/drmoe_<exp>_lo
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 from pathlib import Path
 
+import ml_collections
 import numpy as np
+
+from jmoe.train import cli
 
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 METRICS = ("UA", "WA", "weighted_F1")
@@ -72,32 +74,44 @@ def logreg_baseline(cfg) -> dict:
   return {"dataset": ds.name, "views": views, "head": head, "folds": rows, "summary": summary}
 
 
-def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--exp", default="ravdess", help="synthetic | ravdess | iemocap")
-  ap.add_argument("--set", action="append", default=[], help="config override key=value (e.g. data.path=DIR)")
-  ap.add_argument("--smoke", action="store_true", help="the experiment's smoke data and folds")
-  ap.add_argument("--out", default="", help="output folder (default runs/drmoe_<exp>_logreg)")
-  args = ap.parse_args(argv)
-  exp = importlib.import_module(f"experiments.drmoe_{args.exp}")
-  cfg = exp.get_config()
-  for kv in args.set:
-    key, _, value = kv.partition("=")
-    node = cfg
-    *path, leaf = key.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else value.lower() == "true"
-  if args.smoke:
-    cfg.smoke = True
-    cfg.folds.max_folds = 2
-    exp.smoke(cfg)
-  try:
-    res = logreg_baseline(cfg)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}")
-    return 2
-  out = Path(args.out or f"runs/drmoe_{args.exp}_logreg")
+PRESETS = ("ravdess", "synthetic", "iemocap")
+
+
+def get_config():
+  """The DR-MoE experiment's config (``exp`` picks it; every ``data.*``, ``folds.*`` and ``head`` key applies)."""
+  from experiments import drmoe_ravdess
+
+  c = drmoe_ravdess.get_config()
+  c.exp = "ravdess"  # synthetic | ravdess | iemocap: whose data, task and folds
+  c.name = "drmoe_logreg"
+  c.workdir = ""  # '' = runs/drmoe_<exp>_logreg
+  return c
+
+
+def _flat(cfg, prefix=""):
+  for k, v in cfg.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      yield from _flat(v, f"{prefix}{k}.")
+    else:
+      yield f"{prefix}{k}", v
+
+
+def run(cfg) -> dict:
+  """The chosen experiment's config with the keys set on the command line, then :func:`logreg_baseline`."""
+  if cfg.exp not in PRESETS:
+    raise ValueError(f"config.exp={cfg.exp!r} is invalid: choose one of {PRESETS}")
+  exp = importlib.import_module(f"experiments.drmoe_{cfg.exp}")
+  default = dict(_flat(get_config()))
+  changed = {k: v for k, v in _flat(cfg) if default.get(k) != v and k not in ("exp", "workdir", "name", "head")}
+  base = exp.get_config()
+  if cfg.head != default["head"]:
+    base.head = cfg.head
+  base.update_from_flattened_dict({k: v for k, v in changed.items() if k in dict(_flat(base))})
+  if base.smoke:
+    base.folds.max_folds = 2
+    exp.smoke(base)
+  res = logreg_baseline(base)
+  out = Path(cfg.workdir or f"runs/drmoe_{cfg.exp}_logreg")
   out.mkdir(parents=True, exist_ok=True)
   (out / "results.json").write_text(json.dumps(res, indent=2))
   s = res["summary"]
@@ -105,8 +119,8 @@ def main(argv=None) -> int:
     f"logistic regression on {'+'.join(res['views'])} ({res['dataset']}, {res['head']}, {len(res['folds'])} folds): "
     + ", ".join(f"{k} {s[k][0]:.4f} ± {s[k][1]:.4f}" for k in METRICS)
   )
-  return 0
+  return res
 
 
 if __name__ == "__main__":
-  raise SystemExit(main())
+  cli.main(get_config, run)

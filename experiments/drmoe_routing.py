@@ -1,6 +1,6 @@
 """DR-MoE routing analysis: which scale (local frames/tokens vs the global utterance vector) each emotion is routed to.
 
-  python -m experiments.drmoe_routing --run runs/drmoe_ravdess [--run runs/drmoe_synthetic ...]
+  python -m experiments.drmoe_routing --config.run=runs/drmoe_ravdess[,runs/drmoe_synthetic,...]
 
 Reads ``<run>/config.json`` and every ``<run>/fold_<f>/seed_<s>/test_outputs.npz`` (``per_sample.scale_<m>``: 0 local,
 1 global; ``label.<head>``); pools the test samples of all folds x seeds (each test sample once per seed) and writes
@@ -15,11 +15,13 @@ that scale more often than the modality's average sample.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
+import ml_collections
 import numpy as np
+
+from jmoe.train import cli
 
 LOW_AROUSAL = ("sad", "calm", "neutral")
 MAX_GROUP_VALUES = 24  # the table lists the per-group shares of groups with at most this many values
@@ -232,19 +234,26 @@ def report(run: str | Path) -> dict:
   return res
 
 
-def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--run", action="append", required=True, help="a DR-MoE run directory (repeatable)")
-  args = ap.parse_args(argv)
-  try:
-    for r in args.run:
-      res = report(r)
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.run = ""  # a DR-MoE run directory, or a comma list of them
+  c.quiet = False
+  c.debug = False
+  return c
+
+
+def run(cfg) -> list[dict]:
+  runs = [r.strip() for r in str(cfg.run).split(",") if r.strip()]
+  if not runs:
+    raise ValueError("config.run is empty: name a DR-MoE run directory, e.g. --config.run=runs/drmoe_ravdess")
+  out = []
+  for r in runs:
+    res = report(r)
+    if not cfg.quiet:
       print(table(res))
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}")
-    return 2
-  return 0
+    out.append(res)
+  return out
 
 
 if __name__ == "__main__":
-  raise SystemExit(main())
+  cli.main(get_config, run)

@@ -101,14 +101,15 @@ def himoe_config(name: str, source: str, modalities: str, head: str, threshold: 
 
 
 def smoke(config):
-  """The smoke variant: 3 subjects x 4 trials x 10 s, the first of 2 folds (the app also sets 1 seed, 2 epochs).
+  """The smoke variant: 3 subjects x 6 trials x 10 s, the first of 2 folds (the app also sets 1 seed, 2 epochs).
 
   One fold keeps it short: compiling the train and eval steps takes ~5-25 s on a busy 2-core machine."""
   if config.data.source.startswith("synthetic"):
     config.data.synthetic_subjects = 3
-    config.data.synthetic_trials = 4
+    config.data.synthetic_trials = 6
     config.data.synthetic_seconds = 10.0
     config.folds.k = 2
+    config.folds.valid_fraction = 0.25  # >= 2 validation trials: selection needs them
   config.folds.max_folds = 1
   config.model.width = 16
   config.model.key_dim = 8

@@ -9,6 +9,8 @@ are concatenated (early fusion), and one head per task head reads them:
 * ``fusion='late'``: one such predictor per modality and the mean of their outputs (late fusion), instead of one
   predictor on the concatenation.
 
+A score head starts at the middle of its label scale (its label spec's range; 0 without one).
+
 They train with the same loop, losses, folds, selection rule, search and results layout as the paper models, so
 a comparison differs only in the model. A closed-form ridge with its penalty chosen on validation is in
 ``tools/baselines.py`` (regression heads) for reference.
@@ -41,7 +43,7 @@ def default_model_config() -> dict[str, Any]:
 
 class Baseline(nn.Module):
   modalities: tuple[str, ...]
-  heads: tuple[tuple[str, tuple[int, ...]], ...]  # (head, trailing output shape)
+  heads: tuple[tuple[str, tuple[int, ...], float], ...]  # (head, trailing output shape, offset)
   kind: str = "linear"
   fusion: str = "early"
   width: int = 64
@@ -56,10 +58,10 @@ class Baseline(nn.Module):
       x = nn.gelu(nn.Dense(self.width, name=f"{name}hidden")(x))
       x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
     out = {}
-    for head, shape in self.heads:
+    for head, shape, offset in self.heads:
       size = math.prod(shape) if shape else 1
       y = nn.Dense(size, name=f"{name}head_{head}")(x)
-      out[head] = y[:, 0] if not shape else y.reshape((y.shape[0],) + tuple(shape))
+      out[head] = (y[:, 0] if not shape else y.reshape((y.shape[0],) + tuple(shape))) + offset
     return out
 
   @nn.compact
@@ -72,7 +74,7 @@ class Baseline(nn.Module):
       outputs = self._predict(jnp.concatenate([pooled[m] for m in self.modalities], -1), "", deterministic)
     else:
       per = [self._predict(pooled[m], f"{m}_", deterministic) for m in self.modalities]
-      outputs = {head: jnp.mean(jnp.stack([p[head] for p in per]), axis=0) for head, _ in self.heads}
+      outputs = {head: jnp.mean(jnp.stack([p[head] for p in per]), axis=0) for head, *_ in self.heads}
     return outputs, {"losses": {}, "stats": {}, "per_sample": {}}
 
 
@@ -89,10 +91,19 @@ def validate_config(cfg) -> None:
       raise ValueError(f"config.model.{key}={m.get(key)!r} is invalid: {allowed}")
 
 
+def _offset(ds, task) -> float:
+  """A score head starts at the middle of its label scale (as Hi-MoE's heads do): 0 for logits and open scales."""
+  if task.kind not in ("regression", "sentiment"):
+    return 0.0
+  spec = ds.label_specs.get(task.label)
+  lo, hi = spec.range if spec is not None and spec.range else (0.0, 0.0)
+  return float(lo + hi) / 2.0
+
+
 def build(cfg, ds, tasks) -> Baseline:
   """The platform's model factory: one head per task head, over every modality of the (narrowed) dataset."""
   m = cfg.model
-  heads = tuple(dict.fromkeys((t.head, tuple(t.num_outputs)) for t in tasks))
+  heads = tuple(dict.fromkeys((t.head, tuple(t.num_outputs), _offset(ds, t)) for t in tasks))
   return Baseline(
     modalities=tuple(ds.modalities),
     heads=heads,
