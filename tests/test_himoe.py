@@ -355,6 +355,14 @@ def _prediction_spread(tmp_path, name, **over):
   return np.std(z["vadl"], axis=0) / np.std(z["label.vadl"], axis=0)
 
 
+def test_shipped_defaults_standardise_per_fold():
+  """Both Hi-MoE experiments ship per-fold standardisation from the training split (the slow tests below show why)."""
+  from experiments import himoe_deap, himoe_dreamer
+
+  assert himoe_deap.get_config().folds.standardize is True
+  assert himoe_dreamer.get_config().folds.standardize is True
+
+
 @pytest.mark.slow  # ~50 s on a busy 2-core machine (compile + 25 epochs)
 def test_default_does_not_collapse_on_offset_features(tmp_path):
   """Issue 21: with features * 1000 + 5000 the shipped default (per-fold standardisation from the training split)
