@@ -16,16 +16,3 @@ def test_bench_members_smoke(tmp_path, model):
   assert all(r["wall_s"] > 0 and r["samples_per_s"] > 0 for r in rows)
   assert out["verdicts"][0]["speedup"] > 0 and out["verdicts"][0]["chunked_speedup"] > 0
   assert "foreign_cpu_fraction" in out
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("model", ["euar", "haemsa"])
-def test_bench_members_decompose_smoke(tmp_path, model):
-  out = bench_members.main(
-    ["--smoke", "--decompose", "--sizes", "1,2", "--model", model, "--json", str(tmp_path / "d.json")]
-  )
-  rows = json.loads((tmp_path / "d.json").read_text())["decompose"]
-  assert [r["members"] for r in rows] == [1, 2] and out["decompose"] == rows
-  for r in rows:
-    assert r["params_per_member"] > 0
-    assert all(r[f"{k}_ms_per_member"] > 0 for k in ("forward", "gradient", "update"))

@@ -26,7 +26,7 @@ def test_device_suite_smoke_writes_every_part(tmp_path):
   assert {(r["model"], r["members"]) for r in data["members"]["rows"]} == {("euar", 2), ("haemsa", 2)}
   assert data["euar_train"]["rows"][0]["rows"][0]["samples_per_s"] > 0
   h = data["himoe"]
-  assert h["projected_min"] > 0 and h["program_s"] > 0
+  assert h["projected_min"] > 0 and h["program_s"] > 0 and h["program_folds"] == 2 and h["one_fold_s"] is None
   assert len(res["targets"]) == 7 and all(t.startswith("target ") for t in res["targets"])
   assert "## targets" in md
 

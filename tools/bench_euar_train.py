@@ -1,26 +1,13 @@
 """EUAR training-throughput benchmark: the jmoe train step (as the training app runs it) vs eager PyTorch.
 
-Command (from the repo root)::
-
     python -m tools.bench_euar_train --json runs/bench/euar_train.json   # both configs (vectors, then seq_len 50)
     python -m tools.bench_euar_train --seq-len 0 --dispatch dense,sorted --torch-dispatch loop,dense
 
-Model and training setup: ``experiments.common.euar_config`` (the euar_mosi defaults: width 72, E=4 Gaussian
-experts, top-3, dropout 0.1, loss eq. 12, AdamW after clipping, batch 16), modalities text/audio/vision with
-feature sizes 768/5/20; ``--seq-len 0``: utterance vectors, ``--seq-len 50``: sequences with masks. Batches come
-from ``jmoe.data.synthetic_mosi`` through ``iterate_batches`` (a fixed cycle, the same sequence for every row).
-
-Rows, each a thunk running ``--chunk`` training steps (blocked at the end of the chunk, so asynchronous dispatch
-overlaps steps inside it as in the app's epoch loop):
-
-* ``jmoe/pmap/<dispatch>``: ``jmoe.train.parallel.make_pmap_steps`` on one device -- the app's step;
-* ``jmoe/jit/<dispatch>``: the same per-device step under ``jax.jit`` (vmap over a size-1 device axis);
-* ``torch/<dispatch>`` (``tools.torch_euar``: nn.Module, AdamW + clip_grad_norm_, from the jmoe initial
-  parameters), ``torch.set_num_threads`` = JAX's cores; ``torch/<dispatch>@1thr`` on one thread.
-
-Rows are timed interleaved by ``tools.benchlib.time_interleaved``; step time = chunk time / chunk steps and
-samples/s = batch / median step time. The target (``tools/targets.json``, ``euar_train.app_vs_torch``) compares
-the app step with the fastest torch row.
+The model and training setup are ``experiments.common.euar_config``'s (the euar_mosi defaults) on synthetic
+MOSI-shaped batches. Rows, each a thunk of ``--chunk`` train steps blocked at its end: ``jmoe/pmap/<dispatch>``
+(the app's step), ``jmoe/jit/<dispatch>`` (the same step under ``jax.jit``) and ``torch/<dispatch>``
+(``tools.torch_euar`` from the same initial parameters; ``@1thr`` on one thread), timed interleaved. The target
+(``euar_train.app_vs_torch`` in ``tools/targets.json``) compares the app step with the fastest torch row.
 """
 
 from __future__ import annotations
@@ -178,15 +165,8 @@ def torch_row(cfg: BenchConfig, dispatch, batches, params, torch, threads, chunk
 
   block = (lambda out: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda out: out)
   n = torch_euar.num_params(model)
-  return {
-    "name": name,
-    "run": run,
-    "block": block,
-    "loss": lambda: float(holder["loss"]),
-    "runtime": "torch",
-    "num_params": n,
-    "torch_threads": threads,
-  }
+  row = {"name": name, "run": run, "block": block, "loss": lambda: float(holder["loss"]), "runtime": "torch"}
+  return dict(row, num_params=n, torch_threads=threads)
 
 
 def run_config(cfg: BenchConfig, opts: dict[str, Any], torch=None, torch_device: str = "cpu") -> dict[str, Any]:

@@ -4,22 +4,17 @@
   python -m tools.bench_members --model haemsa --json runs/bench/members_haemsa.json   # P = 4, 16, 64
   python -m tools.bench_members --smoke --json /tmp/m.json                      # seconds (tests)
 
-Rows ``{members, mode ('vmap'|'vmap_chunked'|'sequential'), wall_s, samples_per_s, ...}``: ``wall_s`` is the median time of
-``--steps`` training steps of all M members (vmap: ``steps`` member steps, ``DataParallel.make_steps(members=True)``;
-vmap_chunked: programs of at most ``--chunk`` members one after another, as ``config.member_chunk`` trains them;
-sequential: M separate states, each ``steps`` steps of the platform's single-member step, one after another), after
-compilation and warm-up, each call blocked until ready. Both modes use the same batches (one per member and step,
-shuffled per member as in the loop), and are timed interleaved in rounds (tools/benchlib.time_interleaved) so a
-foreign load hits both alike; the foreign CPU share (benchlib.ForeignCpu) and load average are reported.
-Targets: ``tools/targets.json`` (bench ``members``).
+Rows ``{members, mode, wall_s, samples_per_s, ...}``: ``wall_s`` is the median time of ``--steps`` training steps
+of all M members, after compilation and warm-up: ``vmap`` (one program, ``DataParallel.make_steps(members=True)``),
+``vmap_chunked`` (programs of at most ``--chunk`` members one after another, as ``config.member_chunk``) and
+``sequential`` (M states, each stepped by the platform's single-member step). The modes use the same batches and
+are timed interleaved; targets: ``tools/targets.json`` (bench ``members``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 from tools import benchlib
 
@@ -27,8 +22,6 @@ SIZES = {"euar": (5, 16), "haemsa": (4, 16, 64)}
 
 
 def _setup(model_name: str, smoke: bool):
-  import jax
-
   from jmoe.data import sources
   from jmoe.train import app
 
@@ -37,13 +30,16 @@ def _setup(model_name: str, smoke: bool):
   else:
     from experiments.haemsa_mosi import get_config
   cfg = get_config()
-  cfg.data.synthetic_sizes = (64, 16, 16) if smoke else (512, 64, 64)
-  if smoke and model_name == "haemsa":
-    cfg.model.width = 16
+  cfg.data.synthetic_sizes = (32, 8, 8) if smoke else (512, 64, 64)
+  if smoke:  # the smallest model: one modality, width 8 (compiling dominates a smoke run)
+    cfg.data.modalities, cfg.model.width, cfg.optim.batch_size = "text", 8, 8
+    if model_name == "haemsa":
+      cfg.model.levels, cfg.model.task_experts = 1, 2
+      cfg.tasks = {"sentiment": cfg.tasks.sentiment.to_dict(), "unified": cfg.tasks.unified.to_dict()}
+    else:
+      cfg.model.num_experts, cfg.model.k = 2, 1
   ds = sources.load(cfg.data)
-  st = app.setup(cfg, ds)
-  del jax
-  return cfg, ds, st
+  return cfg, ds, app.setup(cfg, ds)
 
 
 def _with_genes(batch, genes: dict, members: bool):
@@ -76,9 +72,7 @@ def bench(model_name: str, sizes, steps: int, repeats: int, smoke: bool, chunk: 
   single_train, _ = st.steps
   sample = jax.tree.map(lambda a: a[0], next(batches_lib.iterate_batches(train, st.modalities, bs, 1)))
   base = state_lib.create_state(st.model, st.tx, sample, jax.random.key(0), st.hparams, st.init_fn)
-  genes = {}
-  if model_name == "haemsa":
-    genes = {"gene/levels": 2.0}
+  genes = {"gene/levels": 2.0} if model_name == "haemsa" else {}
   entries = []
   for m in sizes:
     per_member = [
@@ -86,7 +80,7 @@ def bench(model_name: str, sizes, steps: int, repeats: int, smoke: bool, chunk: 
       for i in range(m)
     ]
 
-    def stacked(members):
+    def stacked(members, per_member=per_member):
       g = {k: np.full(len(members), v, np.float32) for k, v in genes.items()}
       return [
         _with_genes({k: np.stack([per_member[i][s][k] for i in members], 1) for k in per_member[0][s]}, g, True)
@@ -147,25 +141,19 @@ def bench(model_name: str, sizes, steps: int, repeats: int, smoke: bool, chunk: 
   foreign = benchlib.ForeignCpu().start()
   load0 = benchlib.loadavg()
   t0 = time.time()
-  results = []
+  rows = []
   for ent in entries:
-    pair = [{"fn": ent[mode], "mode": mode} for mode in ("vmap", "vmap_chunked", "sequential") if mode in ent]
-    benchlib.time_interleaved(pair, "fn", repeats, warmup=2)  # both modes interleaved in rounds
-    for p in pair:
-      wall = p["stats"]["fn"]["median_s"]
-      results.append(
-        {
-          "members": ent["members"],
-          "mode": p["mode"],
-          "wall_s": wall,
-          "samples_per_s": ent["members"] * steps * bs / wall,
-          "steps": steps,
-          "batch_size": bs,
-          "p10_s": p["stats"]["fn"]["p10_s"],
-          "p90_s": p["stats"]["fn"]["p90_s"],
-        }
-      )
-  rows = results
+    modes = [{"fn": ent[mode], "mode": mode} for mode in ("vmap", "vmap_chunked", "sequential") if mode in ent]
+    benchlib.time_interleaved(modes, "fn", repeats, warmup=2)
+    for p in modes:
+      st, m = p["stats"]["fn"], ent["members"]
+      row = {
+        "members": m,
+        "mode": p["mode"],
+        "wall_s": st["median_s"],
+        "samples_per_s": m * steps * bs / st["median_s"],
+      }
+      rows.append(dict(row, steps=steps, batch_size=bs, p10_s=st["p10_s"], p90_s=st["p90_s"]))
   verdicts = []
   for m in sizes:
     v = next(r for r in rows if r["members"] == m and r["mode"] == "vmap")
@@ -205,13 +193,9 @@ def main(argv=None):
   a = ap.parse_args(argv)
   print(benchlib.apply_malloc(a), flush=True)
   sizes = tuple(int(x) for x in a.sizes.split(",") if x) or SIZES[a.model]
-  steps, repeats = a.steps, a.repeats
-  chunk = a.chunk
-  if a.smoke:
-    sizes, steps, repeats, chunk = (3,), 2, 1, 2
-  out = bench(a.model, sizes, steps, repeats, a.smoke, chunk)
-  Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-  Path(a.json).write_text(json.dumps(out, indent=2, default=str))
+  steps, repeats, chunk = (2, 1, 2) if a.smoke else (a.steps, a.repeats, a.chunk)
+  out = bench(a.model, (3,) if a.smoke else sizes, steps, repeats, a.smoke, chunk)
+  benchlib.write_json(out, a.json)
   lines = [[str(r["members"]), r["mode"], f"{r['wall_s']:.4f}", f"{r['samples_per_s']:.0f}"] for r in out["rows"]]
   print("\n".join(benchlib.format_rows(["members", "mode", "wall_s", "samples_per_s"], lines)))
   for v in out["verdicts"]:

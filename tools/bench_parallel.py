@@ -1,29 +1,15 @@
 """Data-parallel training throughput: samples/s of the EUAR train step on 1, 2, 8 devices, pmap and jit paths.
 
-Command (from the repo root)::
-
     PYTHONPATH=. python -m tools.bench_parallel                              # CPU: 1/2/8 forced host devices
     PYTHONPATH=. python -m tools.bench_parallel --batch 16,256 --paths pmap,jit,pmap+ep --json runs/bench/par.json
     PYTHONPATH=. python -m tools.bench_parallel --platform gpu --devices 1,2,4,8   # real accelerators
 
-Each (devices, path, batch) row runs in its own interpreter, because a JAX process fixes its device count when
-the backend starts: on CPU the child gets ``XLA_FLAGS=--xla_force_host_platform_device_count=N``; on GPU it uses
-the first N local GPUs (rows with more devices than the machine has are skipped).
-
-What is timed: the training app's step as the app calls it, ``DataParallel(kind, N).make_steps(...)`` then
-``train(state, host numpy batch, rng)`` (host->device transfer of the batch included, data loading not; the batch
-is one of ``--num-batches`` pre-built ``iterate_batches`` batches, global batch B split over N devices, padded to a
-multiple of N if needed). Model: the euar_mosi defaults (width 72, E=4 Gaussian experts, top-3, dropout 0.1,
-loss eq. 12, AdamW + clip), vectors text/audio/vision of 768/5/20 features. ``pmap+ep``: the same with
-``dispatch='expert_parallel'`` over the data-parallel devices and ``--ep-experts`` experts (must divide by N).
-After ``--warmup`` steps (the first compiles; its time is reported), ``--chunks`` chunks of ``--chunk-steps``
-steps are timed, each ended by ``block_until_ready``; step time = median chunk time / chunk steps and
-samples/s = B / step time (B real samples; padding rows not counted). Rows are run in ``--rounds`` rounds with
-the row order rotated, and the median over rounds is reported.
-
-Forced CPU devices (``--xla_force_host_platform_device_count=8``) split *the same cores* into logical devices:
-they run the real multi-device program and measure its overhead, not scaling; only accelerator rows measure
-scaling. ``foreign%`` is other processes' CPU share while a row ran (``benchlib.ForeignCpu``, children counted).
+Each (devices, path, batch) row runs in its own interpreter (a JAX process fixes its device count at start: on
+CPU ``--xla_force_host_platform_device_count=N``, which splits *the same cores*, so CPU rows measure the parallel
+program's overhead, not scaling). Timed: the app's ``DataParallel(kind, N).make_steps`` train step on pre-built
+host batches of the euar_mosi model (``pmap+ep``: ``dispatch='expert_parallel'`` with ``--ep-experts``), by
+``benchlib.time_fn`` (chunks of ``--chunk-steps`` steps; samples/s = B / median step time). Rows run in
+``--rounds`` rounds, the order rotated each round; the median round is reported.
 """
 
 from __future__ import annotations
@@ -33,7 +19,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tools import benchlib
@@ -50,10 +35,10 @@ def child(args) -> dict:
   import numpy as np
 
   from experiments.common import euar_config
+  from jmoe.data import format as fmt
   from jmoe.data import synthetic_mosi
   from jmoe.models.euar import EUAR
   from jmoe.train import batches as batches_lib
-  from jmoe.data import format as fmt
   from jmoe.train import parallel
   from jmoe.train import state as state_lib
   from jmoe.train import tasks as tasks_lib
@@ -62,21 +47,13 @@ def child(args) -> dict:
   m = cfg.model
   kind, ep = args.path.split("+")[0], args.path.endswith("+ep")
   experts = args.ep_experts if ep else m.num_experts
-  model = EUAR(
-    modalities=("text", "audio", "vision"),
-    width=m.width,
-    num_experts=experts,
-    k=min(m.k, experts),
-    expert=m.expert,
-    fusion=m.fusion,
-    dispatch="expert_parallel" if ep else m.dispatch,
-    dropout=m.dropout,
-  )
+  mods = ("text", "audio", "vision")
+  dispatch = "expert_parallel" if ep else m.dispatch
+  model = EUAR(mods, m.width, experts, min(m.k, experts), m.expert, m.fusion, dispatch, dropout=m.dropout)
   tx = state_lib.make_optimizer(cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.grad_clip)
   tasks = tasks_lib.from_config(dict(cfg.tasks), {"sentiment": fmt.SENTIMENT_SPEC})
   par = parallel.DataParallel.create(kind, args.n)
   ds = synthetic_mosi(seed=0, sizes=(args.batch * args.num_batches, 8, 8))
-  mods = ("text", "audio", "vision")
   batches = list(
     batches_lib.iterate_batches(ds.splits["train"], mods, args.batch, par.num_shards, heads=("sentiment",))
   )
@@ -84,31 +61,15 @@ def child(args) -> dict:
   hp = state_lib.default_hparams(tasks, dict(cfg.loss_weights))
   state = par.replicate(state_lib.create_state(model, tx, sample, jax.random.key(0), hp))
   train, _ = par.make_steps(model, tasks)
-  rng = jax.random.key(1)
-  i = 0
+  rng, holder = jax.random.key(1), {"state": state, "metrics": None, "i": 0}
 
-  def step(state):
-    nonlocal i
-    state, metrics = train(state, batches[i % len(batches)], rng)
-    i += 1
-    return state, metrics
+  def run():  # one train step on the next pre-built batch
+    holder["state"], holder["metrics"] = train(holder["state"], batches[holder["i"] % len(batches)], rng)
+    holder["i"] += 1
+    return holder["state"], holder["metrics"]
 
-  t0 = time.perf_counter()
-  state, metrics = step(state)
-  jax.block_until_ready(metrics)
-  first = time.perf_counter() - t0
-  for _ in range(args.warmup - 1):
-    state, metrics = step(state)
-  jax.block_until_ready(metrics)
-  chunks = []
-  for _ in range(args.chunks):
-    t0 = time.perf_counter()
-    for _ in range(args.chunk_steps):
-      state, metrics = step(state)
-    jax.block_until_ready((state, metrics))
-    chunks.append((time.perf_counter() - t0) / args.chunk_steps)
-  loss = float(np.asarray(metrics["loss"])[0])
-  st = benchlib.stats(chunks)
+  st = benchlib.time_fn(run, repeats=args.chunks, warmup=args.warmup, inner=args.chunk_steps)
+  loss = float(np.asarray(holder["metrics"]["loss"])[0])
   step_s = st["median_s"]
   return {
     "devices": par.num_shards,
@@ -119,7 +80,7 @@ def child(args) -> dict:
     "p10_ms": 1e3 * st["p10_s"],
     "p90_ms": 1e3 * st["p90_s"],
     "samples_per_s": args.batch / step_s,
-    "first_step_s": first,
+    "first_step_s": st["first_call_s"],
     "loss": loss,
     "finite": bool(np.isfinite(loss)),
     "experts": experts,
@@ -136,23 +97,11 @@ def run_row(n: int, path: str, batch: int, args) -> dict:
   if args.platform == "cpu":
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n}"
     env["JAX_PLATFORMS"] = "cpu"
-  cmd = [
-    sys.executable,
-    "-m",
-    "tools.bench_parallel",
-    "--child",
-    "--n",
-    str(n),
-    "--path",
-    path,
-    "--batch",
-    str(batch),
-  ] + [
-    f"--{k.replace('_', '-')}={getattr(args, k)}"
-    for k in ("warmup", "chunks", "chunk_steps", "num_batches", "ep_experts")
-  ]
+  cmd = [sys.executable, "-m", "tools.bench_parallel", "--child", f"--n={n}", f"--path={path}", f"--batch={batch}"]
+  cmd += [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("warmup", "chunks", "chunk_steps", "num_batches")]
+  cmd.append(f"--ep-experts={args.ep_experts}")
   foreign = benchlib.ForeignCpu(children=True).start()
-  proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=args.timeout)
+  proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=args.timeout, check=False)
   foreign_frac = foreign.stop()
   if proc.returncode:
     return {"devices": n, "path": path, "batch": batch, "error": proc.stderr.strip().splitlines()[-1:]}
@@ -168,7 +117,11 @@ def machine() -> dict:
   info["loadavg_start"] = benchlib.loadavg()
   try:
     out = subprocess.run(
-      ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+      ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+      capture_output=True,
+      text=True,
+      timeout=20,
+      check=False,
     )
     info["gpus"] = [l.strip() for l in out.stdout.splitlines() if l.strip()]
   except (OSError, subprocess.SubprocessError):
@@ -220,16 +173,9 @@ def main(argv=None):
         flush=True,
       )
   table = []
-  for cfg, rows in results.items():
-    ok = [x for x in rows if "error" not in x]
-    if not ok:
-      table.append(rows[-1])
-      continue
-    import numpy as np
-
-    best = dict(ok[int(np.argsort([x["samples_per_s"] for x in ok])[len(ok) // 2])])  # median round
-    best["rounds"] = len(ok)
-    table.append(best)
+  for rows in results.values():
+    ok = sorted((x for x in rows if "error" not in x), key=lambda x: x["samples_per_s"])
+    table.append(dict(ok[len(ok) // 2], rounds=len(ok)) if ok else rows[-1])  # the median round
   info["loadavg_end"] = benchlib.loadavg()
   print(
     f"\nmachine: {info['cpu_model']}, {info['cores']} cores, jax {info['jax']}, platform {args.platform}"
@@ -242,9 +188,7 @@ def main(argv=None):
       "compute); read them as the cost of the parallel program, not as scaling."
     )
   head = ["devices", "path", "batch (rows/device)", "step ms (p10-p90)", "samples/s", "vs 1 device", "first step s"]
-  head.append("foreign%")
-  lines = []
-  base = {}
+  head, lines, base = head + ["foreign%"], [], {}
   for row in table:
     if "error" in row:
       lines.append([str(row["devices"]), row["path"], str(row["batch"]), f"error: {row['error']}", "", "", "", ""])
@@ -265,10 +209,7 @@ def main(argv=None):
       ]
     )
   print("\n".join(benchlib.format_rows(head, lines, markdown=True)))
-  if args.json:
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"machine": info, "args": vars(args), "rows": table}, indent=1))
-    print(f"\nwrote {args.json}")
+  benchlib.write_json({"machine": info, "args": vars(args), "rows": table}, args.json)
 
 
 if __name__ == "__main__":

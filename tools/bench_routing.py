@@ -1,26 +1,15 @@
 """Routing-throughput benchmark of the routed expert layer (``jmoe.moe.layer.MoELayer``): what is timed.
 
-Command (from the repo root)::
-
     python -m tools.bench_routing --json runs/bench/routing.json          # default grid (three configs)
     python -m tools.bench_routing --tokens 4096 --experts 8 --top-k 2 --processes 5 --json runs/bench/p5.json
     python -m tools.bench_routing --profile --tokens 4096 --experts 8 --top-k 2   # pieces of jmoe/sorted
 
-Default grid: tokens=4096 dim=256 hidden=512 fp32 with (E=8, k=2) (the headline config), (E=32, k=2) and (E=8,
-k=1). At E=32 the rows that run every expert on every token (jmoe/dense, torch/dense) are left out.
-
-Rows, each a (fwd, fwd+bwd) pair of thunks:
-  * ``jmoe/<strategy>``: ``jit(MoELayer.apply)`` -- router (Dense + softmax + top-k + metrics), dispatch, vmapped
-    experts, combine -- and ``jit(value_and_grad(sum(y**2)))`` w.r.t. all parameters and x.
-  * ``floor/matmul``: exactly the routed FLOPs as one batched matmul pair with gelu between, [E, N*K/E, D] x
-    [E, D, H] -> [E, N*K/E, D]: no routing, no gather/scatter. The floor.
-  * ``torch/loop`` (router, then per expert index_select -> Linear -> GELU -> Linear -> * weight -> index_add_),
-    ``torch/dense`` (every expert on every token, masked combine) and, with ``--torch-compile``,
-    ``torch/loop+compile`` (``torch.compile`` of the loop). Eager fwd runs under ``torch.no_grad``.
-Rows are timed interleaved by ``tools.benchlib.time_interleaved``; GFLOP/s counts the routed expert work only,
-2*N*K*(D*H + H*D) fwd and 3x that fwd+bwd (router, gelu, biases and padding are overhead). ``--capacity-factor``
-(default 1.0) applies to einsum and sorted (buffers of exactly N*K/E rows per expert; overflow dropped, ``drop%``);
-dense and ragged never drop. Targets are in ``tools/targets.json`` (bench ``routing``).
+Rows, each a (fwd, fwd+bwd) pair timed interleaved: ``jmoe/<strategy>`` (``jit(MoELayer.apply)`` and the
+gradient of sum(y**2) w.r.t. parameters and x), ``floor/matmul`` (exactly the routed FLOPs as one batched matmul
+pair with gelu between, no routing) and the PyTorch twins ``torch/loop``, ``torch/dense``, ``torch/loop+compile``.
+GFLOP/s counts the routed expert work only, 2*N*K*(D*H + H*D) fwd and 3x that fwd+bwd. ``--capacity-factor``
+applies to einsum and sorted (overflow dropped, ``drop%``). Grid, rows and numbers: docs/benchmarks.md; targets:
+``tools/targets.json`` (bench ``routing``).
 """
 
 from __future__ import annotations

@@ -1,20 +1,7 @@
 """The one benchmark harness: timing, interleaving, fresh-process medians, foreign-CPU accounting, targets, tables.
 
 Each benchmark (``bench_routing``, ``bench_members``, ``bench_euar_train``, ``bench_parallel``, ``device_suite``)
-is a file of *what is timed*; everything about *how* lives here:
-
-* :func:`time_fn` (warm up, then time calls) and :func:`time_interleaved` (several rows in rounds, every row once
-  per round, so that load from other processes hits all rows alike and their ratios stay meaningful);
-  :func:`stats`: median, p10/p90, fastest, mean.
-* :class:`ForeignCpu`: the CPU share used by *other* processes while something was timed (/proc/stat minus this
-  process's own CPU time); :func:`foreign_line` says it in one line. :func:`loadavg`.
-* :func:`fresh_processes` / :func:`median_over_runs`: a benchmark in P fresh processes and each row's median and
-  [fastest-slowest] range over them (a ratio varies more between processes than between repeats in one).
-* :func:`load_targets` / :func:`judge`: the targets live in ``tools/targets.json`` (one table, data not code);
-  a benchmark measures a value per target id and the harness says MET or MISSED.
-* :func:`machine_info`, :func:`num_threads`, :func:`import_torch`; :func:`format_rows` (text or markdown table);
-  :func:`write_json`; ``--malloc`` (:func:`add_malloc_flag` / :func:`apply_malloc`, :mod:`jmoe.hostmem`).
-
+is a file of *what is timed*; how it is timed, judged against ``tools/targets.json`` and tabulated lives here.
 Only numpy is imported at module level: a parent process that leaves the accelerators to its children must not
 start a JAX backend.
 """
@@ -94,27 +81,13 @@ def machine_info(torch_mod=None, devices: bool = True) -> dict[str, Any]:
   import jaxlib  # pylint: disable=import-outside-toplevel
 
   cpu, flags = _cpu_model_and_flags()
-  info = {
-    "cpu_model": cpu,
-    "cpu_simd_flags": flags,
-    "cores": num_threads(),
-    "os_cpu_count": os.cpu_count(),
-    "platform": platform.platform(),
-    "python": sys.version.split()[0],
-    "jax": jax.__version__,
-    "jaxlib": jaxlib.__version__,
-    "backend": None,
-    "devices": None,
-    "xla_flags": os.environ.get("XLA_FLAGS", ""),
-    "torch": None,
-    "torch_threads": None,
-  }
-  if devices:
-    info["backend"] = jax.default_backend()
-    info["devices"] = [f"{d.platform}:{d.device_kind}" for d in jax.devices()]
-  if torch_mod is not None:
-    info["torch"] = torch_mod.__version__
-    info["torch_threads"] = torch_mod.get_num_threads()
+  info = {"cpu_model": cpu, "cpu_simd_flags": flags, "cores": num_threads(), "os_cpu_count": os.cpu_count()}
+  info.update(platform=platform.platform(), python=sys.version.split()[0], jax=jax.__version__)
+  info.update(jaxlib=jaxlib.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""))
+  info["backend"] = jax.default_backend() if devices else None
+  info["devices"] = [f"{d.platform}:{d.device_kind}" for d in jax.devices()] if devices else None
+  info["torch"] = None if torch_mod is None else torch_mod.__version__
+  info["torch_threads"] = None if torch_mod is None else torch_mod.get_num_threads()
   return info
 
 

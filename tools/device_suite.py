@@ -3,28 +3,19 @@
     python3 -m tools.device_suite --out $OUT/suite --budget-s 450    # on the H100/H200 (see tools/prepare_wheels)
     python -m tools.device_suite --smoke --out /tmp/suite             # every part at tiny sizes on CPU (< 1 min)
 
-Step 0 installs the wheels carried in ``.whl/`` (``tools.prepare_wheels``). Then, in this order:
-
-1. ``environment``: device, jax/jaxlib/flax/torch versions, the measured fp32 and bf16 matmul peak (N^3 products,
-   N = 8192; JAX's default fp32 precision, which on GPUs may use TF32 -- the rows below use the same);
-2. ``routing``: the routed layer fwd and fwd+bwd at tokens 16k/128k, d 1024, h 4096, E 8/64, k 2, bf16 then fp32,
-   every dispatch strategy (dense only where E*N*h fits), the floor and PyTorch (loop eager, torch.compile on the
-   first config), TFLOP/s and the fraction of the measured peak (``tools.bench_routing`` rows);
-3. ``e_scaling``: sorted, ragged and the floor at fixed T*k (tokens 32k, k 2) for E = 8, 32, 128 (bf16);
-4. ``members``: EUAR M in {1, 4, 16, 64} and HAEMSA P in {16, 64}, vmapped vs sequential (``tools.bench_members``);
-5. ``euar_train``: the EUAR train step vs the same model in PyTorch on the same device (``tools.bench_euar_train``);
-6. ``himoe``: one Hi-MoE run (LOSO, one fold, 5 seeds as members) and a program of F folds x 5 seeds
-   (``members='vmap_folds'``), and the projected time of the paper's protocol (9 missing rates x 5 seeds x 32
-   LOSO folds) through the member axis.
-
-A part stops adding rows once its budget is spent (rows in flight finish) and an error in a part is recorded and
-the suite goes on. ``suite.json`` and ``suite.md`` in ``--out`` are rewritten after every part; the targets of
-``tools/targets.json`` (bench ``device``) are judged at the end.
+Step 0 installs the wheels carried in ``.whl/``. The parts, in order (docs/benchmarks.md says what each measures):
+``environment`` (versions, measured fp32/bf16 matmul peak), ``routing`` (``tools.bench_routing`` rows at GPU
+sizes), ``e_scaling`` (fixed T*k, E = 8..128), ``members`` (``tools.bench_members``), ``euar_train``
+(``tools.bench_euar_train``) and ``himoe`` (a program of F folds x 5 seeds through the member axis and the
+projected paper protocol). A part stops adding rows once its budget is spent; an error in a part is recorded and
+the suite goes on; ``suite.json`` and ``suite.md`` are rewritten after every part and the ``device`` targets of
+``tools/targets.json`` judged at the end. ``--smoke``: the smallest models and ``--xla_backend_optimization_level=0``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -197,7 +188,7 @@ def euar_train(smoke: bool, part: Part) -> dict[str, Any]:
     mods = ("text",) if smoke else bt.MODALITIES
     cfg = bt.BenchConfig(4 if smoke else 16, seq_len, dims, 8 if smoke else 72, modalities=mods)
     opts = {
-      "dispatch": ["dense", "sorted"],
+      "dispatch": ["dense"] if smoke else ["dense", "sorted"],
       "torch_dispatch": ["loop"],
       "variants": ["jit"],
       "torch_threads": [1],
@@ -215,36 +206,37 @@ def himoe(smoke: bool, part: Part, out_dir: Path) -> dict[str, Any]:
   from experiments import himoe_deap
   from jmoe.train import app
 
+  def tiny(cfg, folds):  # smoke: the smallest model (width 8, no encoder layer, 2 experts), one epoch
+    himoe_deap.smoke(cfg)
+    cfg.optim.epochs, cfg.folds.max_folds = 1, folds
+    cfg.model.update(width=8, enc_layers=0, key_dim=4, attn_heads=1, modality_experts=2, emotion_experts=2)
+
   def one(members: str, folds: int, tag: str) -> float:
     cfg = himoe_deap.get_config()
     cfg.smoke, cfg.quiet, cfg.seeds, cfg.members = smoke, True, HIMOE_PROTOCOL["seeds"], members
     cfg.folds.kind, cfg.folds.group, cfg.folds.within, cfg.folds.max_folds = "logo", "subject", "", folds
     cfg.workdir = str(out_dir / f"himoe_{tag}")
     t0 = time.perf_counter()
-    app.run(cfg, None if not smoke else himoe_deap.smoke)
+    app.run(cfg, functools.partial(tiny, folds=folds) if smoke else None)
     return time.perf_counter() - t0
 
-  res: dict[str, Any] = {"protocol": HIMOE_PROTOCOL}
-  res["one_fold_s"] = one("vmap", 1, "one")
-  folds = 2 if smoke else 4
-  if part.left() > 2 * res["one_fold_s"]:
-    res["program_folds"], res["program_s"] = folds, one("vmap_folds", folds, "folds")
+  p, folds = HIMOE_PROTOCOL, 2 if smoke else 4
+  res = {"protocol": p, "one_fold_s": None if smoke else one("vmap", 1, "one")}  # smoke: the program only
+  if smoke or part.left() > 2 * res["one_fold_s"]:
+    res.update(program_folds=folds, program_s=one("vmap_folds", folds, "folds"))
   else:
-    res["program_folds"], res["program_s"] = 1, res["one_fold_s"]
-  p = HIMOE_PROTOCOL
+    res.update(program_folds=1, program_s=res["one_fold_s"])
   programs = p["rates"] * math.ceil(p["folds"] / res["program_folds"])
   res["projected_min"] = programs * res["program_s"] / 60
+  one_s = "- (smoke)" if res["one_fold_s"] is None else f"{res['one_fold_s']:.1f} s"
   lines = [
-    ["one run: 1 LOSO fold x 5 seeds (members='vmap')", f"{res['one_fold_s']:.1f} s"],
+    ["one run: 1 LOSO fold x 5 seeds (members='vmap')", one_s],
     [f"one program: {res['program_folds']} folds x 5 seeds", f"{res['program_s']:.1f} s"],
-    [
-      f"projected: {p['rates']} rates x {p['seeds']} seeds x {p['folds']} folds ({programs} programs)",
-      f"{res['projected_min']:.1f} min",
-    ],
+    [f"projected: {p['rates']} rates x {p['seeds']} seeds x {p['folds']} folds ({programs} programs)"]
+    + [f"{res['projected_min']:.1f} min"],
   ]
-  return dict(
-    res, table="\n".join(benchlib.format_rows(["Hi-MoE (synthetic DEAP, default config)", "time"], lines, True))
-  )
+  head = ["Hi-MoE (synthetic DEAP, default config)", "time"]
+  return dict(res, table="\n".join(benchlib.format_rows(head, lines, True)))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -295,6 +287,8 @@ def main(argv=None) -> dict[str, Any]:
   ap.add_argument("--parts", default=",".join(PARTS), help="comma list of parts to run")
   a = ap.parse_args(argv)
   out, t_start = Path(a.out), time.monotonic()
+  if a.smoke:  # as tests/conftest.py: compiling dominates tiny sizes (a no-op once a JAX backend has started)
+    os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
   results: dict[str, Any] = {"smoke": a.smoke, "install": prepare_wheels.install(), "parts": a.parts}
   print(results["install"], flush=True)
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave GPU memory to the torch rows too

@@ -1,54 +1,33 @@
 """Eager PyTorch reference of jmoe's EUAR model and training step (for ``tools/bench_euar_train.py``).
 
-The same computation as :class:`jmoe.models.euar.EUAR` with the default ``gaussian`` experts and ``moe`` fusion,
-and as :func:`jmoe.train.steps.make_steps` on one device, written the way a typical PyTorch research codebase
-would write it (``nn.Module``s, eager mode, ``torch.optim.AdamW`` + ``clip_grad_norm_``):
-
-* per modality m: ``Linear(D_m, W) -> GELU(tanh)`` (masked mean over time for [B, T, D_m] inputs with a [B, T]
-  mask) ``-> Dropout -> LayerNorm(eps=1e-6)`` gives x_m [B, W];
-* router ``Linear(W, E)``, ``softmax``, ``topk(k)``; the kept weights are the raw softmax scores (no
-  renormalisation);
-* Gaussian experts: ``mu = Linear(W, W)(x)``, ``logvar = Linear(W, W)(x)`` (zero kernel, bias -2 at init);
-  training: ``z = mu + eps * exp(logvar / 2)``, eval: ``z = mu``; ``sigma2`` and ``KL`` are means over the W
-  features; the layer returns the gate-weighted sums of z, sigma2 and KL over the selected experts;
-* dispatch ``'loop'`` (the usual MoE implementation: for each expert, ``torch.where(index == j)`` picks its
-  token-slots, ``x[tok]`` goes through the expert, ``index_add_`` scatters the weighted outputs back) or
-  ``'dense'`` (every expert on every token, combined with a [B, E] weight matrix that is zero off the top-k);
-* aux loss per modality: Switch load balancing ``E * sum_e mean(top1_e) * mean(probs_e)`` divided by E^2;
-  U-loss per sample ``sum_j G_j sigma2_j / E``; the per-modality terms are summed;
-* head: ``concat -> Dropout -> Linear(M*W, W) -> GELU(tanh) -> Linear(W, 1)``;
-* loss (EUAR eq. 12): ``task + alpha*KL + beta*aux + lambda*U`` with the padding weights of the batch
-  (task/KL/U are weighted means over real samples);
-* ``AdamW(lr, weight_decay)`` (torch defaults otherwise, which match optax.adamw's) after
-  ``clip_grad_norm_(grad_clip)``.
-
-Torch is optional for the package: it is imported only when a function here is called.
-:func:`load_jax_params` copies a jmoe EUAR parameter tree into the torch model (Linear weight = kernel.T), which
-is how the tests check that both compute the same loss and gradients; :func:`to_jax_tree` maps back.
+The computation of :class:`jmoe.models.euar.EUAR` (``gaussian`` experts, ``moe`` fusion) and of its one-device
+train step (EUAR eq. 12 with padding weights, ``clip_grad_norm_`` then ``torch.optim.AdamW``), written the way a
+typical PyTorch codebase would: ``nn.Module``s in eager mode, dispatch ``'loop'`` (per expert ``torch.where``,
+``index_add_``) or ``'dense'`` (every expert on every token, a [B, E] combine matrix zero off the top-k).
+:func:`load_jax_params` copies a jmoe parameter tree in (Linear weight = kernel.T) and :func:`to_jax_tree` maps
+back: the tests check that both compute the same loss, gradients and optimizer step. torch is imported on first
+use only.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+
+from tools import benchlib
 
 DISPATCHES = ("loop", "dense")
 
 
-def import_torch():
-  """The torch module (raises ImportError with a hint when it is not installed)."""
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError("the PyTorch reference needs torch: pip install torch==2.13.0 (CPU build)") from e
-  return torch
+import_torch = functools.partial(benchlib.import_torch, required=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _classes():
-  """Module classes, defined on first use so that importing this file does not import torch."""
+  """The EUAR module class, defined on first use so that importing this file does not import torch."""
   torch = import_torch()
   nn = torch.nn
   F = torch.nn.functional
@@ -162,12 +141,7 @@ def _classes():
       pred = self.head(h)[:, 0]
       return pred, {"kl": kl, "uloss": u, "aux": aux}
 
-  return {
-    "GaussianExpert": GaussianExpert,
-    "ModalityEncoder": ModalityEncoder,
-    "GaussianMoE": GaussianMoE,
-    "EUAR": EUAR,
-  }
+  return EUAR
 
 
 def make_model(
@@ -183,7 +157,7 @@ def make_model(
   """The torch EUAR (train mode). ``dims[m]`` is the feature size of modality m."""
   torch = import_torch()
   torch.manual_seed(seed)
-  return _classes()["EUAR"](dims, modalities, width, num_experts, k, dropout, dispatch)
+  return _classes()(dims, modalities, width, num_experts, k, dropout, dispatch)
 
 
 def loss_terms(model, batch, loss_cfg: Mapping[str, Any]):
