@@ -37,6 +37,8 @@ def drmoe_config(name: str, source: str, modalities: str, head: str = "emotion4"
       scales="route",  # route (DR-MoE) | local | global | concat (ablations)
       router="straight_through",  # straight_through | switch | soft (soft in training, hard at evaluation)
       router_hidden=64,
+      router_temperature=1.0,  # logits / T (searchable: --config.search.space='model.router_temperature=log:0.3:3')
+      router_gumbel=False,  # Gumbel noise on the router's logits in training (straight-through Gumbel-softmax)
       cross_attention=True,
       width=64,
       num_heads=4,

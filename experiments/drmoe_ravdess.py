@@ -11,8 +11,8 @@ actors carved at random from the 22 training actors; the checkpoint is chosen on
   python -m experiments.drmoe_ravdess                                   # 4-class (neutral, happy, angry, sad)
   python -m experiments.drmoe_ravdess --config.head=emotion8 --config.workdir=runs/drmoe_ravdess8
   python -m experiments.drmoe_ravdess --config.model.scales=global --config.workdir=runs/drmoe_ravdess_global
-  python -m experiments.drmoe_routing --run runs/drmoe_ravdess
-  python -m experiments.drmoe_logreg --exp=ravdess                       # logistic regression on the global view
+  python -m experiments.drmoe_routing --config.run=runs/drmoe_ravdess
+  python -m experiments.drmoe_logreg --config.exp=ravdess                # logistic regression on the global view
   python -m experiments.drmoe_ravdess --config.loss_weights.switch=0.1 --config.seeds=2 --config.optim.epochs=15 \
       --config.workdir=runs/drmoe_ravdess_sw01      # Switch balance term: ends the router's collapse to global
   python -m experiments.drmoe_ravdess --config.smoke=True --config.data.path=../shared/data/ravdess \

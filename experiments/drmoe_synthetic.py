@@ -4,7 +4,7 @@ Angry and happy are planted in short local bursts inside the frames, neutral and
 utterance (audio and text alike). Folds: leave 2 speakers out (5 folds), 1 validation speaker carved from training.
 
   python -m experiments.drmoe_synthetic                                  # 5 folds x 3 seeds, ~1-2 min on 2 cores
-  python -m experiments.drmoe_routing --run runs/drmoe_synthetic         # per-class routing + planted agreement
+  python -m experiments.drmoe_routing --config.run=runs/drmoe_synthetic # per-class routing + planted agreement
   python -m experiments.drmoe_synthetic --config.model.scales=concat --config.workdir=runs/drmoe_synthetic_concat
   python -m experiments.drmoe_synthetic --config.loss_weights.switch=0.1 --config.workdir=runs/drmoe_synthetic_sw01
       # the router finds the planted scale per class only with this balance term (4/4 classes, ~69% of samples)

@@ -14,7 +14,7 @@ Real data (../shared/data/mosi; read its README about leakage on the standard sp
 
 Every run prints its results table (valid and test, mean ± std over seeds, checkpoint chosen on validation)
 and writes it with curves.png / expert_load.png to ``config.workdir``. Re-running the same command resumes.
-Expected numbers: see README ("EUAR results").
+Expected numbers: docs/models/euar.md.
 """
 
 from experiments.common import euar_config, smoke

@@ -23,8 +23,8 @@ folds and no trial is ever split (windows of one trial share its rating: a windo
 3 seeds. Per-fold feature standardisation from each fold's training split is ON by default
 (``--config.folds.standardize=False`` turns it off): without it, features with large offsets and scales (real DEAP
 band powers) collapse the model to near-constant predictions; on the synthetic default it cost a little validation
-CCC (README has both measurements). The paper's cosine annealing (``--config.optim.schedule=cosine``) is an option,
-off by default (it lowered validation CCC_mean on the synthetic default; README).
+CCC (docs/models/himoe.md has both measurements). The paper's cosine annealing (``--config.optim.schedule=cosine``) is an option,
+off by default (it lowered validation CCC_mean on the synthetic default; docs/models/himoe.md).
 """
 
 import ml_collections

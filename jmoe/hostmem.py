@@ -4,7 +4,7 @@ Why: XLA:CPU allocates the output and temporary buffers of every call with ``mal
 its mmap threshold (at most 32 MiB) and the thread arenas' heaps with fresh ``mmap`` pages and gives them back on
 ``free``, so every call of a jitted function whose intermediates are large page-faults its memory in again and
 the kernel zeroes it: a routed expert layer's fwd+bwd spent a large share of its time in the kernel
-(``tools.bench_routing --malloc retain|default`` measures both settings; README has the numbers). PyTorch's eager
+(``tools.bench_routing --malloc retain|default`` measures both settings; docs/benchmarks.md has the numbers). PyTorch's eager
 loop allocates smaller blocks and mostly escapes this, which is what had made it look faster than the same matmuls
 under ``jit``.
 
@@ -13,7 +13,7 @@ large blocks (``M_MMAP_MAX=0``), no trimming of the heap top (``M_TRIM_THRESHOLD
 (``M_ARENA_MAX=1``, so that every thread's large blocks come from the one heap that is never shrunk). Later calls
 reuse warm pages. The costs: resident memory stays at its peak until the process exits, and every thread
 allocates under the one arena's lock. That lock makes small, many-threaded training steps much slower (the EUAR
-default, ``python -m experiments.euar_mosi``: README, platform section), while the first two settings alone leave
+default, ``python -m experiments.euar_mosi``: docs/platform.md), while the first two settings alone leave
 the large layer's faults in place (its worker threads' arenas unmap their heaps). So it is opt-in: ``tools.bench_routing`` applies it by default,
 the experiment app with ``--config.retain_host_memory=True`` (for large layers), a library import never. It is a
 process-wide setting, so call it once, before the first JAX computation (threads that have already made their own

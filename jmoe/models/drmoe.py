@@ -30,28 +30,23 @@ Router (``model.router``):
   at evaluation the routing is top-1 with weight exactly 1). In training the token mask is the weighted sum of
   the two masks (> 0 counts as real), i.e. the union of both scales' tokens.
 
+Against the router's collapse onto one scale: ``model.router_temperature`` (logits / T) and ``model.router_gumbel``
+(Gumbel noise on the logits in training: the straight-through Gumbel-softmax), both searchable with the Switch
+balance weight ``loss_weights.switch`` (``--config.search.space``, :mod:`jmoe.train.search`).
+
 Ablations (``model.scales``): ``'route'`` (DR-MoE), ``'local'`` (local expert only), ``'global'`` (global expert
 only), ``'concat'`` (both scales' tokens concatenated, no router: the "simple concatenation" baseline);
 ``model.cross_attention=False`` drops the fusion (per-modality pooled tokens are concatenated instead).
 
-Choices the abstract leaves open (also in README):
+Choices the abstract leaves open (the reasons and the measurements behind them: docs/models/drmoe.md):
 
-* WavLM/RoBERTa are not installable here: RAVDESS uses Whisper tiny.en encoder frames (50 Hz, 384-d) as local and
-  their masked mean as global (``tools/extract_features``); ``frame_stride`` (4 for RAVDESS: 80 ms steps) pools the
-  frames before the local expert to keep the CPU cost down.
+* local/global features: the speech encoder's frames as local and their masked mean as global (any encoder of the
+  feature extractor, ``jmoe.features``); ``frame_stride`` pools the frames before the local expert.
 * one router per modality (audio and text choose their scale independently), per sample (not per token).
 * no load-balancing loss by default (the abstract names none): ``aux['losses']['switch']`` (the Switch loss of each
   modality's routing, summed; 1 = uniform) is reported and enters the objective only with
-  ``config.loss_weights.switch > 0``. Measured (README, DR-MoE section): without it the straight-through router
-  does not find the planted scales on the synthetic data (51-53% agreement, chance) and collapses to the global
-  expert on RAVDESS (100% of test samples); ``loss_weights.switch=0.1`` balances the *batch*, not each class, and
-  is what makes the per-class preferences appear (synthetic: majority route = planted scale for 4/4 classes,
-  ~69% of samples) at a cost in synthetic UA (0.898 vs 0.965 test, 0.940 vs 0.982 valid). Why the collapse
-  (read off the code, not measured): under hard top-1 the unchosen expert's tokens are masked out of the pooling,
-  so neither that expert nor its router logit gets a task-loss gradient -- the router only ever learns about the
-  expert it already picks; ``'soft'`` trains both but did not find the planted scales either (55%). On RAVDESS
-  (2 seeds, 15 epochs) ``switch=0.1`` ends the collapse (39% local) but validation UA does not move (0.784 vs
-  0.779 with the default; synthetic validation UA drops), so the default stays off: a new default is not justified.
+  ``config.loss_weights.switch > 0``. Under hard top-1 the unchosen expert's tokens are masked out of the pooling, so
+  neither that expert nor its router logit gets a task-loss gradient: a router can collapse onto one scale.
 * a modality may be absent from the config (RAVDESS runs audio-only: its text is two fixed sentences); with one
   modality there is no cross-attention. A modality absent for *some* samples (``present/<m>``) is not handled.
 * width 64, 4 heads, 1 self-attention block, dropout 0.1, AdamW (the platform's optimizer).
@@ -144,6 +139,8 @@ class DRMoE(nn.Module):
   dropout: float = 0.1
   scales: str = "route"
   router: str = "straight_through"
+  router_temperature: float = 1.0
+  router_gumbel: bool = False
   router_hidden: int = 64
   cross_attention: bool = True
   frame_stride: int = 1
@@ -174,9 +171,14 @@ class DRMoE(nn.Module):
     summaries = [jnp.concatenate([masked_mean(lt, lm), masked_max(lt, lm)], -1), gt[:, 0]]
     soft = self.router == "soft"
     estimator = ("soft" if not deterministic else "straight_through") if soft else self.router
-    routing = ScaleRouter(2, estimator=estimator, hidden=self.router_hidden, name=f"router_{m}")(
-      summaries, deterministic
-    )
+    routing = ScaleRouter(
+      2,
+      estimator=estimator,
+      hidden=self.router_hidden,
+      temperature=self.router_temperature,
+      gumbel=self.router_gumbel,
+      name=f"router_{m}",
+    )(summaries, deterministic)
     if soft and deterministic:  # soft in training, hard at evaluation: top-1 of the same logits
       routing = top1_routing(routing.logits, "straight_through")
     mixed, choice = mixture([local, glob], routing)
@@ -237,6 +239,8 @@ def validate_config(cfg) -> None:
   checks = [
     ("scales", m.scales in SCALES, f"choose one of {SCALES}"),
     ("router", m.router in ROUTERS, f"choose one of {ROUTERS}"),
+    ("router_temperature", m.get("router_temperature", 1.0) > 0, "use a temperature > 0"),
+    ("router_gumbel", isinstance(m.get("router_gumbel", False), bool), "use True or False"),
     (
       "width",
       isinstance(m.width, int) and m.width >= 1 and m.width % m.num_heads == 0,
@@ -288,6 +292,8 @@ def build(cfg, ds, tasks) -> DRMoE:
     scales=m.scales,
     router=m.router,
     router_hidden=m.router_hidden,
+    router_temperature=float(m.get("router_temperature", 1.0)),
+    router_gumbel=bool(m.get("router_gumbel", False)),
     cross_attention=m.cross_attention,
     frame_stride=m.frame_stride,
     dtype=m.get("dtype", "float32"),

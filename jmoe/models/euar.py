@@ -5,7 +5,7 @@ x_m [B, W]; a top-k gate (eq. 5; k=3, weights = the raw softmax scores) picks Ga
 the shared routing core (:class:`jmoe.moe.layer.MoELayer`, any dispatch strategy); h_m = sum_j G_j z_j (eq. 6).
 The h_m are concatenated and a fully connected head predicts the score (eq. 11).
 
-Choices the paper leaves open (also in README):
+Choices the paper leaves open (why each, and the results: docs/models/euar.md):
 * sigma = exp(logvar / 2) with logvar = Linear(x) (a second, non-shared linear layer, eq. 2).
 * Training: z = mu + eps * sigma; evaluation: z = mu (deterministic).
 * KL (eq. 4) and sigma^2 (eq. 10) are averaged over the feature axis W of each expert. The KL term of a sample
@@ -19,7 +19,7 @@ Choices the paper leaves open (also in README):
 Ablations by config: ``expert='mlp'`` (deterministic two-layer MLP experts with the Gaussian expert's parameter
 count: no KL, no U-loss), ``expert='linear'`` (the Gaussian expert without its uncertainty: z = mu = Linear(x),
 deterministic, no sigma head, no KL, no U-loss -- the paper's "MLP model which uses simple linear layers", and the
-ablation that changes nothing but the uncertainty), ``use_uloss=False``, ``use_kl=False``, ``fusion='late'`` (no
+ablation that changes nothing but the uncertainty), ``loss_weights.uloss=0``, ``loss_weights.kl=0``, ``fusion='late'`` (no
 MoE: one encoder + head per modality, predictions averaged).
 """
 

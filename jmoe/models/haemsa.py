@@ -255,7 +255,7 @@ def build(cfg, ds, tasks) -> HAEMSA:
   if not heads:
     raise ValueError("HAEMSA needs at least one task besides the KL head")
   return HAEMSA(
-    modalities=tuple(ds.modalities),
+    modalities=tuple(ds.modalities) if ds is not None else sources.modalities(cfg.data),
     heads=tuple(heads.items()),
     width=m.width,
     levels=m.levels,

@@ -177,19 +177,26 @@ class ScaleRouter(nn.Module):
       ``'switch'`` (hard top-1 scaled by its probability) or ``'soft'`` (softmax mixture in training and
       evaluation).
     hidden: width of the router's hidden layer.
+    temperature: the logits are divided by it (< 1 sharper, > 1 softer routing probabilities).
+    gumbel: in training, Gumbel(0, 1) noise is added to the scaled logits before the choice (the straight-through
+      Gumbel-softmax estimator; the noise explores both groups, which a collapsed router otherwise never does);
+      evaluation is noise-free.
   """
 
   num_groups: int = 2
   estimator: str = "straight_through"
   hidden: int = 64
+  temperature: float = 1.0
+  gumbel: bool = False
 
   @nn.compact
   def __call__(self, summaries: Sequence[jax.Array], deterministic: bool = True, mask=None) -> Routing:
-    del deterministic
     if len(summaries) != self.num_groups:
       raise ValueError(f"ScaleRouter expects {self.num_groups} scale summaries, got {len(summaries)}")
     h = nn.gelu(nn.Dense(self.hidden, name="hidden")(jnp.concatenate(list(summaries), axis=-1)))
-    logits = nn.Dense(self.num_groups, name="gate")(h)
+    logits = nn.Dense(self.num_groups, name="gate")(h) / self.temperature
+    if self.gumbel and not deterministic:
+      logits = logits + jax.random.gumbel(self.make_rng("dropout"), logits.shape, logits.dtype)
     if self.estimator == "soft":
       return soft_routing(logits, mask)
     return top1_routing(logits, self.estimator, mask)

@@ -184,7 +184,7 @@ def top_k(probs: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
   For k <= 4 it takes k argmax passes: the value is picked by a one-hot multiply-add, so the backward pass is
   elementwise instead of a scatter into [N, E]. Values, indices and gradients are bit-identical to ``lax.top_k``'s
   (tested); XLA:CPU's TopK custom call sorts each row and is slower at these sizes (``tools.bench_routing
-  --profile`` times the router; README has the numbers)."""
+  --profile`` times the router; docs/benchmarks.md has the numbers)."""
   if k > _ARGMAX_MAX_K:
     values, index = jax.lax.top_k(probs, k)
     return values, index.astype(jnp.int32)

@@ -84,6 +84,7 @@ def base_config(name: str, model_name: str) -> ml_collections.ConfigDict:
       trials=0,  # N >= 1: hyperparameter search of N trials on the member axis (jmoe.train.search); 0 = none
       seed=0,  # draws the N trials
       space="",  # 'key=log:a:b;key=uniform:a:b;key=choice:x,y' ('' = learning rate, weight decay, loss weights)
+      members="vmap",  # the trials as members of one program (in chunks of member_chunk) | 'sequential' (timing)
     )
   )
   c.smoke = False  # seconds: tiny data, 2 epochs, 1 seed, at most 2 folds (the tests run this)
@@ -133,6 +134,8 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
   need(isinstance(k, int) and (k == 0 or 2 <= k <= cfg.seeds), "ensemble", k, f"use 0 or 2..seeds={cfg.seeds}")
   trials = cfg.get("search", {}).get("trials", 0)
   need(isinstance(trials, int) and trials >= 0, "search.trials", trials, "use an int >= 0 (0 = no search)")
+  smembers = cfg.get("search", {}).get("members", "vmap")
+  need(smembers in ("vmap", "sequential"), "search.members", smembers, "choose 'vmap' or 'sequential'")
   chunk = cfg.get("member_chunk", 0)
   need(isinstance(chunk, int) and chunk >= 0, "member_chunk", chunk, "use an int >= 0 (0 = no limit)")
   need(cfg.optim.epochs >= 1, "optim.epochs", cfg.optim.epochs, "use an int >= 1")
@@ -150,6 +153,8 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     importlib.import_module(f"jmoe.models.{cfg.model_name}")
   except ModuleNotFoundError:
     need(False, "model_name", cfg.model_name, "no such module in jmoe.models")
+  if "data" in cfg:
+    sources.modalities(cfg.data)  # parsed once here: duplicates are a one-line error
   if cfg.select:
     need("/" in cfg.select and cfg.select.split("/")[0] in cfg.tasks, "select", cfg.select, "use '<task>/<metric>'")
   for name, w in cfg.get("loss_weights", {}).items():
@@ -332,8 +337,14 @@ def prepared(cfg: ml_collections.ConfigDict, smoke: Callable | None = None, epoc
   t0 = time.time()
   apply_smoke(cfg, smoke, epochs)
   validate_config(cfg)
-  with workdir_lib.lock(Path(cfg.workdir), "run"):
-    yield prepare(cfg, t0=t0)
+  wd = Path(cfg.workdir)
+  existed = wd.exists()
+  try:
+    with workdir_lib.lock(wd, "run"):
+      yield prepare(cfg, t0=t0)
+  finally:  # a run refused before it wrote anything leaves no empty workdir behind
+    if not existed and wd.is_dir() and not any(wd.iterdir()):
+      wd.rmdir()
 
 
 def prepare(

@@ -18,6 +18,7 @@ import difflib
 import errno
 import importlib
 import logging as py_logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -255,7 +256,12 @@ def main(
   def absl_main(argv):
     del argv
     quiet_third_party()
-    sys.exit(execute(run, flag.value))
+    code = execute(run, flag.value)
+    if code:  # after the one line, leave at once: background writer threads (orbax) would print at shutdown
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(code)
+    sys.exit(0)
 
   try:
     absl_app.run(absl_main, flags_parser=_parse_flags)

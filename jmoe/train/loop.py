@@ -183,7 +183,7 @@ def member_chunks(cfg, count: int) -> list[range]:
   ``config.member_chunk`` members (0 = no limit) of near-equal sizes (at most two compiled shapes).
 
   On CPU a member axis pays only while the M members' parameters and optimizer states stay in the cache; beyond
-  that it is slower than sequential training (README, Benchmarks), so a chunk limit keeps it where it pays."""
+  that it is slower than sequential training (docs/benchmarks.md), so a chunk limit keeps it where it pays."""
   limit = int(cfg.get("member_chunk", 0) or 0)
   if limit <= 0 or count <= limit:
     return [range(count)]

@@ -160,7 +160,7 @@ def run(cfg: ml_collections.ConfigDict, smoke=None) -> dict:
     for i, fold in enumerate(r.folds):
       for key, ids in groups.items():
         if key not in setups:  # the trials (and later the chosen configuration's seeds) on the member axis
-          setups[key] = app.setup(_with(cfg, {**json.loads(key), "members": "vmap"}), r.ds)
+          setups[key] = app.setup(_with(cfg, {**json.loads(key), "members": cfg.search.get("members", "vmap")}), r.ds)
         st = setups[key]
         dirs = [r.workdir / "search" / f"fold_{i}" / f"trial_{t}" for t in ids]
         hps = [split_trial(trials[t])[1] for t in ids]
