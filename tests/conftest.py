@@ -4,6 +4,17 @@ import os
 # level 0 roughly halves it and does not change results beyond fp32 rounding. Set XLA_FLAGS yourself to override.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
+import tempfile
+
+import jax
+
+# Many tests build the same small programs again (every smoke run of a model compiles its steps anew): JAX's
+# persistent compilation cache, keyed by the program, lets the second build load the first one's executable.
+# A fresh directory per session: nothing carries over between test runs.
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="jmoe-test-xla-cache-"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
 from pathlib import Path
 
 import pytest

@@ -71,7 +71,7 @@ def test_test_labels_never_influence_the_choice(tmp_path, monkeypatch):
       return dataclasses.replace(ds, splits={**ds.splits, "test": dataclasses.replace(test, labels={"sentiment": y})})
 
     monkeypatch.setattr(sources, "load", load)
-    cfg = _cfg(tmp_path / name, **{"search.trials": 3, "search.space": "optim.lr=log:1e-4:1e-2"})
+    cfg = _cfg(tmp_path / name, **{"search.trials": 2, "optim.epochs": 2, "search.space": "optim.lr=log:1e-4:1e-2"})
     app.run(cfg, euar_mosi.smoke)
     books.append(json.loads((tmp_path / name / "search.json").read_text()))
   assert books[0]["chosen"] == books[1]["chosen"] and books[0]["trials"] == books[1]["trials"]
