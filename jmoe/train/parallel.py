@@ -244,3 +244,26 @@ class DataParallel:
     if self.kind == "pmap":
       tree = jax.tree.map(lambda x: np.asarray(jax.device_get(x))[0], tree)
     return to_host(tree)
+
+
+def state_bytes(tree) -> int:
+  return int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree)))
+
+
+def available_bytes(device=None) -> int | None:
+  """Free memory of ``device`` (accelerators: bytes_limit - bytes_in_use; CPU: MemAvailable), None if unknown."""
+  device = device or jax.devices()[0]
+  try:
+    st = device.memory_stats()
+    if st and "bytes_limit" in st:
+      return int(st["bytes_limit"] - st.get("bytes_in_use", 0))
+  except Exception:  # noqa: BLE001 - CPU devices have no memory_stats
+    pass
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    return None
+  return None

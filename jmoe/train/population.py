@@ -14,8 +14,11 @@ host adds them to every batch, so different architectures share one program.
 One generation (:func:`evolve_run`): train every individual ``epochs_per_generation`` epochs -> fitness on the
 validation split (eq. 8) -> log a JSONL line per individual -> unless it is the last generation: elitism,
 tournament selection, crossover (eq. 9) and mutation (eq. 10) as one jitted function of the stacked state ->
-checkpoint (orbax, the generation boundary; a re-run resumes there). The fittest individual of the last
-generation is the model: evaluated on validation and, once, on test.
+checkpoint (orbax, the generation boundary; a re-run resumes there). The individuals train in vmapped programs of at
+most ``member_chunk`` (:func:`jmoe.train.loop.member_chunks`). Early stopping: the evolution stops after
+ceil(``optim.patience`` / ``epochs_per_generation``) generations without a better best fitness. The fittest
+individual of the last trained generation is the model: evaluated on validation and, once, on test, with its genes
+(:func:`jmoe.train.loop.evaluate_chosen`); evaluators restore it with them.
 
 Choices the paper leaves open:
 
@@ -59,6 +62,8 @@ import numpy as np
 from jmoe.data import format as fmt
 from jmoe.train import app, loop, workdir
 from jmoe.train import batches as batches_lib
+from jmoe.train import parallel as parallel_lib
+from jmoe.train import report
 from jmoe.train import state as state_lib
 from jmoe.train import steps as steps_lib
 from jmoe.train.checkpoints import Checkpoints
@@ -176,29 +181,6 @@ def next_generation(states, fitness: jax.Array, key: jax.Array, genes: tuple[Gen
 
 
 # --------------------------------------------------------------------------- validation of the inputs
-def state_bytes(tree) -> int:
-  return int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree)))
-
-
-def available_bytes(device=None) -> int | None:
-  """Free memory of ``device`` (accelerators: bytes_limit - bytes_in_use; CPU: MemAvailable), None if unknown."""
-  device = device or jax.devices()[0]
-  try:
-    st = device.memory_stats()
-    if st and "bytes_limit" in st:
-      return int(st["bytes_limit"] - st.get("bytes_in_use", 0))
-  except Exception:  # noqa: BLE001 - CPU devices have no memory_stats
-    pass
-  try:
-    with open("/proc/meminfo") as f:
-      for line in f:
-        if line.startswith("MemAvailable:"):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    return None
-  return None
-
-
 def validate_population(cfg, one_state_bytes: int | None = None, genes_check: Callable | None = None) -> None:
   """One-line ValueError for a population that cannot run (see the module docstring)."""
   pc = cfg.population
@@ -230,7 +212,7 @@ def validate_population(cfg, one_state_bytes: int | None = None, genes_check: Ca
     genes_check({g.name: np.array(g.init) for g in genes_from_config(pc.genes)})
   if one_state_bytes is not None:
     need_bytes = 3 * pc.size * one_state_bytes
-    avail = pc.memory_bytes or available_bytes()
+    avail = pc.memory_bytes or parallel_lib.available_bytes()
     if avail is not None and need_bytes > avail:
       raise ValueError(
         f"config.population.size={pc.size} does not fit the device memory: ~{need_bytes / 2**20:.1f} MiB "
@@ -427,7 +409,7 @@ def _run(cfg, r: app.Prepared) -> dict:
   one = state_lib.create_state(
     st.model, st.tx, jax.tree.map(lambda a: a[0], sample), jax.random.key(0), st.hparams, st.init_fn
   )
-  validate_population(cfg, state_bytes(one))
+  validate_population(cfg, parallel_lib.state_bytes(one))
   if st.member_steps is None:
     st = dataclasses.replace(st, member_steps=st.dp.make_steps(st.model, st.tasks, members=True))
   log(f"model: {cfg.model_name} {cfg.model.to_dict()} | population P={pc.size} x G={pc.generations} generations")
@@ -437,7 +419,7 @@ def _run(cfg, r: app.Prepared) -> dict:
   for i, fold in enumerate(r.folds):
     res = [evolve_run(st, fold, s, r.workdir / f"fold_{i}" / f"seed_{s}", fitness_fn, evolve_fn) for s in r.seeds]
     fold_results.append(app.fold_result(i, fold, res))
-    plot_fitness(r.workdir / f"fold_{i}", r.seeds)
+    report.plot_fitness(r.workdir / f"fold_{i}", r.seeds)
   title = (
     f"{cfg.name}: {r.ds.name}{' (SYNTHETIC)' if r.ds.synthetic else ''}, {len(r.seeds)} seeds, population "
     f"P={pc.size}, G={pc.generations}, mean ± std over {'seeds' if len(r.folds) == 1 else f'{len(r.folds)} folds'}, "
@@ -452,53 +434,6 @@ def _genes_check(cfg, modalities):
   if not hasattr(model_mod, "validate_genes"):
     return None
   return lambda g: model_mod.validate_genes(g, modalities, cfg.model.get("shared", True))
-
-
-def plot_fitness(fold_dir: Path, seeds) -> list[Path]:
-  """``fitness.png`` per seed: best / median / worst fitness per generation and the genes' distribution."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  written = []
-  for s in seeds:
-    path = Path(fold_dir) / f"seed_{s}" / "fitness.jsonl"
-    if not path.exists():
-      continue
-    rows = workdir.read_jsonl(path)
-    if not rows:
-      continue
-    gens = sorted({r["generation"] for r in rows})
-    fit = {
-      g: np.array([np.inf if r["fitness"] is None else r["fitness"] for r in rows if r["generation"] == g])
-      for g in gens
-    }
-    gene_keys = [
-      k for k in rows[0] if k.startswith("gene/") or k.startswith("task/") or k.startswith("loss/") or k == "lr"
-    ]
-    fig, axes = plt.subplots(1, 1 + max(1, len(gene_keys)), figsize=(4 * (1 + max(1, len(gene_keys))), 3.2))
-    ax = axes[0]
-    for label, fn in (("best", np.min), ("median", np.median), ("worst", np.max)):
-      ax.plot(
-        gens, [fn(fit[g][np.isfinite(fit[g])]) if np.isfinite(fit[g]).any() else np.nan for g in gens], label=label
-      )
-    ax.set_xlabel("generation")
-    ax.set_ylabel("validation loss (fitness)")
-    ax.legend(fontsize=8)
-    for ax, k in zip(axes[1:], gene_keys):
-      vals = [[r[k] for r in rows if r["generation"] == g] for g in gens]
-      ax.violinplot(vals, positions=gens, showmedians=True) if len(vals[0]) > 1 else ax.plot(gens, vals)
-      ax.set_title(k, fontsize=8)
-      ax.set_xlabel("generation")
-      if k == "lr":
-        ax.set_yscale("log")
-    fig.tight_layout()
-    out = path.with_name("fitness.png")
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    written.append(out)
-  return written
 
 
 def run_or_app(cfg, smoke=None, prepare=None) -> dict:

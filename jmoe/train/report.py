@@ -17,6 +17,7 @@ import numpy as np
 
 from jmoe import metrics as metrics_lib
 from jmoe.train import tasks as tasks_lib
+from jmoe.train import workdir as workdir_lib
 
 
 def _mean_std(values) -> tuple[float, float] | None:
@@ -172,4 +173,51 @@ def plots(workdir: Path, tasks, folds: list[dict], synthetic: bool, select: str)
       fig.savefig(workdir / name, dpi=110)
       plt.close(fig)
       written.append(name)
+  return written
+
+
+def plot_fitness(fold_dir: Path, seeds) -> list[Path]:
+  """``fitness.png`` per seed: best / median / worst fitness per generation and the genes' distribution."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  written = []
+  for s in seeds:
+    path = Path(fold_dir) / f"seed_{s}" / "fitness.jsonl"
+    if not path.exists():
+      continue
+    rows = workdir_lib.read_jsonl(path)
+    if not rows:
+      continue
+    gens = sorted({r["generation"] for r in rows})
+    fit = {
+      g: np.array([np.inf if r["fitness"] is None else r["fitness"] for r in rows if r["generation"] == g])
+      for g in gens
+    }
+    gene_keys = [
+      k for k in rows[0] if k.startswith("gene/") or k.startswith("task/") or k.startswith("loss/") or k == "lr"
+    ]
+    fig, axes = plt.subplots(1, 1 + max(1, len(gene_keys)), figsize=(4 * (1 + max(1, len(gene_keys))), 3.2))
+    ax = axes[0]
+    for label, fn in (("best", np.min), ("median", np.median), ("worst", np.max)):
+      ax.plot(
+        gens, [fn(fit[g][np.isfinite(fit[g])]) if np.isfinite(fit[g]).any() else np.nan for g in gens], label=label
+      )
+    ax.set_xlabel("generation")
+    ax.set_ylabel("validation loss (fitness)")
+    ax.legend(fontsize=8)
+    for ax, k in zip(axes[1:], gene_keys):
+      vals = [[r[k] for r in rows if r["generation"] == g] for g in gens]
+      ax.violinplot(vals, positions=gens, showmedians=True) if len(vals[0]) > 1 else ax.plot(gens, vals)
+      ax.set_title(k, fontsize=8)
+      ax.set_xlabel("generation")
+      if k == "lr":
+        ax.set_yscale("log")
+    fig.tight_layout()
+    out = path.with_name("fitness.png")
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    written.append(out)
   return written
