@@ -35,7 +35,6 @@ NEEDED = (
   "array_record>=0.5",
   "dm-tree",
   "immutabledict",
-  "promise",
   "simple_parsing",
   "termcolor",
   "toml",
@@ -44,6 +43,15 @@ NEEDED = (
   "tensorflow-metadata",
   "einops",
 )
+
+
+# Pure-Python packages published as source only: built here into py3-none-any wheels (platform-independent).
+SOURCE_ONLY = ("promise",)
+
+
+def build_command(dest: Path = WHEELS, packages=SOURCE_ONLY) -> list[str]:
+  """``pip wheel`` of the source-only packages into pure-Python wheels the device installs offline."""
+  return [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(dest), *packages]
 
 
 def download_command(dest: Path = WHEELS, python: str = DEVICE_PYTHON, packages=NEEDED) -> list[str]:
@@ -61,7 +69,7 @@ def install_command(wheels: Path = WHEELS, packages=NEEDED, python: str | None =
   holds no wheels."""
   if not wheels.is_dir() or not any(wheels.glob("*.whl")):
     return None
-  names = [p.split(">")[0].split("=")[0].split("<")[0] for p in packages]
+  names = [p.split(">")[0].split("=")[0].split("<")[0] for p in (*packages, *SOURCE_ONLY)]
   return [python or sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--find-links", str(wheels)] + [
     n for n in names if _has_wheel(wheels, n)
   ]
@@ -94,7 +102,8 @@ def main(argv=None) -> int:
   if a.print:
     return 0
   Path(a.dest).mkdir(parents=True, exist_ok=True)
-  return subprocess.run(cmd, check=False).returncode
+  rc = subprocess.run(cmd, check=False).returncode
+  return rc or subprocess.run(build_command(Path(a.dest)), check=False).returncode
 
 
 if __name__ == "__main__":
