@@ -16,7 +16,6 @@ import importlib
 import json
 from pathlib import Path
 
-import ml_collections
 import numpy as np
 
 from jmoe.train import cli
@@ -88,25 +87,17 @@ def get_config():
   return c
 
 
-def _flat(cfg, prefix=""):
-  for k, v in cfg.items():
-    if isinstance(v, ml_collections.ConfigDict):
-      yield from _flat(v, f"{prefix}{k}.")
-    else:
-      yield f"{prefix}{k}", v
-
-
 def run(cfg) -> dict:
   """The chosen experiment's config with the keys set on the command line, then :func:`logreg_baseline`."""
   if cfg.exp not in PRESETS:
     raise ValueError(f"config.exp={cfg.exp!r} is invalid: choose one of {PRESETS}")
   exp = importlib.import_module(f"experiments.drmoe_{cfg.exp}")
-  default = dict(_flat(get_config()))
-  changed = {k: v for k, v in _flat(cfg) if default.get(k) != v and k not in ("exp", "workdir", "name", "head")}
+  default = dict(cli.leaves(get_config()))
+  changed = {k: v for k, v in cli.leaves(cfg) if default.get(k) != v and k not in ("exp", "workdir", "name", "head")}
   base = exp.get_config()
   if cfg.head != default["head"]:
     base.head = cfg.head
-  base.update_from_flattened_dict({k: v for k, v in changed.items() if k in dict(_flat(base))})
+  base.update_from_flattened_dict({k: v for k, v in changed.items() if k in dict(cli.leaves(base))})
   if base.smoke:
     base.folds.max_folds = 2
     exp.smoke(base)

@@ -29,6 +29,7 @@ off by default (it lowered validation CCC_mean on the synthetic default; docs/mo
 
 import ml_collections
 
+from jmoe.data import sources
 from jmoe.train import app, cli
 
 
@@ -37,32 +38,12 @@ def himoe_config(name: str, source: str, modalities: str, head: str, threshold: 
   c = app.base_config(name, model_name="himoe")
   c.seeds = 3
   c.members = "vmap"
-  c.data = ml_collections.ConfigDict(
-    dict(
-      source=source,
-      path="",
-      cache_dir="",
-      modalities=modalities,
-      per="trial",
-      window_s=4.0,
-      stride_s=2.0,
-      baseline="features",
-      synthetic_size="small",
-      synthetic_subjects=0,
-      synthetic_trials=0,
-      synthetic_seconds=0.0,
-      synthetic_seed=0,
-      synthetic_lag_s=3.0,
-      synthetic_effect=1.0,
-      synthetic_noise=1.0,
-      missing_rate=0.0,
-      missing_per="sample",
-      missing_seed=0,
-      deap_trials=0,  # reduced DEAP files; 0 = 40 trials x 8064 samples
-      deap_samples=0,
-      dreamer_baseline_samples=0,  # 0 = 7808
-    )
-  )
+  # config.data: every field the physiological sources declare (jmoe.data.physio_sources), with their defaults
+  fields = {}
+  for name in ("synthetic_deap", "synthetic_dreamer", "deap", "dreamer"):
+    fields.update(sources.get(name).fields)
+  c.data = ml_collections.ConfigDict(dict(source=source, path="", modalities=modalities, **fields))
+  c.data.per = "trial"  # per-trial sequences of windows (the sources' default is one vector per window)
   c.tasks = ml_collections.ConfigDict(
     {
       head: dict(kind="regression", head=head, loss="mse", weight=1.0),

@@ -40,7 +40,7 @@ from jmoe import hostmem
 from jmoe.data import folds as folds_lib
 from jmoe.data import format as fmt
 from jmoe.data import sources
-from jmoe.train import loop, report
+from jmoe.train import cli, loop, report
 from jmoe.train import parallel as parallel_lib
 from jmoe.train import state as state_lib
 from jmoe.train import tasks as tasks_lib
@@ -275,24 +275,16 @@ def apply_smoke(cfg: ml_collections.ConfigDict, smoke: Callable | None = None, e
   it changed (smoke mode overrides the user's sizes)."""
   if not cfg.smoke:
     return
-  before = dict(_flat(cfg))
+  before = dict(cli.leaves(cfg))
   cfg.seeds = min(cfg.seeds, 1)
   if epochs:
     cfg.optim.epochs = min(cfg.optim.epochs, 2)
   cfg.folds.max_folds = cfg.folds.max_folds or 2
   if smoke is not None:
     smoke(cfg)
-  changed = [f"{k}={v!r}" for k, v in _flat(cfg) if before.get(k) != v]
+  changed = [f"{k}={v!r}" for k, v in cli.leaves(cfg) if before.get(k) != v]
   if changed:
     log(f"smoke mode: {', '.join(changed)}")
-
-
-def _flat(cfg, prefix=""):
-  for k, v in cfg.items():
-    if isinstance(v, ml_collections.ConfigDict):
-      yield from _flat(v, f"{prefix}{k}.")
-    else:
-      yield f"{prefix}{k}", v
 
 
 def shrink(ds: fmt.Dataset, sizes: dict[str, int] = SMOKE_SIZES, seed: int = 0) -> fmt.Dataset:
