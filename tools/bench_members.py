@@ -42,20 +42,6 @@ def _setup(model_name: str, smoke: bool):
   return cfg, ds, app.setup(cfg, ds)
 
 
-def _with_genes(batch, genes: dict, members: bool):
-  """Add ``gene/<name>`` [D, P, b] (members) or [D, b] (one individual) to a host batch (HAEMSA reads them)."""
-  import numpy as np
-
-  w = batch["weight"]
-  return {
-    **batch,
-    **{
-      k: np.broadcast_to(np.float32(v)[None, :, None] if members else np.float32(v), w.shape).copy()
-      for k, v in genes.items()
-    },
-  }
-
-
 def bench(model_name: str, sizes, steps: int, repeats: int, smoke: bool, chunk: int = 0) -> dict:
   import jax
   import ml_collections
@@ -83,13 +69,13 @@ def bench(model_name: str, sizes, steps: int, repeats: int, smoke: bool, chunk: 
     def stacked(members, per_member=per_member):
       g = {k: np.full(len(members), v, np.float32) for k, v in genes.items()}
       return [
-        _with_genes({k: np.stack([per_member[i][s][k] for i in members], 1) for k in per_member[0][s]}, g, True)
+        loop.with_consts({k: np.stack([per_member[i][s][k] for i in members], 1) for k in per_member[0][s]}, g, True)
         for s in range(steps)
       ]
 
     stacked_batches = stacked(range(m))
     single_batches = [
-      [_with_genes(b, {k: np.float32(v) for k, v in genes.items()}, False) for b in bl] for bl in per_member
+      [loop.with_consts(b, {k: np.float32(v) for k, v in genes.items()}, False) for b in bl] for bl in per_member
     ]
     holder = {"v": st.dp.replicate(jax.tree.map(lambda *xs: np.stack(xs), *[base] * m))}
     rngs = jax.random.split(jax.random.key(1), m)
