@@ -64,6 +64,9 @@ FORMAT_VERSION = 2
 READ_VERSIONS = (1, 2)
 LABEL_RANGE: tuple[float, float] = (-3.0, 3.0)
 SENTIMENT = "sentiment"
+MAX_ABS_FEATURE = 1e15
+"""Largest feature magnitude :func:`validate` accepts: squares and sums of larger float32 values overflow to Inf in
+training (a sign of broken or unscaled data, never of real features)."""
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
@@ -259,9 +262,17 @@ def _check_modality(where, sname: str, sp: Split, m: str, ds: Dataset, b: int, r
     _fail(where, f"modality '{m}' is rank {x.ndim} in split '{sname}' but rank {rank[m][0]} in split '{rank[m][1]}'")
   rank.setdefault(m, (x.ndim, sname))
   # Chunked so that a memory-mapped array is checked without loading it whole.
-  nonfinite = sum(int(c.size - np.count_nonzero(np.isfinite(c))) for c in np.array_split(x, max(1, b // 4096)))
+  chunks = np.array_split(x, max(1, b // 4096))
+  nonfinite = sum(int(c.size - np.count_nonzero(np.isfinite(c))) for c in chunks)
   if nonfinite:
     _fail(where, f"split '{sname}': {nonfinite} NaN/Inf values in '{m}' features")
+  big = max((float(np.abs(c).max()) for c in chunks if c.size), default=0.0)
+  if big > MAX_ABS_FEATURE:
+    _fail(
+      where,
+      f"split '{sname}': '{m}' features reach {big:.3g} in magnitude (above {MAX_ABS_FEATURE:g}, where float32 "
+      "arithmetic overflows); the data is broken or unscaled: rescale or standardize it",
+    )
   if x.ndim == 3:
     if m not in sp.masks:
       _fail(where, f"split '{sname}': sequence modality '{m}' has no mask")
@@ -302,6 +313,10 @@ def validate(ds: Dataset, where, label_range: tuple[float, float] | None = None)
     _fail(where, f"modalities {mods} are not in canonical order {canonical_modalities(mods)}")
   if set(ds.dims) != set(mods):
     _fail(where, f"dims metadata covers {sorted(ds.dims)} but modalities are {list(mods)}")
+  for m in mods:
+    d = ds.dims[m]
+    if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
+      _fail(where, f"modality '{m}' has feature width dims['{m}']={d!r}; every modality needs D >= 1 features")
   names = set(ds.splits)
   if names != set(SPLITS) and names != {POOL}:
     missing = [s for s in SPLITS if s not in ds.splits]
@@ -538,6 +553,14 @@ def _read_meta(directory: Path) -> dict:
     )
   if not isinstance(meta["splits"], dict):
     raise ValueError(f"{path}: not a jmoe dataset (splits must be an object of sizes)")
+  for s, n in meta["splits"].items():
+    if isinstance(n, bool) or not isinstance(n, int):
+      raise ValueError(f"{path}: splits.{s} is {n!r}; split sizes must be JSON integers (e.g. {s!r}: 96)")
+  mods = meta["modalities"]
+  if not isinstance(mods, list) or not all(isinstance(m, str) for m in mods):
+    raise ValueError(f'{path}: modalities is {mods!r}; it must be a JSON list of names (e.g. ["text", "audio"])')
+  if not isinstance(meta["dims"], dict):
+    raise ValueError(f"{path}: dims is {meta['dims']!r}; it must be an object {{modality: feature width}}")
   return meta
 
 

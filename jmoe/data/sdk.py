@@ -57,21 +57,36 @@ def read_csd(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   (features keep their stored float dtype; intervals are float64 seconds).
   """
   path = Path(path)
-  out = {}
   with _open_h5(path) as f:
-    data = _root(f, path)["data"]
-    for vid, g in data.items():
-      if not isinstance(g, h5py.Group) or "features" not in g or "intervals" not in g:
-        raise ValueError(f"{path}: video '{vid}' lacks 'features'/'intervals' datasets")
-      feats = np.asarray(g["features"][()])
-      ivals = np.asarray(g["intervals"][()], dtype=np.float64)
-      if feats.ndim == 1:
-        feats = feats[:, None]
-      if ivals.ndim != 2 or ivals.shape[1] != 2 or feats.ndim != 2 or feats.shape[0] != ivals.shape[0]:
-        raise ValueError(
-          f"{path}: video '{vid}' has features {feats.shape} and intervals {ivals.shape}; expected [k, d] and [k, 2]"
-        )
-      out[str(vid)] = (feats, ivals)
+    try:
+      return _read_csd(f, path)
+    except (RuntimeError, OSError, KeyError) as e:  # h5py on a damaged file (bad node/heap signature, ...)
+      raise _damaged(path, e) from None
+
+
+def _damaged(path: Path, e: BaseException) -> ValueError:
+  why = str(e).strip().splitlines()
+  return ValueError(
+    f"{path}: damaged computational sequence file (HDF5: {why[0] if why else type(e).__name__}); "
+    "replace it with an intact copy"
+  )
+
+
+def _read_csd(f: h5py.File, path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  out = {}
+  data = _root(f, path)["data"]
+  for vid, g in data.items():
+    if not isinstance(g, h5py.Group) or "features" not in g or "intervals" not in g:
+      raise ValueError(f"{path}: video '{vid}' lacks 'features'/'intervals' datasets")
+    feats = np.asarray(g["features"][()])
+    ivals = np.asarray(g["intervals"][()], dtype=np.float64)
+    if feats.ndim == 1:
+      feats = feats[:, None]
+    if ivals.ndim != 2 or ivals.shape[1] != 2 or feats.ndim != 2 or feats.shape[0] != ivals.shape[0]:
+      raise ValueError(
+        f"{path}: video '{vid}' has features {feats.shape} and intervals {ivals.shape}; expected [k, d] and [k, 2]"
+      )
+    out[str(vid)] = (feats, ivals)
   return out
 
 
@@ -79,14 +94,17 @@ def read_csd_metadata(path) -> dict[str, str]:
   """The ``metadata`` entries of a ``.csd`` file as strings (plus ``'root group'``, the HDF5 root group name)."""
   path = Path(path)
   with _open_h5(path) as f:
-    root = _root(f, path)
-    meta = {"root group": root.name.lstrip("/")}
-    if "metadata" in root:
-      for k, v in root["metadata"].items():
-        val = v[()]
-        if isinstance(val, np.ndarray):
-          val = val.ravel()[0] if val.size else ""
-        meta[k] = val.decode() if isinstance(val, bytes) else str(val)
+    try:
+      root = _root(f, path)
+      meta = {"root group": root.name.lstrip("/")}
+      if "metadata" in root:
+        for k, v in root["metadata"].items():
+          val = v[()]
+          if isinstance(val, np.ndarray):
+            val = val.ravel()[0] if val.size else ""
+          meta[k] = val.decode() if isinstance(val, bytes) else str(val)
+    except (RuntimeError, OSError, KeyError) as e:
+      raise _damaged(path, e) from None
     return meta
 
 
