@@ -5,9 +5,11 @@ with ``EEG.stimuli[t]`` (samples x 14 at 128 Hz, length varies by clip), ``EEG.b
 ``ECG.stimuli[t]`` / ``ECG.baseline[t]`` (samples x 2 at 256 Hz) and ``ScoreValence`` / ``ScoreArousal`` /
 ``ScoreDominance`` (one integer 1-5 per clip); top level ``EEG_SamplingRate``, ``ECG_SamplingRate``,
 ``EEG_Electrodes``, ``noOfSubjects``, ``noOfVideoSequences``. Counts are checked against each other (subjects vs
-``noOfSubjects``, clips vs ``noOfVideoSequences``, EEG channels vs ``EEG_Electrodes``, 2 ECG channels) and the EEG
-baseline length against ``baseline_samples``. Modalities ``eeg`` (128 Hz) and ``ecg`` (256 Hz), each trial's own
-baseline recording as its baseline; label head ``vad`` on 1-5. Signals are cast to float32.
+``noOfSubjects``, clips vs ``noOfVideoSequences``, EEG channels vs ``EEG_Electrodes``, 2 ECG channels), the EEG
+baseline length against ``baseline_samples``, the sampling rates against the features' filters, and each clip's EEG
+duration against its ECG duration (more than 1 s and 5 % apart: a rate field is wrong or a recording is cut).
+Modalities ``eeg`` (128 Hz) and ``ecg`` (256 Hz), each trial's own baseline recording as its baseline; label head
+``vad`` on 1-5. Signals are cast to float32.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import scipy.io
 
 from jmoe.data import format as fmt
-from jmoe.data.physio import Modality, PhysioSource, Recording, build_dataset
+from jmoe.data.physio import Modality, PhysioSource, Recording, build_dataset, min_rate_hz
 
 DREAMER_RATINGS = ("valence", "arousal", "dominance")
 _SCORES = ("ScoreValence", "ScoreArousal", "ScoreDominance")
@@ -72,6 +74,13 @@ def read_dreamer(path, baseline_samples: int | None = 7808) -> tuple[PhysioSourc
     raise ValueError(f"{path}: sampling rates and counts must be numbers") from None
   if eeg_rate <= 0 or ecg_rate <= 0:
     raise ValueError(f"{path}: sampling rates must be positive, got EEG {eeg_rate:g}, ECG {ecg_rate:g}")
+  for field, rate, kind in (("EEG_SamplingRate", eeg_rate, "eeg"), ("ECG_SamplingRate", ecg_rate, "ecg")):
+    need = min_rate_hz(kind)
+    if rate <= need:
+      raise ValueError(
+        f"{path}: DREAMER.{field} = {rate:g} Hz is too low for the {kind.upper()} features (a band-pass filter from "
+        f"{need * 0.95 / 2:g} Hz needs a rate above {need:.4g} Hz; DREAMER records EEG at 128 Hz, ECG at 256 Hz)"
+      )
   electrodes = tuple(str(e) for e in np.atleast_1d(vals["EEG_Electrodes"]))
   subjects = _cells(vals["Data"])
   if len(subjects) != n_subj:
@@ -88,6 +97,15 @@ def read_dreamer(path, baseline_samples: int | None = 7808) -> tuple[PhysioSourc
       "eeg": _signals(_get(eeg, "baseline", path, f"{w}.EEG"), path, f"{w}.EEG.baseline", len(electrodes), n_vid),
       "ecg": _signals(_get(ecg, "baseline", path, f"{w}.ECG"), path, f"{w}.ECG.baseline", 2, n_vid),
     }
+    for part, arrays in (("stimuli", stim), ("baseline", base)):
+      for t, (x, y) in enumerate(zip(arrays["eeg"], arrays["ecg"])):
+        d_eeg, d_ecg = x.shape[1] / eeg_rate, y.shape[1] / ecg_rate
+        if abs(d_eeg - d_ecg) > max(1.0, 0.05 * max(d_eeg, d_ecg)):
+          raise ValueError(
+            f"{path}: {w}.EEG.{part}[{t}] lasts {d_eeg:g} s ({x.shape[1]} samples at EEG_SamplingRate = "
+            f"{eeg_rate:g} Hz) but {w}.ECG.{part}[{t}] lasts {d_ecg:g} s ({y.shape[1]} samples at ECG_SamplingRate = "
+            f"{ecg_rate:g} Hz): a sampling-rate field is wrong or a recording is cut"
+          )
     if baseline_samples is not None:
       bad = [t for t, x in enumerate(base["eeg"]) if x.shape[1] != baseline_samples]
       if bad:

@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from jmoe.data import format as fmt
-from jmoe.data.ravdess import feature_views
+from jmoe.data.ravdess import check_frames, feature_views
 
 LABELS: tuple[str, ...] = ("neu", "hap", "exc", "ang", "sad", "fru", "sur", "fea", "dis", "oth", "xxx")
 EMOTIONS4: tuple[str, ...] = ("neutral", "happy", "angry", "sad")
@@ -143,8 +143,9 @@ def read_transcriptions(path: str | Path) -> dict[str, str]:
 def list_utterances(root: str | Path, sessions=SESSIONS, require_wav: bool = True) -> list[Utterance]:
   """Every evaluated utterance of ``sessions`` under the release folder ``root``, sorted by session, dialog, file order.
 
-  Raises a one-line error for a missing session folder, a line that does not parse, an id that does not belong to
-  its file's dialog/session, a duplicate id, or (``require_wav``) a missing wav file.
+  Raises a one-line error for a missing session folder, a session without EmoEvaluation files, a file without an
+  evaluated line, a line that does not parse, an id that does not belong to its file's dialog/session, a duplicate
+  id, or (``require_wav``) a missing wav file.
   """
   root = Path(root)
   utts: list[Utterance] = []
@@ -154,11 +155,20 @@ def list_utterances(root: str | Path, sessions=SESSIONS, require_wav: bool = Tru
     edir = sdir / "dialog" / "EmoEvaluation"
     if not edir.is_dir():
       raise FileNotFoundError(f"{edir}: no such folder (IEMOCAP release layout Session{s}/dialog/EmoEvaluation)")
-    for ef in sorted(p for p in edir.glob("*.txt") if p.is_file()):
+    efiles = sorted(p for p in edir.glob("*.txt") if p.is_file())
+    if not efiles:
+      raise FileNotFoundError(f"{edir}: no EmoEvaluation .txt files (Session{s} would contribute no utterance)")
+    for ef in efiles:
       dialog = ef.stem
       tfile = sdir / "dialog" / "transcriptions" / f"{dialog}.txt"
       texts = read_transcriptions(tfile) if tfile.is_file() else {}
-      for uid, start, end, label, vad in read_emo_evaluation(ef):
+      rows = read_emo_evaluation(ef)
+      if not rows:
+        raise ValueError(
+          f"{ef}: no evaluated utterance (no '[start - end]<TAB>id<TAB>label<TAB>[V, A, D]' line): a cut or emptied "
+          "file; restore it from the release"
+        )
+      for uid, start, end, label, vad in rows:
         m = _ID.match(uid)
         if not m or int(m.group(1)) != s or uid.rsplit("_", 1)[0] != dialog:
           raise ValueError(f"{ef}: utterance id {uid!r} does not belong to dialog {dialog} of Session{s}")
@@ -200,7 +210,9 @@ def _take_views(path, modality: str, ids: list[str]):
   if missing:
     raise ValueError(f"{path}: no {modality} features for {len(missing)} utterance(s), e.g. {missing[:3]}")
   idx = np.array([pos[u] for u in ids], np.int64)
-  return {m: x[idx] for m, x in feats.items()}, {m: x[idx] for m, x in masks.items()}, meta
+  masks = {m: x[idx] for m, x in masks.items()}
+  check_frames(path, np.asarray(ids, str), masks[f"{modality}_local"])
+  return {m: x[idx] for m, x in feats.items()}, masks, meta
 
 
 def build_dataset(

@@ -206,6 +206,23 @@ def ecg_features(x: np.ndarray, rate: float, starts: np.ndarray, wlen: int) -> n
   return np.concatenate([hr, log_power(x, starts, wlen)], axis=1)
 
 
+def min_rate_hz(kind: str, bands=BANDS) -> float:
+  """The lowest sampling rate (Hz) whose band-pass filters of modality kind ``kind`` exist: every pass band must
+  start below the filter's upper edge, 0.95 x Nyquist (:func:`bandpass`)."""
+  lows = {"eeg": [low for low, _ in bands.values()], "deap_peripheral": [0.7], "ecg": [5.0]}[kind]
+  return 2 * max(lows) / 0.95
+
+
+def check_rate(mod: Modality, where: str, bands=BANDS) -> None:
+  """One-line ValueError naming ``where`` when ``mod``'s sampling rate is too low for its features' filters."""
+  need = min_rate_hz(mod.kind, bands)
+  if not mod.rate_hz > need:
+    raise ValueError(
+      f"{where}: {mod.name} sampled at {mod.rate_hz:g} Hz is too low for its features (a band-pass filter from "
+      f"{need * 0.95 / 2:g} Hz needs a rate above {need:.4g} Hz): check the sampling rate"
+    )
+
+
 def feature_names(mod: Modality, bands=BANDS) -> tuple[str, ...]:
   if mod.kind == "eeg":
     return tuple(f"{c}_{b}" for c in mod.channels for b in bands)
@@ -306,6 +323,8 @@ def build_dataset(
   if not (window_s > 0 and stride_s > 0):
     raise ValueError(f"window_s and stride_s must be positive, got {window_s}, {stride_s}")
   mods = source.modalities
+  for m in mods:
+    check_rate(m, source.source)
   feats: dict[str, list[np.ndarray]] = {m.name: [] for m in mods}
   ratings, subjects, trials = [], [], []
   for rec in recordings:
@@ -395,8 +414,10 @@ def load_or_build(src_dir, cache_dir, **preproc) -> fmt.Dataset:
   ``src_dir``: a DEAP ``data_preprocessed_python`` folder (or its parent), or ``DREAMER.mat`` (or its folder).
   ``preproc``: :func:`build_dataset` parameters plus loader parameters (e.g. DEAP ``trials``/``samples``). The cache
   is ``cache_dir/<name>_<hash>`` (hash of the parameters and the source files' names, sizes, mtimes); it is reused
-  when its stored parameters match, else rebuilt. It is written with ``fmt.save_dataset`` (temporary folder, then
-  rename), after the whole build succeeded, so an error leaves no cache behind.
+  when its stored parameters match, else rebuilt (also when it no longer loads: a printed warning names it). It is
+  written with ``fmt.save_dataset`` (temporary folder, then rename), after the whole build succeeded, so an error
+  leaves no cache behind; a cache that cannot be written (read-only folder, full disk) is a one-line ValueError that
+  says to set ``data.cache_dir``.
   """
   src_dir, cache_dir = Path(src_dir), Path(cache_dir)
   kind, files = _source_files(src_dir)
@@ -408,8 +429,12 @@ def load_or_build(src_dir, cache_dir, **preproc) -> fmt.Dataset:
   key = hashlib.sha256(json.dumps([kind, expected], sort_keys=True).encode()).hexdigest()[:16]
   target = cache_dir / f"{kind}_{key}"
   if (target / "meta.json").is_file():
-    ds = fmt.load_dataset(target)
-    if all(meta.get("preprocessing") == expected for meta in ds.modality_meta.values()):
+    try:
+      ds = fmt.load_dataset(target)
+    except (ValueError, OSError) as e:  # a damaged cache (cut or edited file) is rebuilt, with a note
+      print(f"warning: rebuilding the damaged cache {target} ({str(e).splitlines()[0][:160]})", flush=True)
+      ds = None
+    if ds is not None and all(meta.get("preprocessing") == expected for meta in ds.modality_meta.values()):
       return ds
   if kind == "dreamer":
     from jmoe.data.dreamer import load_dreamer
@@ -419,5 +444,11 @@ def load_or_build(src_dir, cache_dir, **preproc) -> fmt.Dataset:
     from jmoe.data.deap import load_deap
 
     ds = load_deap(src_dir, **preproc, extra_meta=extra)
-  fmt.save_dataset(ds, target)
+  try:
+    fmt.save_dataset(ds, target)  # a failed save removes its temporary folder: no partial cache
+  except OSError as e:
+    raise ValueError(
+      f"cannot write the preprocessed-data cache {target} ({e.strerror or e}): set --config.data.cache_dir to a "
+      "writable folder with free space"
+    ) from None
   return fmt.load_dataset(target)

@@ -14,7 +14,8 @@ The labels are in the file name: MM modality (01-03), VV vocal channel (01 speec
 
 Features come from ``tools/extract_features --modality speech`` (e.g. Whisper tiny.en: ``local`` [B, T, 384] frames at
 50 Hz + ``mask`` [B, T], ``global`` [B, 384] = masked mean); their ids are the file stems, so the labels are
-re-derived from the ids and the feature file alone is enough to build the dataset.
+re-derived from the ids and the feature file alone is enough to build the dataset. A clip without a valid frame
+(mask all False) is a one-line ``ValueError`` naming the file and the clip.
 
 The dataset (:func:`build_dataset`) has one split ``pool`` (speaker-independent folds over the ``actor`` group are
 computed by :mod:`jmoe.data.folds`) with
@@ -174,6 +175,17 @@ def feature_views(path, modality: str) -> tuple[np.ndarray, dict, dict, dict]:
   )
 
 
+def check_frames(path, ids: np.ndarray, mask: np.ndarray) -> None:
+  """One-line ValueError naming the feature file and the clips that have no valid frame (``mask`` all False: the
+  extraction produced nothing, and the clip's global vector is all zero)."""
+  empty = np.flatnonzero(~np.asarray(mask, bool).any(axis=1))
+  if empty.size:
+    raise ValueError(
+      f"{path}: {empty.size} clip(s) have no valid frame (mask all False), e.g. {ids[empty[:3]].tolist()}: "
+      "re-extract them or remove them from the feature file"
+    )
+
+
 def emotion4_labels(emotion: np.ndarray, calm_as_neutral: bool = False) -> tuple[np.ndarray, np.ndarray]:
   """(labels int32 [B], mask bool [B]) of the emotion4 head from 1-based RAVDESS emotion codes [B]."""
   code_to_4 = {1: 0, 3: 1, 5: 2, 4: 3}  # neutral, happy, angry, sad
@@ -198,6 +210,7 @@ def build_dataset(
     name: dataset name.
   """
   ids, feats, masks, meta = feature_views(features, "audio")
+  check_frames(features, ids, masks["audio_local"])
   clips = [parse_name(u) for u in ids]
   if root is not None:
     want = {c.id for c in list_clips(root)}

@@ -79,6 +79,17 @@ def extract_smoke_features(root, out: Path, per_actor: int, actors: int, head: s
   return out / "features.npz"
 
 
+def _labelled_for(ds: fmt.Dataset, head: str, where) -> fmt.Dataset:
+  """``ds``, or a one-line ValueError naming ``where`` when no sample has a label for ``head`` (``labelled_only``
+  would otherwise leave an empty dataset)."""
+  if head and head in ds.label_specs:
+    n = sum(int(sp.label_mask(head).sum()) for sp in ds.splits.values())
+    if n == 0:
+      classes = ", ".join(ds.label_specs[head].classes or ())
+      raise ValueError(f"{where}: no sample is labelled for {head} ({classes}); pick another head (--config.head)")
+  return ds
+
+
 def _ravdess(cfg):
   from jmoe.data.ravdess import build_dataset
 
@@ -95,7 +106,8 @@ def _ravdess(cfg):
     raise FileNotFoundError(
       f"no RAVDESS features at {file}: run first `{EXTRACT_HINT.format(audio=root or '../shared/data/ravdess', out=features)}`"
     )
-  return build_dataset(file, None if smoke_clips else root, calm_as_neutral=bool(cfg.get("calm_as_neutral", False)))
+  ds = build_dataset(file, None if smoke_clips else root, calm_as_neutral=bool(cfg.get("calm_as_neutral", False)))
+  return _labelled_for(ds, head, file)
 
 
 def _iemocap(cfg):
@@ -110,7 +122,7 @@ def _iemocap(cfg):
       f"first `{EXTRACT_HINT.format(audio='iemocap.csv', out=features or 'runs/features/iemocap_whisper')}`"
     )
   text = str(cfg.get("text_features", "")) or None
-  return build_dataset(cfg.path, features, text)
+  return _labelled_for(build_dataset(cfg.path, features, text), cfg.get("labelled_only", ""), features)
 
 
 def _synthetic_iemocap(cfg):
