@@ -104,3 +104,16 @@ def test_large_but_sane_features_still_load(ds_dir):
   p = ds_dir / "train" / "features.audio.npy"
   np.save(p, np.load(p) * 1e6)  # e.g. raw energies: large, still far from overflow
   fmt.load_dataset(ds_dir)
+
+
+# --------------------------------------------------------------------------- smoke mode and the user's values
+def test_smoke_note_names_the_overridden_user_value(capsys):  # n_cfg_smoke_overrides_sizes, ..._haemsa_smoke_tournament
+  from experiments import euar_mosi
+  from experiments.common import smoke
+  from jmoe.train import app
+
+  cfg = euar_mosi.get_config()
+  cfg.smoke, cfg.data.synthetic_sizes = True, (40, 20, 20)
+  app.apply_smoke(cfg, smoke)
+  err = capsys.readouterr().err
+  assert "smoke mode overrides: " in err and "data.synthetic_sizes=(96, 32, 32) (was (40, 20, 20))" in err, err

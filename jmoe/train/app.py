@@ -282,9 +282,9 @@ def apply_smoke(cfg: ml_collections.ConfigDict, smoke: Callable | None = None, e
   cfg.folds.max_folds = cfg.folds.max_folds or 2
   if smoke is not None:
     smoke(cfg)
-  changed = [f"{k}={v!r}" for k, v in cli.leaves(cfg) if before.get(k) != v]
+  changed = [f"{k}={v!r} (was {before.get(k)!r})" for k, v in cli.leaves(cfg) if before.get(k) != v]
   if changed:
-    log(f"smoke mode: {', '.join(changed)}")
+    log(f"smoke mode overrides: {', '.join(changed)}")
 
 
 def shrink(ds: fmt.Dataset, sizes: dict[str, int] = SMOKE_SIZES, seed: int = 0) -> fmt.Dataset:
