@@ -1,5 +1,7 @@
 """Probe round 3, area B: bad DEAP, DREAMER, RAVDESS and IEMOCAP inputs give one clear line (loaders direct)."""
 
+import warnings
+
 import ml_collections
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from jmoe.data import format as fmt
 from jmoe.data import iemocap as iem
 from jmoe.data import physio, sources
 from jmoe.data import ravdess as rv
+from jmoe.data.deap import read_deap_subject
 from jmoe.data.dreamer import load_dreamer, read_dreamer
 
 
@@ -161,3 +164,17 @@ def test_iemocap_utterance_without_frames_refused(tmp_path):
   np.savez(feats, **z)
   with pytest.raises(ValueError, match=rf"no valid frame .*{ids[1]}"):
     iem.build_dataset(root, feats, sessions=(1, 2))
+
+
+# ---------------------------------------------------------------------------------------------------------- DEAP
+def test_deap_values_beyond_float32_named_without_overflow_warning(tmp_path):
+  """n_deap_huge_values: was a numpy overflow RuntimeWarning and then `... has 1024 NaN/Inf samples`."""
+  data, labels = deap_arrays()
+  data[0, 36, :] = 1e200
+  p = write_deap(tmp_path / "s03.dat", data, labels)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # the overflow warning of the float32 cast would fail here
+    with pytest.raises(ValueError) as ei:
+      read_deap_subject(p, **SMALL)
+  msg = _one_line(ei)
+  assert msg.startswith(str(p)) and "1408 values beyond the float32 range (trial 1 channel GSR = 1e+200" in msg

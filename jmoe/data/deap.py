@@ -119,6 +119,13 @@ def read_deap_subject(
     raise ValueError(f"{path}: 'labels' has shape {labels.shape}, expected ({trials}, {len(DEAP_RATINGS)})")
   if samples <= int(round(baseline_s * rate)):
     raise ValueError(f"{path}: {samples} samples leave no stimulus after the {baseline_s:g} s baseline")
+  big = np.abs(data) > np.finfo(np.float32).max  # would turn into inf in the float32 cast (NaN compares False)
+  if big.any():
+    t, c, i = np.argwhere(big)[0]
+    raise ValueError(
+      f"{path}: {int(big.sum())} values beyond the float32 range (trial {t + 1} channel "
+      f"{(DEAP_EEG + DEAP_PERIPHERAL)[c]} = {data[t, c, i]:g} at {i / rate:.2f} s): not a DEAP signal"
+    )
   return recording_from_arrays(data.astype(np.float32), labels, int(m[1]), str(path), rate, baseline_s)
 
 
