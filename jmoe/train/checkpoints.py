@@ -22,6 +22,8 @@ import hashlib
 import json
 import os
 import shutil
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,30 @@ def recover_interrupted(root: Path) -> list[str]:
   return notes
 
 
+class _AsyncNoise:
+  """``sys.unraisablehook`` while orbax restores: a failed restore leaves reads in flight whose callbacks, once
+  orbax closed its event loop, each report an unraisable ``RuntimeError: Event loop is closed`` (a traceback on
+  stderr). Those are dropped; anything else goes to the previous hook."""
+
+  NOISE = "Event loop is closed"
+
+  def __init__(self, previous):
+    self.previous = previous
+    self.last = time.monotonic()
+
+  def __call__(self, unraisable) -> None:
+    if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == self.NOISE:
+      self.last = time.monotonic()
+      return
+    self.previous(unraisable)
+
+  def settle(self, quiet: float = 0.3, limit: float = 3.0) -> None:
+    """Wait until no such report came for ``quiet`` seconds (at most ``limit``): the failed restore's reads ended."""
+    t0 = self.last = time.monotonic()
+    while time.monotonic() - t0 < limit and time.monotonic() - self.last < quiet:
+      time.sleep(quiet / 3)
+
+
 class Checkpoints:
   def __init__(self, directory: Path):
     self.directory = directory = Path(directory).absolute()
@@ -122,6 +148,8 @@ class Checkpoints:
         raise DamagedCheckpointError(f"{where} holds no readable checkpoint")
       return None
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), like)
+    noise = sys.unraisablehook = _AsyncNoise(sys.unraisablehook)
+    failed = None
     try:
       out = mngr.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
@@ -129,7 +157,12 @@ class Checkpoints:
       state, meta = out["state"], dict(out["meta"])
     except Exception as e:  # noqa: BLE001 -- orbax / tensorstore raise many kinds for missing or truncated files
       msg = (str(e).splitlines() or [""])[0][:160]
-      raise DamagedCheckpointError(f"{where / str(step)} cannot be read ({type(e).__name__}: {msg})") from None
+      failed = f"{where / str(step)} cannot be read ({type(e).__name__}: {msg})"
+      noise.settle()  # the reads still in flight end now, each reporting to ``noise``
+    finally:
+      sys.unraisablehook = noise.previous
+    if failed is not None:
+      raise DamagedCheckpointError(failed)
     want = meta.pop(DIGEST_KEY, None)
     if want is None:
       raise DamagedCheckpointError(f"{where / str(step)} has no checksum ({DIGEST_KEY} in its metadata): not trusted")
