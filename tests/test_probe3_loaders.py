@@ -178,3 +178,12 @@ def test_deap_values_beyond_float32_named_without_overflow_warning(tmp_path):
       read_deap_subject(p, **SMALL)
   msg = _one_line(ei)
   assert msg.startswith(str(p)) and "1408 values beyond the float32 range (trial 1 channel GSR = 1e+200" in msg
+
+
+def test_ravdess_bad_id_names_the_feature_file(tmp_path):
+  """n_rav_bad_id residual: `foo-bar: file name does not parse ...` did not name the feature file."""
+  feats = tmp_path / "f.npz"
+  _write_features(feats, NAMES[:3] + ["foo-bar"])
+  with pytest.raises(ValueError) as ei:
+    rv.build_dataset(feats)
+  assert _one_line(ei).startswith(f"{feats}: id foo-bar: file name does not parse")

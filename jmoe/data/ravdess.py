@@ -211,7 +211,10 @@ def build_dataset(
   """
   ids, feats, masks, meta = feature_views(features, "audio")
   check_frames(features, ids, masks["audio_local"])
-  clips = [parse_name(u) for u in ids]
+  try:
+    clips = [parse_name(u) for u in ids]
+  except ValueError as e:  # an id of the feature file: name the file too
+    raise ValueError(f"{features}: id {e}") from None
   if root is not None:
     want = {c.id for c in list_clips(root)}
     have = set(ids.tolist())
