@@ -148,12 +148,22 @@ def main(argv: list[str] | None = None) -> int:
   # never touch the network
   os.environ["HF_HUB_OFFLINE"] = "1"
   os.environ["TRANSFORMERS_OFFLINE"] = "1"
-  if args.modality == "speech":
-    from jmoe.features.speech import main_speech
-
-    return main_speech(args)
-  if args.arch not in ("auto", *TEXT_ARCHS):
+  if args.modality != "speech" and args.arch not in ("auto", *TEXT_ARCHS):
     raise SystemExit(f"error: --arch {args.arch} is a speech architecture; pass --modality speech")
-  from jmoe.features.text import main_text
+  from jmoe.features.shards import DISK_ERRNOS
 
-  return main_text(args)
+  try:
+    if args.modality == "speech":
+      from jmoe.features.speech import main_speech
+
+      return main_speech(args)
+    from jmoe.features.text import main_text
+
+    return main_text(args)
+  except OSError as e:  # a refused write not caught where the file is known (the lock file, a folder)
+    if e.errno not in DISK_ERRNOS:
+      raise
+    where = e.filename or args.output
+    raise SystemExit(
+      f"error: cannot write {where} ({e.strerror}); free some space or make it writable and re-run the same command"
+    ) from None

@@ -59,8 +59,15 @@ def resolve_model(name: str) -> tuple[str, str]:
   return name, name
 
 
-def not_local(name: str, err: Exception) -> SystemExit:
+def not_local(name: str, err: Exception, modality: str = "text") -> SystemExit:
+  """The one-line error for a model that transformers cannot load from local files (``modality`` picks the advice)."""
   why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+  if modality == "speech":
+    return SystemExit(
+      f"error: cannot load the speech model in {name} (a WavLM / HuBERT / wav2vec2 folder needs config.json, "
+      f"preprocessor_config.json and its weights, model.safetensors or pytorch_model.bin; this tool never "
+      f"downloads; or drop --model/--arch for the packaged Whisper tiny.en) [{why[:200]}]"
+    )
   return SystemExit(
     f"error: model {name!r} is not available locally and this tool never downloads "
     f"(pass --model /path/to/model_dir with config.json + tokenizer files, put it in the "

