@@ -117,3 +117,31 @@ def test_smoke_note_names_the_overridden_user_value(capsys):  # n_cfg_smoke_over
   app.apply_smoke(cfg, smoke)
   err = capsys.readouterr().err
   assert "smoke mode overrides: " in err and "data.synthetic_sizes=(96, 32, 32) (was (40, 20, 20))" in err, err
+
+
+# --------------------------------------------------------------------------- a refusal after config.json was written
+def test_refusal_after_prepare_leaves_no_config_that_blocks_the_fixed_rerun(tmp_path, capsys):
+  """n_cfg_haemsa_memory: population.size too large for the device is refused after prepare() wrote config.json;
+  the corrected command must then run, not be refused as 'a run with another config'."""
+  from experiments import euar_mosi
+  from jmoe.train import app, cli
+
+  def refused_after_prepare(cfg):  # what population.run does when P does not fit the device
+    with app.prepared(cfg) as r:
+      assert (r.workdir / "config.json").is_file()
+      raise ValueError(f"config.population.size={cfg.optim.batch_size} does not fit")
+
+  def ready(cfg):
+    with app.prepared(cfg):
+      return None
+
+  wd = tmp_path / "run"
+  base = {"workdir": str(wd), "quiet": True, "seeds": 1, "data.synthetic_sizes": (8, 4, 4), "model.width": 8}
+  assert cli.invoke(euar_mosi.get_config, refused_after_prepare, {**base, "optim.batch_size": 4}) == 2
+  assert "does not fit" in capsys.readouterr().err
+  assert not wd.exists()
+  assert cli.invoke(euar_mosi.get_config, ready, {**base, "optim.batch_size": 2}) == 0, capsys.readouterr().err
+  assert (wd / "config.json").is_file()
+  # an existing run keeps its config.json when a later attempt is refused
+  assert cli.invoke(euar_mosi.get_config, refused_after_prepare, {**base, "optim.batch_size": 2}) == 2
+  assert (wd / "config.json").is_file()

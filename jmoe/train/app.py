@@ -330,10 +330,17 @@ def prepared(cfg: ml_collections.ConfigDict, smoke: Callable | None = None, epoc
   apply_smoke(cfg, smoke, epochs)
   validate_config(cfg)
   wd = Path(cfg.workdir)
-  existed = wd.exists()
+  existed, had_config = wd.exists(), (wd / "config.json").exists()
   try:
     with workdir_lib.lock(wd, "run"):
-      yield prepare(cfg, t0=t0)
+      try:
+        yield prepare(cfg, t0=t0)
+      except BaseException:
+        # Refused after prepare() wrote config.json but before training wrote anything (e.g. a population that does
+        # not fit the device): that config.json alone would refuse the corrected re-run as 'another config'.
+        if not had_config and {p.name for p in wd.iterdir()} <= {"config.json", workdir_lib.LOCK_NAME}:
+          (wd / "config.json").unlink(missing_ok=True)
+        raise
   finally:  # a run refused before it wrote anything leaves no empty workdir behind
     if not existed and wd.is_dir() and not any(wd.iterdir()):
       wd.rmdir()
