@@ -100,6 +100,7 @@ def get_config():
   c.folds_max = 0  # 0 = every fold of the preset's protocol
   c.members = "vmap"
   c.member_chunk = 0
+  c.ensemble = 0  # K >= 2: also a '<row>+ens' row per row: the mean prediction of the K seeds best on validation
   c.smoke = False
   c.quiet = True
   c.debug = False
@@ -144,6 +145,8 @@ def row_configs(cfg) -> list[tuple[str, str, ml_collections.ConfigDict]]:
       shared["folds.max_folds"] = cfg.folds_max
     if "population" in c and c.population.enabled:
       shared.update(population_budget(cfg.search_trials, epochs))
+    else:  # the population reports its fittest individual per seed, not a seed ensemble
+      shared["ensemble"] = cfg.ensemble
     c.update_from_flattened_dict({**shared, **extra})
     if model is not None:
       from jmoe.models import baseline
@@ -212,7 +215,9 @@ def run(cfg) -> dict:
       "folds": len(res["folds"]),
       "routed_local": routed_local(c.workdir),
     }
-  order = [n for n, _, _ in row_configs(_all_rows(cfg))]
+    if "test_ensemble" in res["summary"][task]:
+      out["rows"][f"{name}+ens"] = {**out["rows"][name], "test": res["summary"][task]["test_ensemble"], "seconds": 0.0}
+  order = [m for n, _, _ in row_configs(_all_rows(cfg)) for m in (n, f"{n}+ens")]
   out["rows"] = {n: out["rows"][n] for n in order if n in out["rows"]}
   out["budget"] = budget
   md = table(out, board.metrics)

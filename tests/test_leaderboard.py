@@ -72,13 +72,14 @@ def _board(tmp_path, rows, **kw):
 
 
 def test_subset_of_rows_merges_into_the_earlier_board(tmp_path):
-  _board(tmp_path, "late_linear")
-  board, md = _board(tmp_path, "linear")
-  assert list(board["rows"]) == ["linear", "late_linear"]  # the board's order, both kept
+  two = {"seeds": 2, "ensemble": 2, "smoke": False, "epochs": 2}  # smoke would train one seed
+  _board(tmp_path, "late_linear", **two)
+  board, md = _board(tmp_path, "linear", **two)
+  assert list(board["rows"]) == ["linear", "linear+ens", "late_linear", "late_linear+ens"]  # the board's order
   assert "SYNTHETIC" in md.read_text() and "| late_linear | baseline |" in md.read_text()
-  bad = {**lb.get_config().to_dict(), "dataset": "synthetic_mosi", "smoke": True, "workdir": str(tmp_path / "board")}
+  bad = {**two, "dataset": "synthetic_mosi", "search_trials": 0, "workdir": str(tmp_path / "board")}
   with pytest.raises(ValueError, match="another budget"):
-    lb.run(_cfg(**{**bad, "rows": "linear", "seeds": 2, "search_trials": 0}))
+    lb.run(_cfg(**{**bad, "rows": "linear", "epochs": 3}))
 
 
 @pytest.mark.slow
