@@ -89,7 +89,21 @@ def load_outputs(run: str | Path) -> tuple[dict, list[dict[str, np.ndarray]]]:
   run = Path(run)
   if not (run / "config.json").is_file():
     raise FileNotFoundError(f"{run}: no config.json (not a run directory)")
-  cfg = json.loads((run / "config.json").read_text())
+  try:
+    cfg = json.loads((run / "config.json").read_text())
+  except ValueError as e:
+    raise ValueError(f"{run / 'config.json'}: not valid JSON ({e})") from None
+  if not isinstance(cfg, dict):
+    raise ValueError(f"{run / 'config.json'}: not a run's config (a JSON object)")  # noqa: TRY004 -- the CLI's one-line errors
+  model = cfg.get("model_name")  # absent in hand-written and older run configs
+  if model is not None and model != "drmoe":
+    raise ValueError(
+      f"{run}: a {model!r} run ({cfg.get('name', '?')}), not a DR-MoE run; drmoe_routing reads the runs of "
+      "experiments.drmoe_* (model_name 'drmoe')"
+    )
+  tasks = cfg.get("tasks") or {}
+  if not tasks or "label" not in next(iter(tasks.values())):
+    raise ValueError(f"{run / 'config.json'}: its first task has no classification label (not a DR-MoE run?)")
   files = sorted(run.glob("fold_*/seed_*/test_outputs.npz"))
   if not files:
     raise FileNotFoundError(f"{run}: no fold_*/seed_*/test_outputs.npz (has the run finished?)")

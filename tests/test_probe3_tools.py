@@ -179,3 +179,52 @@ def test_a_second_extraction_names_a_holder_that_had_not_written_its_pid_yet(tmp
   finally:
     holder.kill()
     holder.wait()
+
+
+# --------------------------------------------------------------------------- n_tool_summarize_corrupt
+def _results(run, metric=0.5):
+  run.mkdir(parents=True)
+  res = {
+    "name": run.name,
+    "dataset": "synthetic-mosi",
+    "synthetic": True,
+    "tasks": {"sentiment": {"label": "sentiment"}},
+    "folds": [{"seeds": [{}]}],
+    "summary": {"sentiment": {"test": {m: [metric, 0.0] for m in ("Non0_acc_2", "MAE")}}},
+  }
+  (run / "results.json").write_text(json.dumps(res, indent=1))
+  return run
+
+
+def test_summarize_runs_names_a_truncated_results_json(tmp_path, capsys):
+  from tools import summarize_runs
+
+  good, bad = _results(tmp_path / "good"), _results(tmp_path / "bad")
+  assert summarize_runs.main([str(good), "--metrics", "Non0_acc_2,MAE"]) == 0
+  raw = (bad / "results.json").read_text()
+  (bad / "results.json").write_text(raw[: len(raw) // 2])  # what a full disk or a kill mid-write leaves
+  capsys.readouterr()
+  assert summarize_runs.main([str(bad), str(good), "--metrics", "Non0_acc_2,MAE"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"error: {bad / 'results.json'}: not a readable results.json (") and err.count("\n") == 1
+  (bad / "results.json").write_text("[1, 2]")
+  assert summarize_runs.main([str(bad)]) == 2
+  assert "not a jmoe results.json (no summary" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- n_tool_routing_wrongrun
+def test_drmoe_routing_refuses_a_run_of_another_model_in_one_line(tmp_path):
+  from experiments import drmoe_routing
+
+  run = tmp_path / "euar_run"
+  (run / "fold_0" / "seed_0").mkdir(parents=True)
+  cfg = {"name": "euar_mosi", "model_name": "euar", "data": {"source": "synthetic"}, "tasks": {"sentiment": {}}}
+  (run / "config.json").write_text(json.dumps(cfg))
+  np.savez(run / "fold_0" / "seed_0" / "test_outputs.npz", ids=np.array(["a"]), **{"pred.sentiment": np.zeros(1)})
+  with pytest.raises(ValueError, match=r"a 'euar' run \(euar_mosi\), not a DR-MoE run") as ei:
+    drmoe_routing.analyze(run)
+  assert "\n" not in str(ei.value)
+  del cfg["model_name"]  # a hand-written config: the task without a class label still says what is wrong
+  (run / "config.json").write_text(json.dumps(cfg))
+  with pytest.raises(ValueError, match="first task has no classification label"):
+    drmoe_routing.analyze(run)

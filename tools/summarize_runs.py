@@ -31,7 +31,18 @@ def main(argv=None) -> int:
     if not path.is_file():
       print(f"error: {path}: no results.json (is the run finished?)", file=sys.stderr)
       return 2
-    res = json.loads(path.read_text())
+    try:
+      res = json.loads(path.read_text())
+    except ValueError as e:  # a truncated or damaged file
+      why = str(e).splitlines()[0][:120]
+      print(f"error: {path}: not a readable results.json ({why}); re-run the run's training command", file=sys.stderr)
+      return 2
+    missing = [
+      k for k in ("summary", "tasks", "folds", "dataset", "synthetic") if not isinstance(res, dict) or k not in res
+    ]
+    if missing:
+      print(f"error: {path}: not a jmoe results.json (no {', '.join(missing)})", file=sys.stderr)
+      return 2
     task = args.task or next(iter(res["tasks"]))
     if task not in res["summary"]:
       print(f"error: {path}: no task {task!r}; has {sorted(res['summary'])}", file=sys.stderr)
