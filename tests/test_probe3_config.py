@@ -1,6 +1,7 @@
 """Probe round 3, area A (config, data sources, format v2, pickles): each test reproduces a case of the reliability
 probe (shared/design/reliability-probe-2.md) that was not a clear one-line refusal, on small fixtures written here."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -133,7 +134,7 @@ def test_refusal_after_prepare_leaves_no_config_that_blocks_the_fixed_rerun(tmp_
 
   def ready(cfg):
     with app.prepared(cfg):
-      return None
+      return
 
   wd = tmp_path / "run"
   base = {"workdir": str(wd), "quiet": True, "seeds": 1, "data.synthetic_sizes": (8, 4, 4), "model.width": 8}
@@ -145,3 +146,15 @@ def test_refusal_after_prepare_leaves_no_config_that_blocks_the_fixed_rerun(tmp_
   # an existing run keeps its config.json when a later attempt is refused
   assert cli.invoke(euar_mosi.get_config, refused_after_prepare, {**base, "optim.batch_size": 2}) == 2
   assert (wd / "config.json").is_file()
+
+
+def test_constant_regression_labels_are_warned():  # o_d16_const_labels residual: Corr printed 0.0 without a word
+  ds = synthetic_mosi(sizes=(12, 6, 6), dims={"text": 4, "audio": 3, "vision": 2}, seed=0)
+  tr, va, te = (ds.splits[s] for s in ("train", "valid", "test"))
+  assert not [w for w in fmt.check_split_sizes(tr, va, te, "f") if "every" in w]
+  te0 = dataclasses.replace(te, labels={"sentiment": np.zeros(len(te), np.float32)})
+  warns = fmt.check_split_sizes(tr, va, te0, "predefined")
+  assert "predefined: split 'test': every 'sentiment' label is 0: its correlation is undefined" in " ".join(warns)
+  k2 = lambda n: {"vad": np.stack([np.full(n, 3.0), np.arange(n, dtype=float)], 1).astype(np.float32)}
+  warns = fmt.check_split_sizes(*(dataclasses.replace(s, labels=k2(len(s))) for s in (tr, va, te)), "f")
+  assert "f: split 'test': every 'vad' label (dimension 0) is 3" in " ".join(warns), warns

@@ -420,7 +420,8 @@ def check_split_sizes(
   no spec is given) at least :data:`MIN_SPLIT` distinct classes among them; otherwise a one-line ValueError starting
   with ``where`` (e.g. ``'fold_2'``) names the split, the head and the minimum. With ``modalities``, a sample with no
   data in any of them is refused too (:func:`samples_without_data`). Returns one warning line per (split, head)
-  with fewer than :data:`WARN_SPLIT` labelled samples."""
+  with fewer than :data:`WARN_SPLIT` labelled samples, and one per (split, regression head) whose labels are all
+  equal (a constant test split scores any model like a constant guess)."""
   named = {"train": train, "valid": valid, "test": test}
   heads = tuple(train.labels) if heads is None else tuple(heads)
   warnings = []
@@ -452,6 +453,15 @@ def check_split_sizes(
           raise ValueError(
             f"{where}: split '{sname}' holds only class {names} of '{h}' ({n} samples); at least {MIN_SPLIT} "
             "classes are needed to train or score a classifier (use other folds or a stratified split)"
+          )
+      else:
+        cols = np.asarray(y, np.float64).reshape(n, -1)
+        const = [k for k in range(cols.shape[1]) if np.all(cols[:, k] == cols[0, k])]
+        if const:
+          dims = "" if cols.shape[1] == 1 else f" (dimension {', '.join(map(str, const))})"
+          warnings.append(
+            f"{where}: split '{sname}': every '{h}' label{dims} is {cols[0, const[0]]:g}: its correlation is "
+            "undefined and its scores cannot tell a model from a constant guess"
           )
       if n < WARN_SPLIT:
         warnings.append(
