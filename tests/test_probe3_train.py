@@ -3,10 +3,13 @@ workdir per process, each test failing on the code before its fix."""
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from jmoe.train.checkpoints import Checkpoints, DamagedCheckpointError
@@ -36,3 +39,35 @@ def test_a_truncated_data_file_is_one_error_without_event_loop_tracebacks(tmp_pa
   time.sleep(0.5)
   err = capsys.readouterr().err
   assert "Event loop is closed" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_inside_a_save_takes_effect_after_the_commit(tmp_path, monkeypatch, sig):
+  """n_int_sigint: Ctrl-C inside an orbax save cut it (KeyboardInterrupt through orbax's writer threads); now the save
+  commits and the interrupt follows."""
+  if threading.current_thread() is not threading.main_thread():
+    pytest.skip("signal handlers can be set in the main thread only")
+  like = _wide_tree(4)
+  ck = Checkpoints(tmp_path)
+  orig = ocp.CheckpointManager.save
+
+  def save(self, *a, **k):
+    signal.raise_signal(sig)  # the user's Ctrl-C, delivered while orbax starts writing
+    return orig(self, *a, **k)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+
+  def on_term(signum, frame):  # as the CLI's
+    raise KeyboardInterrupt("SIGTERM")
+
+  prev = signal.signal(signal.SIGTERM, on_term)
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      ck.save_latest(0, like, {"epoch": 0})
+  finally:
+    signal.signal(signal.SIGTERM, prev)
+  monkeypatch.undo()
+  ck.close()
+  state, meta = Checkpoints(tmp_path).restore_latest(like)  # committed before the interrupt acted
+  assert meta["epoch"] == 0 and np.array_equal(state["w03"], like["w03"])
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

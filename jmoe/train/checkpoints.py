@@ -14,15 +14,19 @@ the last complete step (or None if there is none) and a plain re-run resumes fro
 Damage: every save stores a SHA-256 of the saved arrays and metadata inside its own metadata (written in the same
 orbax commit); a restore that fails, whose values do not hash to it, or that has no checksum at all raises
 :class:`DamagedCheckpointError` naming the directory -- altered values are never returned.
+Ctrl-C or SIGTERM during a save takes effect once the save has committed (:func:`signals_deferred`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -82,6 +86,45 @@ def recover_interrupted(root: Path) -> list[str]:
   return notes
 
 
+@contextlib.contextmanager
+def signals_deferred():
+  """Ctrl-C (SIGINT) and SIGTERM arriving inside the block take effect when it ends, so a checkpoint save is never
+  cut in the middle (which left orbax's writer threads waiting and a KeyboardInterrupt traceback through them). A
+  second signal while one is held acts at once (a save that hangs can still be stopped). Main thread only (elsewhere
+  the block runs as is)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  held: list[int] = []
+  kinds = (signal.SIGINT, signal.SIGTERM)
+  previous = {s: signal.getsignal(s) for s in kinds}
+
+  def deliver(signum: int) -> None:
+    handler = previous[signum]
+    if callable(handler):
+      handler(signum, None)
+    elif handler == signal.SIG_DFL:
+      signal.signal(signum, signal.SIG_DFL)
+      signal.raise_signal(signum)
+
+  def hold(signum, frame):
+    if held:
+      deliver(signum)
+    held.append(signum)
+
+  for s in kinds:
+    if previous[s] not in (signal.SIG_IGN, None):
+      signal.signal(s, hold)
+  try:
+    yield
+  finally:
+    for s in kinds:
+      if previous[s] not in (signal.SIG_IGN, None):
+        signal.signal(s, previous[s])
+    if held:
+      deliver(held[0])
+
+
 class _AsyncNoise:
   """``sys.unraisablehook`` while orbax restores: a failed restore leaves reads in flight whose callbacks, once
   orbax closed its event loop, each report an unraisable ``RuntimeError: Event loop is closed`` (a traceback on
@@ -99,7 +142,7 @@ class _AsyncNoise:
       return
     self.previous(unraisable)
 
-  def settle(self, quiet: float = 0.3, limit: float = 3.0) -> None:
+  def settle(self, quiet: float = 0.5, limit: float = 5.0) -> None:
     """Wait until no such report came for ``quiet`` seconds (at most ``limit``): the failed restore's reads ended."""
     t0 = self.last = time.monotonic()
     while time.monotonic() - t0 < limit and time.monotonic() - self.last < quiet:
@@ -118,6 +161,11 @@ class Checkpoints:
   def _save(mngr, step: int, tree, meta: dict[str, Any]):
     tree = jax.tree.map(np.asarray, jax.device_get(tree))
     meta = {**meta, DIGEST_KEY: digest(tree, meta)}
+    with signals_deferred():  # an interrupt lands after the commit
+      Checkpoints._commit(mngr, step, tree, meta)
+
+  @staticmethod
+  def _commit(mngr, step: int, tree, meta: dict[str, Any]):
     root, aside = Path(mngr.directory), None
     if step in mngr.all_steps():  # an epoch redone after an interruption: replace what it wrote before
       aside = root / f"{ASIDE_PREFIX}{step}"  # kept until the new copy commits (see recover_interrupted)
