@@ -6,12 +6,15 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from experiments import euar_mosi
+from jmoe.train import app, cli
 from jmoe.train.checkpoints import Checkpoints, DamagedCheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,3 +74,16 @@ def test_an_interrupt_inside_a_save_takes_effect_after_the_commit(tmp_path, monk
   state, meta = Checkpoints(tmp_path).restore_latest(like)  # committed before the interrupt acted
   assert meta["epoch"] == 0 and np.array_equal(state["w03"], like["w03"])
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_every_seed_diverged_at_once_says_no_checkpoint_and_exits_2(tmp_path, capsys):
+  """n_div_lr1e3_all: each seed said 'best checkpoint kept' (there was none) and the plot warned about a legend."""
+  cfg = euar_mosi.get_config()
+  over = {"workdir": str(tmp_path / "run"), "quiet": True, "seeds": 1, "optim.epochs": 1, "optim.lr": 1e3}
+  cfg.update_from_flattened_dict({**over, "data.synthetic_sizes": (64, 32, 32), "model.width": 8})
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # matplotlib's "No artists with labels found to put in legend"
+    assert cli.execute(app.run, cfg) == 2
+  err = capsys.readouterr().err
+  assert "stopped as diverged (no checkpoint; lower optim.lr)" in err and "best checkpoint kept" not in err
+  assert "error: no seed of euar_mosi produced a usable model" in err

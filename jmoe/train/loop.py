@@ -389,9 +389,10 @@ def _train_group(setup, folds, seeds, vmapped, states, dirs, ckpts, test=True) -
       if not math.isfinite(loss) or loss > max_loss:
         book.update(stopped=True, diverged=True, epoch=epoch)
         why = "non-finite" if not math.isfinite(loss) else f"above {rule}"
+        kept = f"best checkpoint of epoch {book['best_epoch']} kept" if book["best_epoch"] >= 0 else "no checkpoint"
         log(
           f"  {folds[i].name} seed {s}: training loss {loss:.4g} is {why} at epoch {epoch}: stopped as diverged "
-          f"(best checkpoint kept; lower optim.lr)"
+          f"({kept}; lower optim.lr)"
         )
         member_state = jax.tree.map(lambda a: a[i], host_state) if vmapped else host_state
         ckpts[i].save_latest(epoch, member_state, book)

@@ -108,7 +108,8 @@ def plots(workdir: Path, tasks, folds: list[dict], synthetic: bool, select: str)
   axes[1].set_title(f"valid {select} (dotted: selected epoch){tag}")
   for ax in axes:
     ax.set_xlabel("epoch")
-  axes[0].legend(fontsize=7)
+  if axes[0].get_legend_handles_labels()[0]:  # no seed with a logged epoch (all diverged at once): no legend
+    axes[0].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(workdir / "curves.png", dpi=110)
   plt.close(fig)
