@@ -87,3 +87,22 @@ def test_every_seed_diverged_at_once_says_no_checkpoint_and_exits_2(tmp_path, ca
   err = capsys.readouterr().err
   assert "stopped as diverged (no checkpoint; lower optim.lr)" in err and "best checkpoint kept" not in err
   assert "error: no seed of euar_mosi produced a usable model" in err
+
+
+def test_a_damaged_population_checkpoint_names_the_way_on_and_discard_damaged_restarts_it(tmp_path, capsys):
+  """n_pop_damaged_ckpt / n_pop_kill9_in_save: the population runner gave no hint and ignored discard_damaged."""
+  from jmoe.train import population
+
+  like = _wide_tree(2)
+  ck = Checkpoints(tmp_path)
+  ck.save_latest(2, like, {"generation": 2})
+  ck.close()
+  (tmp_path / "fitness.jsonl").write_text('{"generation": 0}\n')
+  meta = tmp_path / "latest/2/meta/metadata"
+  meta.write_text(meta.read_text().replace('"generation": 2', '"generation": 3'))
+  with pytest.raises(DamagedCheckpointError, match=r"latest/2 does not match.*--config.discard_damaged=True"):
+    population.open_population(tmp_path, like, False, "fold seed 0")
+  ck, restored = population.open_population(tmp_path, like, True, "fold seed 0")
+  ck.close()
+  assert restored is None and not (tmp_path / "fitness.jsonl").exists() and not (tmp_path / "latest/2").exists()
+  assert "discarded (config.discard_damaged=True), evolving from scratch" in capsys.readouterr().err

@@ -50,6 +50,7 @@ import dataclasses
 import importlib
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -66,7 +67,7 @@ from jmoe.train import parallel as parallel_lib
 from jmoe.train import report
 from jmoe.train import state as state_lib
 from jmoe.train import steps as steps_lib
-from jmoe.train.checkpoints import Checkpoints
+from jmoe.train.checkpoints import Checkpoints, DamagedCheckpointError
 
 log = loop.log
 LR = "lr"  # the learning-rate gene: opt_state.hyperparams['learning_rate']
@@ -301,6 +302,28 @@ def train_generation(setup: loop.Setup, states, fold: loop.FoldData, seed: int, 
   return jax.tree.map(np.asarray, states), losses
 
 
+def open_population(run_dir: Path, like, discard: bool, where: str) -> tuple[Checkpoints, tuple | None]:
+  """(checkpoints of ``run_dir``, its latest (states, book) or None). A damaged checkpoint is one line naming it and
+  how to go on; with ``discard`` (config.discard_damaged=True) the population's checkpoints and fitness log are
+  discarded and it evolves from scratch."""
+  ckpt = Checkpoints(run_dir)
+  try:
+    return ckpt, ckpt.restore_latest(like)
+  except DamagedCheckpointError as e:
+    ckpt.close()
+    if not discard:
+      raise DamagedCheckpointError(
+        f"damaged checkpoint: {e}; re-run with --config.discard_damaged=True to discard {run_dir} and evolve {where} "
+        "from scratch"
+      ) from None
+    log(f"  {where}: damaged checkpoint ({e}): discarded (config.discard_damaged=True), evolving from scratch")
+    for name in ("latest", "best"):
+      shutil.rmtree(run_dir / name, ignore_errors=True)
+    for name in ("fitness.jsonl", "test_outputs.npz"):
+      (run_dir / name).unlink(missing_ok=True)
+    return Checkpoints(run_dir), None
+
+
 def evolve_run(setup: loop.Setup, fold: loop.FoldData, seed: int, run_dir: Path, fitness_fn, evolve_fn) -> dict:
   """Evolve one population on ``fold`` with seed ``seed``; resumes from ``run_dir/latest``. -> result dict
   (``seed``, ``status``, ``best_epoch`` (the last trained epoch), ``valid``, ``test``, ``chosen``)."""
@@ -310,10 +333,9 @@ def evolve_run(setup: loop.Setup, fold: loop.FoldData, seed: int, run_dir: Path,
   states = init_population(setup, fold, seed, genes, p)
   run_dir = Path(run_dir)
   run_dir.mkdir(parents=True, exist_ok=True)
-  ckpt = Checkpoints(run_dir)
   book = {"generation": 0, "best_fitness": None, "bad_generations": 0, "stopped": False}
+  ckpt, restored = open_population(run_dir, states, cfg.get("discard_damaged", False), f"{fold.name} seed {seed}")
   try:
-    restored = ckpt.restore_latest(states)
     if restored is not None:
       states, meta = restored
       book.update(meta)
