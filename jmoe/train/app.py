@@ -338,7 +338,8 @@ def prepared(cfg: ml_collections.ConfigDict, smoke: Callable | None = None, epoc
       except BaseException:
         # Refused after prepare() wrote config.json but before training wrote anything (e.g. a population that does
         # not fit the device): that config.json alone would refuse the corrected re-run as 'another config'.
-        if not had_config and {p.name for p in wd.iterdir()} <= {"config.json", workdir_lib.LOCK_NAME}:
+        left = {p.name for p in wd.iterdir()} if wd.is_dir() else {"?"}
+        if not had_config and left <= {"config.json", workdir_lib.LOCK_NAME}:
           (wd / "config.json").unlink(missing_ok=True)
         raise
   finally:  # a run refused before it wrote anything leaves no empty workdir behind
