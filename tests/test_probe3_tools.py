@@ -228,3 +228,14 @@ def test_drmoe_routing_refuses_a_run_of_another_model_in_one_line(tmp_path):
   (run / "config.json").write_text(json.dumps(cfg))
   with pytest.raises(ValueError, match="first task has no classification label"):
     drmoe_routing.analyze(run)
+
+
+# --------------------------------------------------------------------------- n_aud_csv_missing_file
+def test_a_csv_listing_a_missing_clip_is_refused_before_encoding(tmp_path, fake_whisper):
+  d = _clips(tmp_path / "clips")
+  (tmp_path / "list.csv").write_text("id,path\nc0,clips/c00.wav\nnope,clips/nope.wav\nc1,clips/c01.wav\n")
+  with pytest.raises(SystemExit) as ei:
+    _speech(tmp_path / "list.csv", tmp_path / "o.npz", "--batch-size", "1")
+  assert f"1 of 3 listed audio files not found, first {tmp_path / 'clips' / 'nope.wav'}" in _one_line(ei)
+  assert fake_whisper.calls == 0 and not (tmp_path / "o.npz.parts").exists()
+  assert d.is_dir()

@@ -80,6 +80,12 @@ def list_audio(path: str | Path) -> tuple[list[str], list[Path]]:
       files.append(p if p.is_absolute() else path.parent / p)
     if not ids:
       raise SystemExit(f"error: {path}: no data rows")
+    missing = [f for f in files if not f.is_file()]
+    if missing:  # found before any clip is encoded, not when its batch comes up
+      raise SystemExit(
+        f"error: {path}: {len(missing)} of {len(files)} listed audio files not found, first {missing[0]} "
+        "(paths are relative to the CSV's folder)"
+      )
   else:
     raise SystemExit(f"error: input not found: {path}")
   seen: dict[str, Path] = {}
