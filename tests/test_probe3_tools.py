@@ -239,3 +239,24 @@ def test_a_csv_listing_a_missing_clip_is_refused_before_encoding(tmp_path, fake_
   assert f"1 of 3 listed audio files not found, first {tmp_path / 'clips' / 'nope.wav'}" in _one_line(ei)
   assert fake_whisper.calls == 0 and not (tmp_path / "o.npz.parts").exists()
   assert d.is_dir()
+
+
+# --------------------------------------------------------------------------- n_aud_empty, then the clip fixed
+def test_fixing_the_clip_that_stopped_the_first_batch_lets_the_same_command_run(tmp_path, fake_whisper):
+  """The first batch's unreadable clip stops the run with only the manifest written; once the clip is replaced the
+  re-run must not be refused as 'shards from a different run' (there are none)."""
+  d = _clips(tmp_path / "clips")
+  good = (d / "c00.wav").read_bytes()
+  (d / "c00.wav").write_bytes(b"")
+  with pytest.raises(SystemExit, match="cannot read audio file"):
+    _speech(d, tmp_path / "o.npz", "--batch-size", "1")
+  (d / "c00.wav").write_bytes(good)
+  assert _speech(d, tmp_path / "o.npz", "--batch-size", "1") == 0
+  assert np.load(tmp_path / "o.npz")["local"].shape[0] == 3
+  # with a finished shard of another input the folder is still refused
+  (d / "c03.wav").write_bytes(good)
+  (tmp_path / "o.npz").unlink()
+  shards.prepare_parts(tmp_path / "p", {"n": 1})
+  shards.save_npz_atomic(tmp_path / "p" / shards.shard_name(0, 1), local=np.zeros((1, 1, 1)))
+  with pytest.raises(SystemExit, match="holds shards from a different run"):
+    shards.prepare_parts(tmp_path / "p", {"n": 2})

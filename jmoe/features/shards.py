@@ -145,12 +145,14 @@ def prepare_parts(parts: Path, manifest: dict) -> None:
       old = json.loads(mpath.read_text())
     except ValueError:
       old = None
-    if old != manifest:
+    if old != manifest and any(parts.glob("shard_*.npz")):
       raise SystemExit(
         f"error: {parts} holds shards from a different run (model/input/batch-size/max-len "
         f"differ); delete that folder to start over"
       )
-    return
+    if old == manifest:
+      return
+    # no shard yet (the last run stopped at its first batch, e.g. on a clip that has since been fixed): start over
   tmp = mpath.with_name(MANIFEST + ".tmp")
   try:
     parts.mkdir(parents=True, exist_ok=True)
