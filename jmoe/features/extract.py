@@ -21,8 +21,8 @@ Text input (``--modality text``): a CSV, either the MOSI bc-LSTM transcripts fil
 
 Speech input (``--modality speech``): a folder (every ``.wav``/``.flac``/``.ogg`` below it, sorted by relative path,
 id = file stem; stems must be unique) or a CSV with a header naming ``id`` and ``path`` columns (paths relative to
-the CSV's folder; the CSV written by :func:`jmoe.data.iemocap.write_manifest` has ``id,path,text`` and so serves
-both modalities).
+the CSV's folder, every listed file checked to exist before any clip is encoded; the CSV written by
+:func:`jmoe.data.iemocap.write_manifest` has ``id,path,text`` and so serves both modalities).
 
 Models (``--model``; ``--arch`` names the architecture the model must be; ``auto`` accepts any text encoder, or for
 speech Whisper (CTranslate2) / WavLM / HuBERT / wav2vec2):
@@ -74,6 +74,8 @@ Output (``--output``: a path ending in ``.npz`` is that file; any other path is 
 Resumable and never half-written (:mod:`jmoe.features.shards`): batches are written as shards (temp file + rename)
 into ``<output npz>.parts/`` with a manifest that pins the model, input, batch size and every option; a rerun skips
 finished shards and computes again a shard that is incomplete or cannot be read (what a kill or a full disk leaves).
+A write the disk refuses (full, read-only) stops the run in one line naming the file, with no temp file left; after
+freeing space the same command resumes.
 The final ``.npz`` is written to a temp file and renamed when all shards exist (then the parts folder is removed
 unless ``--keep-parts``). A tqdm progress bar is shown. Checked before anything is computed: the output is not a
 folder, does not exist (unless ``--overwrite``) and its folder can be written; the input CSV is UTF-8 (one line
