@@ -119,7 +119,8 @@ def read_deap_subject(
     raise ValueError(f"{path}: 'labels' has shape {labels.shape}, expected ({trials}, {len(DEAP_RATINGS)})")
   if samples <= int(round(baseline_s * rate)):
     raise ValueError(f"{path}: {samples} samples leave no stimulus after the {baseline_s:g} s baseline")
-  big = np.abs(data) > np.finfo(np.float32).max  # would turn into inf in the float32 cast (NaN compares False)
+  with np.errstate(invalid="ignore"):  # finite values the float32 cast would turn into inf (NaN/Inf: checked later)
+    big = np.isfinite(data) & (np.abs(data) > np.finfo(np.float32).max)
   if big.any():
     t, c, i = np.argwhere(big)[0]
     raise ValueError(
