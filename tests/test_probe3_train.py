@@ -106,3 +106,17 @@ def test_a_damaged_population_checkpoint_names_the_way_on_and_discard_damaged_re
   ck.close()
   assert restored is None and not (tmp_path / "fitness.jsonl").exists() and not (tmp_path / "latest/2").exists()
   assert "discarded (config.discard_damaged=True), evolving from scratch" in capsys.readouterr().err
+
+
+def test_an_unfinished_save_is_removed_with_a_note(tmp_path, capsys):
+  """n_int_kill9_first_latest / n_pop_kill9_in_save: the re-run resumes (or starts fresh), and says why."""
+  from jmoe.train import loop, population
+
+  (tmp_path / "a/latest/0.orbax-checkpoint-tmp").mkdir(parents=True)
+  loop.open_checkpoints(tmp_path / "a").close()
+  (tmp_path / "b/latest/1.orbax-checkpoint-tmp-123").mkdir(parents=True)
+  ck, restored = population.open_population(tmp_path / "b", _wide_tree(1), False, "fold seed 0")
+  ck.close()
+  assert restored is None and not (tmp_path / "b/latest/1.orbax-checkpoint-tmp-123").exists()
+  err = capsys.readouterr().err
+  assert err.count("unfinished save removed (an interrupted save; resuming from the last complete checkpoint)") == 2

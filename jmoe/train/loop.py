@@ -221,12 +221,20 @@ def _fit_group(
     setup.model, setup.tx, sample, jax.random.key(s), setup.hparams, setup.init_fn
   )
   states = [state_lib.with_overrides(init(s), hp) for s, hp in zip(seeds, hparams or [{}] * len(seeds))]
-  ckpts = [Checkpoints(d) for d in dirs]
+  ckpts = [open_checkpoints(d) for d in dirs]
   try:
     return _train_group(setup, folds, seeds, vmapped, states, dirs, ckpts, test)
   finally:
     for ck in ckpts:
       ck.close()
+
+
+def open_checkpoints(d: Path) -> Checkpoints:
+  """The checkpoints of member directory ``d``; what an interrupted save left there is undone with a note each."""
+  ck = Checkpoints(d)
+  for note in ck.recovered:
+    log(f"  note: {note} (an interrupted save; resuming from the last complete checkpoint)")
+  return ck
 
 
 def _predict_members(
@@ -274,7 +282,7 @@ def _resume(setup: Setup, ckpts: list, i: int, d: Path, like, where: str) -> tup
       shutil.rmtree(d / name, ignore_errors=True)
     for name in ("metrics.jsonl", "test_outputs.npz"):
       (d / name).unlink(missing_ok=True)
-    ckpts[i] = Checkpoints(d)
+    ckpts[i] = open_checkpoints(d)
     return like, _new_book()
   log(f"  {where}: resuming after epoch {book['epoch']} from {d / 'latest'}")
   return state, book

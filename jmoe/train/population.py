@@ -306,7 +306,7 @@ def open_population(run_dir: Path, like, discard: bool, where: str) -> tuple[Che
   """(checkpoints of ``run_dir``, its latest (states, book) or None). A damaged checkpoint is one line naming it and
   how to go on; with ``discard`` (config.discard_damaged=True) the population's checkpoints and fitness log are
   discarded and it evolves from scratch."""
-  ckpt = Checkpoints(run_dir)
+  ckpt = loop.open_checkpoints(run_dir)
   try:
     return ckpt, ckpt.restore_latest(like)
   except DamagedCheckpointError as e:
