@@ -120,3 +120,22 @@ def test_an_unfinished_save_is_removed_with_a_note(tmp_path, capsys):
   assert restored is None and not (tmp_path / "b/latest/1.orbax-checkpoint-tmp-123").exists()
   err = capsys.readouterr().err
   assert err.count("unfinished save removed (an interrupted save; resuming from the last complete checkpoint)") == 2
+
+
+def test_a_swallowed_ctrl_c_still_stops_the_run_at_the_next_epoch():
+  """n_int_sigint: in 1 of 7 tries a Ctrl-C was swallowed (its KeyboardInterrupt raised inside a callback whose
+  exceptions are only printed) and training ran on to the end."""
+  from jmoe.train import loop
+
+  if threading.current_thread() is not threading.main_thread():
+    pytest.skip("signal handlers can be set in the main thread only")
+  with loop.interrupts_remembered():
+    loop.check_interrupted()  # nothing seen yet
+    try:  # a library that swallows it
+      signal.raise_signal(signal.SIGINT)
+    except KeyboardInterrupt:
+      pass
+    with pytest.raises(KeyboardInterrupt):
+      loop.check_interrupted()
+  loop.check_interrupted()  # forgotten once the run is over
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

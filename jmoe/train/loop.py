@@ -22,11 +22,14 @@ order, RNG, early stopping and checkpoints; a stopped or diverged member stops u
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import shutil
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +118,47 @@ def with_consts(batch: dict, consts: dict[str, np.ndarray] | None, members: bool
 def consts_of(hparams: dict) -> dict[str, np.ndarray]:
   """The batch constants of a state's (or stacked states') hyperparameters: its ``gene/<name>`` entries."""
   return {k: np.asarray(v, np.float32) for k, v in hparams.items() if k.startswith("gene/")}
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_interrupted: list[int] = []  # signals seen inside :func:`interrupts_remembered`
+
+
+@contextlib.contextmanager
+def interrupts_remembered():
+  """Ctrl-C (SIGINT) and SIGTERM act as before (the previous handler runs: KeyboardInterrupt) and are also
+  remembered, so that one whose KeyboardInterrupt some library swallowed (raised inside a callback whose exceptions
+  are only printed) still stops the run at the next epoch or generation (:func:`check_interrupted`). Main thread
+  only."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  previous = {s: signal.getsignal(s) for s in _SIGNALS}
+
+  def remember(signum, frame):
+    _interrupted.append(signum)
+    handler = previous[signum]
+    if callable(handler):
+      handler(signum, frame)
+    else:  # SIG_DFL: what the signal would have done
+      signal.signal(signum, signal.SIG_DFL)
+      signal.raise_signal(signum)
+
+  mine = [s for s in _SIGNALS if callable(previous[s]) or previous[s] == signal.SIG_DFL]
+  for s in mine:
+    signal.signal(s, remember)
+  try:
+    yield
+  finally:
+    for s in mine:
+      signal.signal(s, previous[s])
+    _interrupted.clear()
+
+
+def check_interrupted() -> None:
+  """KeyboardInterrupt if a signal was seen (see :func:`interrupts_remembered`) and its interrupt did not stop us."""
+  if _interrupted:
+    raise KeyboardInterrupt("SIGTERM" if _interrupted[0] == signal.SIGTERM else "SIGINT")
 
 
 def before_epoch(epoch: int) -> None:
@@ -223,7 +267,8 @@ def _fit_group(
   states = [state_lib.with_overrides(init(s), hp) for s, hp in zip(seeds, hparams or [{}] * len(seeds))]
   ckpts = [open_checkpoints(d) for d in dirs]
   try:
-    return _train_group(setup, folds, seeds, vmapped, states, dirs, ckpts, test)
+    with interrupts_remembered():
+      return _train_group(setup, folds, seeds, vmapped, states, dirs, ckpts, test)
   finally:
     for ck in ckpts:
       ck.close()
@@ -374,6 +419,7 @@ def _train_group(setup, folds, seeds, vmapped, states, dirs, ckpts, test=True) -
     active = np.array([not b["stopped"] for b in books])
     if not active.any():
       break
+    check_interrupted()
     before_epoch(epoch)
     if schedule != "constant":  # the epoch's learning-rate factor, set on the host copy (no recompilation)
       factor = state_lib.schedule_factor(schedule, epoch, opt.epochs)

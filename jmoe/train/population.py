@@ -348,6 +348,7 @@ def evolve_run(setup: loop.Setup, fold: loop.FoldData, seed: int, run_dir: Path,
     patience = patience_generations(cfg)
     fit, gen = None, book["generation"]
     while gen < pc.generations and not book["stopped"]:
+      loop.check_interrupted()
       gkey = jax.random.fold_in(root, gen)
       rngs = jax.random.split(jax.random.fold_in(gkey, 1), p)
       t0 = time.time()
@@ -439,7 +440,8 @@ def _run(cfg, r: app.Prepared) -> dict:
   evolve_fn = make_evolve_fn(pc, genes)  # compiled once for every fold and seed
   fold_results = []
   for i, fold in enumerate(r.folds):
-    res = [evolve_run(st, fold, s, r.workdir / f"fold_{i}" / f"seed_{s}", fitness_fn, evolve_fn) for s in r.seeds]
+    with loop.interrupts_remembered():  # a Ctrl-C that a library swallowed stops at the next generation
+      res = [evolve_run(st, fold, s, r.workdir / f"fold_{i}" / f"seed_{s}", fitness_fn, evolve_fn) for s in r.seeds]
     fold_results.append(app.fold_result(i, fold, res))
     report.plot_fitness(r.workdir / f"fold_{i}", r.seeds)
   title = (
