@@ -1,8 +1,8 @@
 """Probe round 3 (issue 23), area C: feature extraction and the small tools refuse bad input in one line.
 
-Each test reproduces one case of the reliability probe (round 3) that was not CLEAR on the re-run (full disk, read-only output,
-a WavLM folder without weights, a long clip beside a short one, two extractions into one output, a damaged
-results.json, a run of the wrong model) with a fake encoder or monkeypatched writes: no mount, no model weights.
+Each test reproduces one case of the reliability probe (round 3) that was not CLEAR on the re-run (full disk,
+read-only output, a WavLM folder without weights, a long clip beside a short one, two extractions into one output, a
+damaged results.json, a run of the wrong model) with a fake encoder or monkeypatched writes: no mount, no weights.
 """
 
 import errno
