@@ -9,7 +9,8 @@ modality). Class names come from the dataset's metadata (``<data.path>/meta.json
 saved dataset (``data.source='dir'``, e.g. one built by ``python -m jmoe.data.build``); then the share routed local
 is also given per value of each of the dataset's groups (speaker, session...). On ``synthetic_scale`` data it also
 states the agreement with the planted scale of each class (per sample, and whether each class's majority route is its
-planted scale). On RAVDESS / IEMOCAP (and any dataset with such class names) it states whether anger leans local and the low-arousal classes (sad, calm, neutral) lean global, the abstract's claim: "leans" = routed to
+planted scale). On RAVDESS / IEMOCAP (and any dataset with such class names) it states whether anger leans local and
+the low-arousal classes (sad, calm, neutral) lean global, the abstract's claim: "leans" = routed to
 that scale more often than the modality's average sample.
 """
 
@@ -94,7 +95,7 @@ def load_outputs(run: str | Path) -> tuple[dict, list[dict[str, np.ndarray]]]:
   except ValueError as e:
     raise ValueError(f"{run / 'config.json'}: not valid JSON ({e})") from None
   if not isinstance(cfg, dict):
-    raise ValueError(f"{run / 'config.json'}: not a run's config (a JSON object)")  # noqa: TRY004 -- the CLI's one-line errors
+    raise ValueError(f"{run / 'config.json'}: not a run's config (a JSON object)")  # noqa: TRY004
   model = cfg.get("model_name")  # absent in hand-written and older run configs
   if model is not None and model != "drmoe":
     raise ValueError(
