@@ -260,3 +260,22 @@ def test_fixing_the_clip_that_stopped_the_first_batch_lets_the_same_command_run(
   shards.save_npz_atomic(tmp_path / "p" / shards.shard_name(0, 1), local=np.zeros((1, 1, 1)))
   with pytest.raises(SystemExit, match="holds shards from a different run"):
     shards.prepare_parts(tmp_path / "p", {"n": 2})
+
+
+# --------------------------------------------------------------------------- n_aud_out_readonly, folder exists
+def test_an_existing_output_folder_on_a_read_only_mount_says_so(tmp_path, monkeypatch):
+  """The folder exists (no mkdir error), root's access() fails on the read-only mount: name that, not permissions."""
+  real_statvfs = os.statvfs
+
+  class ReadOnly:
+    def __init__(self, st):
+      self.f_flag = st.f_flag | os.ST_RDONLY
+
+  monkeypatch.setattr(shards.os, "access", lambda path, mode: False)
+  monkeypatch.setattr(shards.os, "statvfs", lambda path: ReadOnly(real_statvfs(path)))
+  with pytest.raises(SystemExit) as ei:
+    shards.prepare_output(tmp_path / "x.npz", overwrite=False)
+  assert _one_line(ei) == f"error: cannot write to the output folder {tmp_path} (read-only file system)"
+  monkeypatch.setattr(shards.os, "statvfs", real_statvfs)
+  with pytest.raises(SystemExit, match=r"\(no write permission\)"):
+    shards.prepare_output(tmp_path / "x.npz", overwrite=False)

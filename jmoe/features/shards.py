@@ -110,7 +110,11 @@ def prepare_output(output: str | Path, overwrite: bool) -> tuple[Path, Path]:
       f"error: cannot create the output folder {out.parent} ({e.strerror or type(e).__name__})"
     ) from None
   if not os.access(out.parent, os.W_OK | os.X_OK):
-    raise SystemExit(f"error: cannot write to the output folder {out.parent} (no write permission)")
+    try:
+      why = "read-only file system" if os.statvfs(out.parent).f_flag & os.ST_RDONLY else "no write permission"
+    except OSError:
+      why = "no write permission"
+    raise SystemExit(f"error: cannot write to the output folder {out.parent} ({why})")
   return out, parts
 
 
