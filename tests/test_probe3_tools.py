@@ -279,3 +279,16 @@ def test_an_existing_output_folder_on_a_read_only_mount_says_so(tmp_path, monkey
   monkeypatch.setattr(shards.os, "statvfs", real_statvfs)
   with pytest.raises(SystemExit, match=r"\(no write permission\)"):
     shards.prepare_output(tmp_path / "x.npz", overwrite=False)
+
+
+def test_a_permission_error_outside_a_write_is_not_called_a_write(tmp_path, fake_whisper, monkeypatch):
+  def denied(path, *a, **k):
+    raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+  monkeypatch.setattr(speech, "list_audio", denied)  # e.g. an input CSV root may not read (NFS root squash)
+  with pytest.raises(SystemExit) as ei:
+    _speech(tmp_path / "in.csv", tmp_path / "o")
+  assert (
+    _one_line(ei)
+    == f"error: cannot access {tmp_path / 'in.csv'} (Permission denied); fix that and re-run the same command"
+  )

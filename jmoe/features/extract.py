@@ -91,6 +91,7 @@ and ``features``), imported inside :func:`main`. ``tools/extract_features.py`` i
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 
 from jmoe.features.models import SPEECH_HF_ARCHS, TEXT_ARCHS
@@ -166,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     if e.errno not in DISK_ERRNOS:
       raise
     where = e.filename or args.output
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EIO):  # may be a read as well (the input CSV)
+      raise SystemExit(f"error: cannot access {where} ({e.strerror}); fix that and re-run the same command") from None
     raise SystemExit(
       f"error: cannot write {where} ({e.strerror}); free some space or make it writable and re-run the same command"
     ) from None
