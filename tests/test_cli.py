@@ -85,6 +85,16 @@ def test_user_errors_are_one_line_and_exit_2(capsys):
   assert cli.invoke(lambda: cli.ml_collections.ConfigDict({"debug": False}), full) == 2
   assert "no space left on the device writing runs/x/latest" in capsys.readouterr().err
 
+  def orbax_full(cfg):  # what orbax/tensorstore raises on a full disk (probe n_df_train): not an OSError
+    raise ValueError(
+      'RESOURCE_EXHAUSTED: Error writing "opt_state" in OCDBT database at local file "/mnt/t/wd/latest/0.orbax-'
+      "checkpoint-tmp/d/abc\": Error writing file: No space left on device [os_error_code='28']"
+    )
+
+  assert cli.invoke(lambda: cli.ml_collections.ConfigDict({"debug": False}), orbax_full) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: no space left on the device writing /mnt/t/wd/latest/0.orbax-checkpoint-tmp/d/abc")
+
   def interrupted(cfg):
     raise KeyboardInterrupt
 

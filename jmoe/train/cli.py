@@ -19,6 +19,7 @@ import errno
 import importlib
 import logging as py_logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -174,6 +175,12 @@ def error_line(e: BaseException) -> str:
   """One line for a user error (an ``OSError`` names its file and what went wrong)."""
   if isinstance(e, OSError) and e.errno == errno.ENOSPC:
     return f"no space left on the device writing {e.filename or 'the run directory'}: free space and re-run to resume"
+  if "No space left on device" in str(e) or "os_error_code='28'" in str(e):  # tensorstore's (orbax's) wording
+    where = re.search(r'local file "([^"]+)"', str(e))
+    return (
+      f"no space left on the device writing {where.group(1) if where else 'the run directory'}: free space and "
+      "re-run to resume"
+    )
   if isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
     return f"cannot write {e.filename or 'the run directory'} ({e.strerror}): choose a writable --config.workdir"
   text = str(e).strip().splitlines()
