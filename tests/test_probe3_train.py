@@ -140,4 +140,9 @@ def test_a_swallowed_ctrl_c_still_stops_the_run_at_the_next_epoch():
     with pytest.raises(KeyboardInterrupt):
       loop.check_interrupted()
   loop.check_interrupted()  # forgotten once the run is over
+  with pytest.raises(KeyboardInterrupt), loop.interrupts_remembered():  # swallowed in the last epoch of a seed
+    try:
+      signal.raise_signal(signal.SIGINT)
+    except KeyboardInterrupt:
+      pass
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

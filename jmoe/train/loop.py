@@ -149,6 +149,7 @@ def interrupts_remembered():
     signal.signal(s, remember)
   try:
     yield
+    check_interrupted()  # one swallowed in the last epoch stops the run before the next seed
   finally:
     for s in mine:
       signal.signal(s, previous[s])
@@ -158,7 +159,9 @@ def interrupts_remembered():
 def check_interrupted() -> None:
   """KeyboardInterrupt if a signal was seen (see :func:`interrupts_remembered`) and its interrupt did not stop us."""
   if _interrupted:
-    raise KeyboardInterrupt("SIGTERM" if _interrupted[0] == signal.SIGTERM else "SIGINT")
+    first = _interrupted[0]
+    _interrupted.clear()  # delivered
+    raise KeyboardInterrupt("SIGTERM" if first == signal.SIGTERM else "SIGINT")
 
 
 def before_epoch(epoch: int) -> None:
