@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import math
 import time
 from pathlib import Path
 
@@ -217,6 +218,8 @@ def run(cfg) -> dict:
     }
     if "test_ensemble" in res["summary"][task]:
       out["rows"][f"{name}+ens"] = {**out["rows"][name], "test": res["summary"][task]["test_ensemble"], "seconds": 0.0}
+  for name, row in out["rows"].items():  # rows of a board written before the routed-local column
+    row.setdefault("routed_local", routed_local(root / name.removesuffix("+ens")))
   order = [m for n, _, _ in row_configs(_all_rows(cfg)) for m in (n, f"{n}+ens")]
   out["rows"] = {n: out["rows"][n] for n in order if n in out["rows"]}
   out["budget"] = budget
@@ -277,23 +280,25 @@ def table(out: dict, metrics) -> str:
 
 
 def verdicts(rows: dict, metric: str) -> list[str]:
-  """One line per non-baseline row: its difference to the best baseline row in ``metric`` with both stds."""
+  """One line per non-baseline row: its difference to the best baseline row in ``metric``, and whether it is ahead,
+  behind, or within noise: the absolute difference at most the combined std sqrt(std_row² + std_baseline²)."""
   lower_better = metric.upper().startswith("MAE")
   base = {n: r["test"][metric] for n, r in rows.items() if r["model"] == "baseline" and r["test"].get(metric)}
   if not base:
     return []
-  pick = min if lower_better else max
-  best = pick(base, key=lambda n: base[n][0])
+  best = (min if lower_better else max)(base, key=lambda n: base[n][0])
   out = []
   for name, r in rows.items():
     v = r["test"].get(metric)
     if r["model"] == "baseline" or v is None:
       continue
     diff = v[0] - base[best][0]
-    wins = diff < 0 if lower_better else diff > 0
+    noise = math.hypot(v[1], base[best][1])
+    gain = -diff if lower_better else diff
+    verdict = "within noise of it" if abs(diff) <= noise else ("beats it" if gain > 0 else "below it")
     out.append(
       f"- {name}: {metric} {diff:+.4f} vs the best baseline ({best}, {base[best][0]:.4f} ± {base[best][1]:.4f}; "
-      f"this row ± {v[1]:.4f}): {'beats it' if wins else 'does not beat it'}"
+      f"this row ± {v[1]:.4f}, combined std {noise:.4f}): {verdict}"
     )
   return out
 

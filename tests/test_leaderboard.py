@@ -38,19 +38,19 @@ def test_unknown_row_is_refused():
     lb.row_configs(_cfg(dataset="synthetic_mosi", rows="paper,nope"))
 
 
-def test_verdicts_name_the_best_baseline_and_the_direction():
+def test_verdicts_name_the_best_baseline_and_weigh_the_difference_against_the_noise():
   rows = {
-    "paper": {"model": "euar", "test": {"Acc": (0.70, 0.02)}},
-    "linear": {"model": "baseline", "test": {"Acc": (0.75, 0.01)}},
-    "mlp": {"model": "baseline", "test": {"Acc": (0.72, 0.01)}},
+    "paper": {"model": "euar", "test": {"Acc": (0.70, 0.02), "MAE": (0.8, 0.01)}},
+    "linear": {"model": "baseline", "test": {"Acc": (0.75, 0.01), "MAE": (0.9, 0.01)}},
+    "mlp": {"model": "baseline", "test": {"Acc": (0.72, 0.01), "MAE": (1.0, 0.01)}},
   }
   (line,) = lb.verdicts(rows, "Acc")
-  assert "-0.0500" in line and "linear" in line and "does not beat it" in line
-  rows["paper"]["test"]["MAE"] = (0.8, 0.1)
-  rows["linear"]["test"]["MAE"] = (0.9, 0.1)
-  rows["mlp"]["test"]["MAE"] = (1.0, 0.1)
-  (line,) = lb.verdicts(rows, "MAE")  # lower is better
-  assert "linear" in line and "beats it" in line and "does not" not in line
+  assert "-0.0500" in line and "(linear," in line and line.endswith("below it")
+  (line,) = lb.verdicts(rows, "MAE")  # lower is better: 0.8 vs the best baseline's 0.9
+  assert "(linear," in line and line.endswith("beats it")
+  rows["paper"]["test"]["Acc"] = (0.76, 0.02)  # +0.01 < hypot(0.02, 0.01)
+  (line,) = lb.verdicts(rows, "Acc")
+  assert line.endswith("within noise of it")
 
 
 def test_row_is_reported_on_the_task_with_the_boards_metric():
