@@ -171,14 +171,21 @@ def row_configs(cfg) -> list[tuple[str, str, ml_collections.ConfigDict]]:
   return [r for r in rows if not wanted or r[0] in wanted]
 
 
-def routed_local(workdir: str | Path) -> float | None:
-  """The share of test samples routed to the local scale, pooled over folds x seeds (DR-MoE's per-sample route,
-  ``per_sample.scale_<m>`` in test_outputs.npz: 0 local, 1 global); None for models without a scale route."""
-  shares = []
+def routed_local(workdir: str | Path) -> dict | None:
+  """DR-MoE's scale routing on the test sets (``per_sample.scale_<m>`` in test_outputs.npz: 0 local, 1 global):
+  ``share`` -- the share of test samples routed local, pooled over folds x seeds; ``collapsed`` -- how many of the
+  ``models`` (fold x seed x modality) route every test sample to one scale. None for models without a scale route."""
+  config = Path(workdir) / "config.json"
+  if config.is_file() and json.loads(config.read_text()).get("model", {}).get("scales", "route") != "route":
+    return None  # one fixed scale (the global-only / local-only ablations): nothing is routed
+  per_model = []
   for f in sorted(Path(workdir).glob("fold_*/seed_*/test_outputs.npz")):
     with np.load(f) as z:
-      shares += [1.0 - np.asarray(z[k], np.float64).ravel() for k in z.files if k.startswith("per_sample.scale_")]
-  return float(np.concatenate(shares).mean()) if shares else None
+      per_model += [1.0 - np.asarray(z[k], np.float64).ravel() for k in z.files if k.startswith("per_sample.scale_")]
+  if not per_model:
+    return None
+  collapsed = sum(bool(np.all(m == m[0])) for m in per_model)
+  return {"share": float(np.concatenate(per_model).mean()), "collapsed": collapsed, "models": len(per_model)}
 
 
 def run(cfg) -> dict:
@@ -250,8 +257,9 @@ def _read_board(path: Path) -> dict:
 
 
 def table(out: dict, metrics) -> str:
-  """The leaderboard as markdown: one row per model, the routed-local share where a row routes scales, and per paper
-  model its difference to the best baseline in the first metric (lower is better for MAE-like metrics)."""
+  """The leaderboard as markdown: one row per model, the routed-local share (and how many models route every sample
+  to one scale) where a row routes scales, and per paper model its difference to the best baseline in the first
+  metric (lower is better for MAE-like metrics)."""
   b = out["budget"]
   rows = out["rows"]
   synthetic = any(r["synthetic"] for r in rows.values())
@@ -263,7 +271,10 @@ def table(out: dict, metrics) -> str:
       f"{b['epochs']} epochs, folds {b['folds']}"
     ),
     "",
-    "| row | model | " + " | ".join(metrics) + (" | routed local" if routed else "") + " | seconds |",
+    "| row | model | "
+    + " | ".join(metrics)
+    + (" | routed local (models on one scale)" if routed else "")
+    + " | seconds |",
     "|---|---|" + "---|" * len(metrics) + ("---|" if routed else "") + "---|",
   ]
   for name, r in rows.items():
@@ -272,8 +283,8 @@ def table(out: dict, metrics) -> str:
       v = r["test"].get(m)
       cells.append("undefined" if v is None else f"{v[0]:.4f} ± {v[1]:.4f}")
     if routed:
-      share = r.get("routed_local")
-      cells.append("–" if share is None else f"{share:.1%}")
+      rl = r.get("routed_local")
+      cells.append("–" if rl is None else f"{rl['share']:.1%} ({rl['collapsed']}/{rl['models']} collapsed)")
     lines.append(f"| {name} | {r['model']} | " + " | ".join(cells) + f" | {r['seconds']:.0f} |")
   lines += [""] + verdicts(rows, metrics[0])
   return "\n".join(lines)

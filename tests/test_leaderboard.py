@@ -86,3 +86,15 @@ def test_subset_of_rows_merges_into_the_earlier_board(tmp_path):
 def test_haemsa_row_is_reported_on_sentiment(tmp_path):
   board, md = _board(tmp_path, "haemsa,linear")
   assert board["rows"]["haemsa"]["task"] == "sentiment" and "- haemsa: Non0_acc_2" in md.read_text()
+
+
+def test_routed_local_counts_models_on_one_scale(tmp_path):
+  import numpy as np
+
+  for f, s, route in ((0, 0, [1, 1, 1]), (0, 1, [0, 1, 0]), (1, 0, [0, 0, 0])):
+    d = tmp_path / f"fold_{f}" / f"seed_{s}"
+    d.mkdir(parents=True)
+    np.savez(d / "test_outputs.npz", **{"per_sample.scale_audio": np.array(route)})
+  assert lb.routed_local(tmp_path) == {"share": 5 / 9, "collapsed": 2, "models": 3}
+  (tmp_path / "config.json").write_text(json.dumps({"model": {"scales": "global"}}))
+  assert lb.routed_local(tmp_path) is None  # a fixed scale routes nothing
