@@ -113,7 +113,9 @@ def test_finite_divergence_is_caught_and_a_run_without_a_model_exits_2(tmp_path,
   assert res["folds"][0]["seeds"][0]["status"] == "diverged"
   # the same command again: the diverged seed is not retrained, and the run exits 2 with one line
   assert cli.invoke(lambda: _cfg(tmp_path / "run", **{"optim.epochs": 3}), app.run) == 2
-  assert "error: no seed of euar_mosi produced a usable model" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert "error: no seed of euar_mosi produced a usable model" in err
+  assert "the best checkpoints of 1 of them are kept" in err and "no best checkpoint exists" not in err  # epoch 0's
 
 
 def test_constant_predictions_are_flagged_in_the_table(tmp_path, monkeypatch):

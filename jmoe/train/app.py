@@ -470,7 +470,13 @@ def finish(cfg, ds, tasks, fold_results: list[dict], title: str, select: str, t0
   ]
   if left_out:
     table += f"\nLeft out of the means: {', '.join(left_out)}\n"
-  flagged = [f"{f['name']}/seed {r['seed']}: {x}" for f in fold_results for r in f["seeds"] for x in r.get("flags", [])]
+  flagged = [
+    f"{f['name']}/seed {r['seed']}: {x}"
+    for f in fold_results
+    for r in f["seeds"]
+    if r["status"] == "ok"  # the others are listed above, out of the means
+    for x in r.get("flags", [])
+  ]
   if flagged:
     table += f"\nFlagged (in the means): {'; '.join(flagged)}\n"
   for t in tasks:
@@ -499,9 +505,15 @@ def finish(cfg, ds, tasks, fold_results: list[dict], title: str, select: str, t0
     print(table)
     print(f"\nrun dir: {workdir} (results.json{''.join(', ' + w for w in written)}); {out['seconds']:.0f} s")
   if not any(r["status"] == "ok" for f in fold_results for r in f["seeds"]):
+    kept = [r for f in fold_results for r in f["seeds"] if r.get("best_epoch") is not None]
+    where = (
+      f"the best checkpoints of {len(kept)} of them are kept and evaluated in results.json, out of the means"
+      if kept
+      else "no best checkpoint exists"
+    )
     raise RunFailed(
       f"no seed of {cfg.name} produced a usable model ({', '.join(sorted(set(left_out))) or 'none trained'}); "
-      "no best checkpoint exists: lower --config.optim.lr or check the data"
+      f"{where}: lower --config.optim.lr or check the data"
     )
   return out
 

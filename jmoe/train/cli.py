@@ -202,7 +202,7 @@ def execute(run: Callable[[ml_collections.ConfigDict], Any], cfg: ml_collections
       raise
     term = "SIGTERM" in str(e)
     print(
-      f"interrupted ({'SIGTERM' if term else 'Ctrl-C'}): the last finished epoch is checkpointed; "
+      f"interrupted ({'SIGTERM' if term else 'Ctrl-C'}): the last finished epoch (or generation) is checkpointed; "
       "run the same command again to resume",
       file=sys.stderr,
     )
