@@ -188,6 +188,20 @@ def routed_local(workdir: str | Path) -> dict | None:
   return {"share": float(np.concatenate(per_model).mean()), "collapsed": collapsed, "models": len(per_model)}
 
 
+def per_fold(workdir: str | Path, task: str, metric: str) -> list[float | None] | None:
+  """The test ``metric`` of ``task`` per fold (mean over the fold's finished seeds) from ``<workdir>/results.json``:
+  what a paired comparison of two rows on the same folds needs."""
+  path = Path(workdir) / "results.json"
+  if not path.is_file():
+    return None
+  out = []
+  for fold in json.loads(path.read_text())["folds"]:
+    vals = [s["test"][task].get(metric) for s in fold["seeds"] if s["status"] == "ok" and s.get("test")]
+    vals = [v for v in vals if v is not None]
+    out.append(float(np.mean(vals)) if vals else None)
+  return out
+
+
 def run(cfg) -> dict:
   rows = row_configs(cfg)
   board = DATASETS[cfg.dataset]
@@ -222,11 +236,15 @@ def run(cfg) -> dict:
       "select": res["select"],
       "folds": len(res["folds"]),
       "routed_local": routed_local(c.workdir),
+      "per_fold": per_fold(c.workdir, task, board.metrics[0]),
     }
     if "test_ensemble" in res["summary"][task]:
-      out["rows"][f"{name}+ens"] = {**out["rows"][name], "test": res["summary"][task]["test_ensemble"], "seconds": 0.0}
-  for name, row in out["rows"].items():  # rows of a board written before the routed-local column
+      ens = {"test": res["summary"][task]["test_ensemble"], "seconds": 0.0, "per_fold": None}
+      out["rows"][f"{name}+ens"] = {**out["rows"][name], **ens}
+  for name, row in out["rows"].items():  # rows of a board written before these columns
     row.setdefault("routed_local", routed_local(root / name.removesuffix("+ens")))
+    if not name.endswith("+ens"):
+      row.setdefault("per_fold", per_fold(root / name, row["task"], board.metrics[0]))
   order = [m for n, _, _ in row_configs(_all_rows(cfg)) for m in (n, f"{n}+ens")]
   out["rows"] = {n: out["rows"][n] for n in order if n in out["rows"]}
   out["budget"] = budget
@@ -307,10 +325,16 @@ def verdicts(rows: dict, metric: str) -> list[str]:
     noise = math.hypot(v[1], base[best][1])
     gain = -diff if lower_better else diff
     verdict = "within noise of it" if abs(diff) <= noise else ("beats it" if gain > 0 else "below it")
-    out.append(
+    line = (
       f"- {name}: {metric} {diff:+.4f} vs the best baseline ({best}, {base[best][0]:.4f} ± {base[best][1]:.4f}; "
       f"this row ± {v[1]:.4f}, combined std {noise:.4f}): {verdict}"
     )
+    mine, theirs = r.get("per_fold"), rows[best].get("per_fold")
+    if mine and theirs and len(mine) == len(theirs) > 1 and None not in mine + theirs:
+      d = np.asarray(mine) - np.asarray(theirs)
+      ahead = int(np.sum(d < 0 if lower_better else d > 0))
+      line += f"; paired over the {len(d)} folds {d.mean():+.4f} ± {d.std():.4f}, ahead on {ahead} of {len(d)}"
+    out.append(line)
   return out
 
 

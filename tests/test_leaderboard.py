@@ -51,6 +51,9 @@ def test_verdicts_name_the_best_baseline_and_weigh_the_difference_against_the_no
   rows["paper"]["test"]["Acc"] = (0.76, 0.02)  # +0.01 < hypot(0.02, 0.01)
   (line,) = lb.verdicts(rows, "Acc")
   assert line.endswith("within noise of it")
+  rows["paper"]["per_fold"], rows["linear"]["per_fold"] = [0.74, 0.76, 0.78], [0.73, 0.75, 0.78]  # the same folds
+  (line,) = lb.verdicts(rows, "Acc")
+  assert "paired over the 3 folds +0.0067 ± 0.0047, ahead on 2 of 3" in line
 
 
 def test_row_is_reported_on_the_task_with_the_boards_metric():
@@ -76,6 +79,8 @@ def test_subset_of_rows_merges_into_the_earlier_board(tmp_path):
   _board(tmp_path, "late_linear", **two)
   board, md = _board(tmp_path, "linear", **two)
   assert list(board["rows"]) == ["linear", "linear+ens", "late_linear", "late_linear+ens"]  # the board's order
+  linear = board["rows"]["linear"]
+  assert linear["per_fold"] == [pytest.approx(linear["test"]["Non0_acc_2"][0])]  # one fold: its mean over seeds
   assert "SYNTHETIC" in md.read_text() and "| late_linear | baseline |" in md.read_text()
   bad = {**two, "dataset": "synthetic_mosi", "search_trials": 0, "workdir": str(tmp_path / "board")}
   with pytest.raises(ValueError, match="another budget"):
