@@ -146,3 +146,31 @@ def test_a_swallowed_ctrl_c_still_stops_the_run_at_the_next_epoch():
     except KeyboardInterrupt:
       pass
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_a_failed_save_drops_the_event_loop_noise_of_its_writes_in_flight(tmp_path, monkeypatch, capsys):
+  """n_df_train: a save that fails on a full disk left writes in flight whose callbacks printed `Event loop is
+  closed` tracebacks before the one error line. Fault injection: the commit reports such an unraisable error from
+  a background thread (as orbax's callbacks do) and raises tensorstore's full-disk error."""
+  import sys
+  import types
+
+  def failing_commit(mngr, step, tree, meta):
+    noise = types.SimpleNamespace(
+      exc_type=RuntimeError,
+      exc_value=RuntimeError("Event loop is closed"),
+      exc_traceback=None,
+      err_msg=None,
+      object=None,
+    )
+    threading.Timer(0.1, lambda: sys.unraisablehook(noise)).start()
+    raise ValueError("RESOURCE_EXHAUSTED: Error writing file: No space left on device [os_error_code='28']")
+
+  monkeypatch.setattr(Checkpoints, "_commit", staticmethod(failing_commit))
+  ck = Checkpoints(tmp_path / "run")
+  with pytest.raises(ValueError, match="No space left on device"):
+    ck.save_latest(0, {"w": np.zeros(3, np.float32)}, {"epoch": 0})
+  time.sleep(0.3)
+  assert "Event loop is closed" not in capsys.readouterr().err
+  assert sys.unraisablehook is not None and type(sys.unraisablehook).__name__ != "_AsyncNoise"  # put back

@@ -126,7 +126,7 @@ def signals_deferred():
 
 
 class _AsyncNoise:
-  """``sys.unraisablehook`` while orbax restores: a failed restore leaves reads in flight whose callbacks, once
+  """``sys.unraisablehook`` while orbax saves or restores: a failed one leaves I/O in flight whose callbacks, once
   orbax closed its event loop, each report an unraisable ``RuntimeError: Event loop is closed`` (a traceback on
   stderr). Those are dropped; anything else goes to the previous hook."""
 
@@ -161,8 +161,17 @@ class Checkpoints:
   def _save(mngr, step: int, tree, meta: dict[str, Any]):
     tree = jax.tree.map(np.asarray, jax.device_get(tree))
     meta = {**meta, DIGEST_KEY: digest(tree, meta)}
-    with signals_deferred():  # an interrupt lands after the commit
-      Checkpoints._commit(mngr, step, tree, meta)
+    # A failed write (e.g. a full disk) leaves writes in flight whose callbacks report 'Event loop is closed' once
+    # orbax gives up: dropped here as in _restore, so the error is one line.
+    noise = sys.unraisablehook = _AsyncNoise(sys.unraisablehook)
+    try:
+      with signals_deferred():  # an interrupt lands after the commit
+        Checkpoints._commit(mngr, step, tree, meta)
+    except Exception:
+      noise.settle()
+      raise
+    finally:
+      sys.unraisablehook = noise.previous
 
   @staticmethod
   def _commit(mngr, step: int, tree, meta: dict[str, Any]):
