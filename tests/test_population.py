@@ -161,7 +161,12 @@ def test_early_stopping_label_masks_and_the_evaluator_on_a_population_run(tmp_pa
   c.population.generations = 6
   c.optim.patience = 1  # one generation without a better best fitness stops it (smoke: 1 epoch per generation)
   monkeypatch.setattr(pop, "fitness", lambda setup, fn, params, split, consts, p: np.ones(p))  # never improves
+  flag = "sentiment: constant predictions (std < 1e-3 x the label std)"
+  monkeypatch.setattr(pop.loop, "prediction_flags", lambda setup, out, split: [flag])
   out = haemsa_mosi.run(c)
+  # the chosen individual's prediction flags are kept in results.json and shown under the table (probe round 3)
+  assert out["folds"][0]["seeds"][0]["flags"] == [flag]
+  assert f"Flagged (in the means): predefined/seed 0: {flag}" in (tmp_path / "run/results.md").read_text()
   rows = [json.loads(l) for l in (tmp_path / "run/fold_0/seed_0/fitness.jsonl").read_text().splitlines()]
   assert max(r["generation"] for r in rows) < 5, "the evolution must stop before its last generation"
   assert out["folds"][0]["seeds"][0]["best_epoch"] == max(r["generation"] for r in rows)

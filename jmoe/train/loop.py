@@ -344,9 +344,9 @@ def append_jsonl(path: Path, record: dict) -> None:
   workdir.append_jsonl(path, record)
 
 
-def evaluate_chosen(setup: Setup, fold: FoldData, state, member_dir: Path) -> tuple[dict, dict]:
+def evaluate_chosen(setup: Setup, fold: FoldData, state, member_dir: Path) -> tuple[dict, dict, list[str]]:
   """The chosen state (its batch constants included) evaluated on validation and, once, on test; the test outputs
-  written to ``member_dir/test_outputs.npz``. -> (valid metrics, test metrics)."""
+  written to ``member_dir/test_outputs.npz``. -> (valid metrics, test metrics, :func:`prediction_flags`)."""
   consts = consts_of(state.hparams)
   params_r = setup.dp.replicate(state.params)
   val = jsonable(evaluate(setup, predict(setup, setup.steps[1], params_r, fold.valid, None, consts)[0], fold.valid))
@@ -355,7 +355,7 @@ def evaluate_chosen(setup: Setup, fold: FoldData, state, member_dir: Path) -> tu
   if flags:
     log(f"  {fold.name} {member_dir.name}: warning: {'; '.join(flags)}")
   save_test_outputs(setup, fold, out, member_dir)
-  return val, jsonable(evaluate(setup, out, fold.test))
+  return val, jsonable(evaluate(setup, out, fold.test)), flags
 
 
 def train_epoch(setup: Setup, state_r, trains: list, shuffles: list, rngs, active, vmapped: bool, consts=None):
@@ -502,7 +502,7 @@ def loss_limit(max_loss: float, first_loss: float | None) -> tuple[float, str]:
   if first_loss is None:
     return math.inf, "no limit yet"
   limit = DIVERGENCE_FACTOR * max(abs(first_loss), 1.0)
-  return limit, f"{DIVERGENCE_FACTOR:g} x the first epoch's loss ({limit:.4g}; set optim.max_loss to change it)"
+  return limit, f"{DIVERGENCE_FACTOR:g} x the first epoch's loss (limit {limit:.4g}; set optim.max_loss to change it)"
 
 
 def prediction_flags(setup: Setup, outputs: dict[str, np.ndarray], split: fmt.Split) -> list[str]:

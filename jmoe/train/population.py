@@ -387,7 +387,7 @@ def evolve_run(setup: loop.Setup, fold: loop.FoldData, seed: int, run_dir: Path,
     ckpt.save_best(book["generation"], individual, {"generation": book["generation"] - 1, "individual": best})
   finally:
     ckpt.close()
-  valid, test = loop.evaluate_chosen(setup, fold, individual, run_dir)
+  valid, test, flags = loop.evaluate_chosen(setup, fold, individual, run_dir)
   chosen = {
     "individual": best,
     "fitness": float(fit[best]),
@@ -401,6 +401,7 @@ def evolve_run(setup: loop.Setup, fold: loop.FoldData, seed: int, run_dir: Path,
     "valid": valid,
     "test": test,
     "chosen": workdir.jsonable(chosen),
+    **({"flags": flags} if flags else {}),  # shown under the table like a training run's
   }
 
 
