@@ -93,3 +93,7 @@ def test_ensemble_row_is_the_mean_prediction_of_the_best_seeds(tmp_path):
   np.testing.assert_allclose(ens["test"]["sentiment"]["MAE"], mae, rtol=1e-5)
   assert "test_ensemble" in out["summary"]["sentiment"]
   assert "test_ensemble" in (tmp_path / "run" / "results.md").read_text()
+  # the same finished run re-run with another K: no retraining (the config check ignores `ensemble`), a new row
+  again = app.run(_cfg(tmp_path / "run", seeds=3, ensemble=3, members="vmap"), euar_mosi.smoke)
+  assert again["folds"][0]["ensemble"]["seeds"] == sorted(vals, key=vals.get)
+  assert [r["valid"] for r in again["folds"][0]["seeds"]] == [r["valid"] for r in fold["seeds"]]

@@ -59,6 +59,7 @@ RUNTIME_KEYS = (
   "workdir",
   "discard_damaged",
   "retain_host_memory",
+  "ensemble",  # a report row over the trained seeds: a finished run can be re-run with another K
 )
 
 
