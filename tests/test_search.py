@@ -45,7 +45,8 @@ def test_space_parsing_and_reproducible_draws():
 
 def test_search_finds_the_planted_learning_rate(tmp_path):
   """lr 1e-7 cannot learn in 3 epochs, 3e-3 can: validation must choose 3e-3 on every trial draw."""
-  cfg = _cfg(tmp_path / "run", **{"search.trials": 4, "search.space": "optim.lr=choice:1e-7,3e-3", "search.seed": 1})
+  space = {"search.trials": 4, "search.space": "optim.lr=choice:1e-7,3e-3", "search.seed": 1}
+  cfg = _cfg(tmp_path / "run", seeds=2, ensemble=2, **space)
   trials = search.draw_trials(search.parse_space(cfg.search.space, cfg), 4, 1)
   assert {t["optim.lr"] for t in trials} == {1e-7, 3e-3}, "the seed must draw both values"
   out = app.run(cfg, euar_mosi.smoke)
@@ -54,6 +55,7 @@ def test_search_finds_the_planted_learning_rate(tmp_path):
   assert len(book["trials"]) == 4 and all("0" in t["valid"] for t in book["trials"])
   assert (tmp_path / "run" / "search.png").is_file()
   assert out["folds"][0]["seeds"][0]["trial"] == book["chosen"]["0"]["trial"]
+  assert sorted(out["folds"][0]["ensemble"]["seeds"]) == [0, 1]  # the ensemble row of the chosen configuration
   assert not list((tmp_path / "run" / "search").rglob("test_outputs.npz")), "trials must never be scored on test"
 
 

@@ -189,6 +189,7 @@ def run(cfg: ml_collections.ConfigDict, smoke=None) -> dict:
       for rr in res:
         rr["trial"] = book["chosen"][str(i)]["trial"]
       fold_results.append(app.fold_result(i, fold, res))
+    app.add_ensembles(cfg, r.setup, r.folds, fold_results, r.workdir)  # the chosen configuration's seeds
     select = f"{r.setup.select_task.name}/{r.setup.select_metric}"
     title = (
       f"{cfg.name}: {r.ds.name}{' (SYNTHETIC)' if r.ds.synthetic else ''}, search of {n} trials (chosen per fold on "
