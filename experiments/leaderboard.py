@@ -312,19 +312,26 @@ def verdicts(rows: dict, metric: str) -> list[str]:
   """One line per non-baseline row: its difference to the best baseline row in ``metric``, and whether it is ahead,
   behind, or within noise: the absolute difference at most the combined std sqrt(std_row² + std_baseline²)."""
   lower_better = metric.upper().startswith("MAE")
-  base = {n: r["test"][metric] for n, r in rows.items() if r["model"] == "baseline" and r["test"].get(metric)}
-  if not base:
-    return []
-  best = (min if lower_better else max)(base, key=lambda n: base[n][0])
   out = []
   for name, r in rows.items():
     v = r["test"].get(metric)
     if r["model"] == "baseline" or v is None:
       continue
+    ens = name.endswith("+ens")  # like with like: an ensemble row against the baselines' ensemble rows
+    base = {
+      n: b["test"][metric]
+      for n, b in rows.items()
+      if b["model"] == "baseline" and b["test"].get(metric) and n.endswith("+ens") == ens
+    }
+    if not base:
+      continue
+    best = (min if lower_better else max)(base, key=lambda n: base[n][0])
     diff = v[0] - base[best][0]
     noise = math.hypot(v[1], base[best][1])
     gain = -diff if lower_better else diff
     verdict = "within noise of it" if abs(diff) <= noise else ("beats it" if gain > 0 else "below it")
+    if noise == 0:  # one value each (e.g. a seed ensemble on one fold): nothing to weigh the difference against
+      verdict = f"{'ahead of' if gain > 0 else 'behind'} it, one value each (no spread to judge by)"
     line = (
       f"- {name}: {metric} {diff:+.4f} vs the best baseline ({best}, {base[best][0]:.4f} ± {base[best][1]:.4f}; "
       f"this row ± {v[1]:.4f}, combined std {noise:.4f}): {verdict}"

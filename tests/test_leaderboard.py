@@ -51,6 +51,15 @@ def test_verdicts_name_the_best_baseline_and_weigh_the_difference_against_the_no
   rows["paper"]["test"]["Acc"] = (0.76, 0.02)  # +0.01 < hypot(0.02, 0.01)
   (line,) = lb.verdicts(rows, "Acc")
   assert line.endswith("within noise of it")
+  rows["linear+ens"] = {"model": "baseline", "test": {"Acc": (0.90, 0.0)}}  # compared with ensemble rows only
+  rows["paper+ens"] = {"model": "euar", "test": {"Acc": (0.91, 0.0)}}
+  line, ens_line = lb.verdicts(rows, "Acc")
+  assert (
+    "(linear," in line
+    and "(linear+ens," in ens_line
+    and ens_line.endswith("ahead of it, one value each (no spread to judge by)")
+  )
+  del rows["linear+ens"], rows["paper+ens"]
   rows["paper"]["per_fold"], rows["linear"]["per_fold"] = [0.74, 0.76, 0.78], [0.73, 0.75, 0.78]  # the same folds
   (line,) = lb.verdicts(rows, "Acc")
   assert "paired over the 3 folds +0.0067 ± 0.0047, ahead on 2 of 3" in line
